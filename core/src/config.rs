@@ -1,0 +1,272 @@
+//! All configuration, parsed in one place from `ACSPEED_*` and torchrun's variables.
+//!
+//! Two stages, as ripgrep does it: [`Config::from_vars`] only validates what the user wrote
+//! (no syscalls), the integrator then resolves it against the machine. Nothing else in acspeed
+//! reads the environment, so every knob is listed in [`VARS`] and can be varied per test.
+
+use crate::error::{Error, Result};
+use std::time::Duration;
+
+/// Every variable acspeed reads: (name, default, meaning). The README table is generated from
+/// the same list (`acspeed-bench --list-env`).
+pub const VARS: &[(&str, &str, &str)] = &[
+    ("ACSPEED_TIMEOUT_SECS", "300", "Seconds without progress before an operation fails with a timeout naming the peer (also bounds rendezvous)."),
+    ("ACSPEED_SEGMENT_BYTES", "256K", "Pipeline segment size: each chunk moves in segments of this many bytes."),
+    ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
+    ("ACSPEED_ALGO", "auto", "Algorithm for every collective: auto or ring."),
+    ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
+    ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
+    ("ACSPEED_SOCKET_IFNAME", "(any)", "Interface to use, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker`."),
+    ("ACSPEED_PLAN_DUMP_DIR", "(off)", "Write every plan this rank generates as JSON into this directory."),
+    ("MASTER_ADDR / MASTER_PORT", "127.0.0.1 / -", "Where rank 0 hosts the rendezvous store (torchrun's convention)."),
+    ("RANK / WORLD_SIZE", "-", "This process's rank and the number of ranks (torchrun's convention)."),
+    ("LOCAL_RANK / LOCAL_WORLD_SIZE", "RANK / WORLD_SIZE", "Rank within the host and ranks on the host (torchrun's convention)."),
+];
+
+/// Log verbosity (`ACSPEED_DEBUG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Warn,
+    Info,
+    Trace,
+}
+
+/// Which algorithm to run (`ACSPEED_ALGO`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlgoChoice {
+    Auto,
+    Named(String),
+}
+
+/// Interface selection in NCCL's syntax (`ACSPEED_SOCKET_IFNAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IfaceFilter {
+    Any,
+    Prefix(Vec<String>),
+    Exact(Vec<String>),
+    Exclude(Vec<String>),
+}
+
+impl IfaceFilter {
+    pub fn parse(s: &str) -> IfaceFilter {
+        let list = |t: &str| t.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+        match s.trim() {
+            "" => IfaceFilter::Any,
+            t if t.starts_with('^') => IfaceFilter::Exclude(list(&t[1..])),
+            t if t.starts_with('=') => IfaceFilter::Exact(list(&t[1..])),
+            t => IfaceFilter::Prefix(list(t)),
+        }
+    }
+
+    pub fn matches(&self, ifname: &str) -> bool {
+        match self {
+            IfaceFilter::Any => true,
+            IfaceFilter::Prefix(p) => p.iter().any(|x| ifname.starts_with(x.as_str())),
+            IfaceFilter::Exact(p) => p.iter().any(|x| ifname == x),
+            IfaceFilter::Exclude(p) => !p.iter().any(|x| ifname.starts_with(x.as_str())),
+        }
+    }
+}
+
+/// Library configuration (everything except the launcher's variables).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub timeout: Duration,
+    pub segment_bytes: usize,
+    pub pipeline_depth: usize,
+    pub algo: AlgoChoice,
+    pub log: LogLevel,
+    pub host_id: Option<String>,
+    pub ifname: IfaceFilter,
+    pub plan_dump_dir: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timeout: Duration::from_secs(300),
+            segment_bytes: 256 << 10,
+            pipeline_depth: 4,
+            algo: AlgoChoice::Auto,
+            log: LogLevel::Warn,
+            host_id: None,
+            ifname: IfaceFilter::Any,
+            plan_dump_dir: None,
+        }
+    }
+}
+
+/// torchrun's launch variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchEnv {
+    pub rank: u32,
+    pub world_size: u32,
+    pub local_rank: u32,
+    pub local_world_size: u32,
+    pub master_addr: String,
+    pub master_port: u16,
+}
+
+fn lookup<'a>(vars: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    vars.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
+}
+
+/// Parses sizes like `4096`, `4K`, `64M`, `1G` (binary multiples, optional `B`/`iB`).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.strip_suffix("IB").or_else(|| t.strip_suffix('B')).unwrap_or(&t);
+    let (num, mult) = match t.chars().last()? {
+        'K' => (&t[..t.len() - 1], 1usize << 10),
+        'M' => (&t[..t.len() - 1], 1 << 20),
+        'G' => (&t[..t.len() - 1], 1 << 30),
+        'T' => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mult)
+}
+
+fn bad(name: &str, val: &str, expected: &str) -> Error {
+    Error::invalid(format!("{name}='{val}' is not valid: expected {expected}"))
+}
+
+impl Config {
+    /// Reads the process environment once.
+    pub fn from_env() -> Result<Config> {
+        Config::from_vars(&std::env::vars().collect::<Vec<_>>())
+    }
+
+    /// Parses from an explicit variable list (later entries win).
+    pub fn from_vars(vars: &[(String, String)]) -> Result<Config> {
+        let mut c = Config::default();
+        if let Some(v) = lookup(vars, "ACSPEED_TIMEOUT_SECS") {
+            let secs: f64 = v.parse().ok().filter(|s: &f64| *s > 0.0 && s.is_finite()).ok_or_else(|| bad("ACSPEED_TIMEOUT_SECS", v, "a positive number of seconds"))?;
+            c.timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_SEGMENT_BYTES") {
+            c.segment_bytes = parse_size(v)
+                .filter(|s| (64..=(1 << 30)).contains(s))
+                .ok_or_else(|| bad("ACSPEED_SEGMENT_BYTES", v, "a size between 64 and 1G, e.g. 256K"))?;
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_PIPELINE_DEPTH") {
+            c.pipeline_depth = v
+                .parse()
+                .ok()
+                .filter(|d| (1..=64).contains(d))
+                .ok_or_else(|| bad("ACSPEED_PIPELINE_DEPTH", v, "an integer from 1 to 64"))?;
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_ALGO") {
+            c.algo = match v.to_ascii_lowercase().as_str() {
+                "auto" => AlgoChoice::Auto,
+                name => AlgoChoice::Named(name.to_string()),
+            };
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_DEBUG") {
+            c.log = match v.to_ascii_uppercase().as_str() {
+                "WARN" | "ERROR" | "OFF" | "0" => LogLevel::Warn,
+                "INFO" | "1" => LogLevel::Info,
+                "TRACE" | "DEBUG" | "2" => LogLevel::Trace,
+                _ => return Err(bad("ACSPEED_DEBUG", v, "WARN, INFO or TRACE")),
+            };
+        }
+        c.host_id = lookup(vars, "ACSPEED_HOST_ID").map(str::to_string);
+        if let Some(v) = lookup(vars, "ACSPEED_SOCKET_IFNAME") {
+            c.ifname = IfaceFilter::parse(v);
+        }
+        c.plan_dump_dir = lookup(vars, "ACSPEED_PLAN_DUMP_DIR").map(str::to_string);
+        Ok(c)
+    }
+}
+
+impl LaunchEnv {
+    pub fn from_env() -> Result<LaunchEnv> {
+        LaunchEnv::from_vars(&std::env::vars().collect::<Vec<_>>())
+    }
+
+    /// Parses torchrun's variables; every problem names the variable.
+    pub fn from_vars(vars: &[(String, String)]) -> Result<LaunchEnv> {
+        let need = |k: &str| {
+            lookup(vars, k).ok_or_else(|| {
+                Error::invalid(format!(
+                    "{k} is not set; launch with torchrun or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT \
+                     (or use acspeed-bench -n N to start local ranks)"
+                ))
+            })
+        };
+        let num = |k: &str, v: &str| -> Result<u32> { v.trim().parse().map_err(|_| bad(k, v, "a non-negative integer")) };
+        let world_size = num("WORLD_SIZE", need("WORLD_SIZE")?)?;
+        if world_size == 0 {
+            return Err(bad("WORLD_SIZE", "0", "at least 1"));
+        }
+        let rank = num("RANK", need("RANK")?)?;
+        if rank >= world_size {
+            return Err(Error::invalid(format!("RANK={rank} is out of range for WORLD_SIZE={world_size} (ranks are 0..{})", world_size - 1)));
+        }
+        let local_rank = match lookup(vars, "LOCAL_RANK") {
+            Some(v) => num("LOCAL_RANK", v)?,
+            None => rank,
+        };
+        let local_world_size = match lookup(vars, "LOCAL_WORLD_SIZE") {
+            Some(v) => num("LOCAL_WORLD_SIZE", v)?,
+            None => world_size,
+        };
+        if local_rank >= local_world_size {
+            return Err(Error::invalid(format!("LOCAL_RANK={local_rank} is out of range for LOCAL_WORLD_SIZE={local_world_size}")));
+        }
+        let master_addr = lookup(vars, "MASTER_ADDR").unwrap_or("127.0.0.1").to_string();
+        let p = need("MASTER_PORT")?;
+        let master_port = p.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("MASTER_PORT", p, "a port number 1..65535"))?;
+        Ok(LaunchEnv { rank, world_size, local_rank, local_world_size, master_addr, master_port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4K"), Some(4096));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("2KiB"), Some(2048));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn config_errors_name_the_variable() {
+        let e = Config::from_vars(&v(&[("ACSPEED_SEGMENT_BYTES", "lots")])).unwrap_err().to_string();
+        assert!(e.contains("ACSPEED_SEGMENT_BYTES") && e.contains("lots"), "{e}");
+        let e = Config::from_vars(&v(&[("ACSPEED_TIMEOUT_SECS", "-1")])).unwrap_err().to_string();
+        assert!(e.contains("ACSPEED_TIMEOUT_SECS"), "{e}");
+        let c = Config::from_vars(&v(&[("ACSPEED_SEGMENT_BYTES", "1M"), ("ACSPEED_ALGO", "Ring")])).unwrap();
+        assert_eq!(c.segment_bytes, 1 << 20);
+        assert_eq!(c.algo, AlgoChoice::Named("ring".into()));
+    }
+
+    #[test]
+    fn launch_env() {
+        let e = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "2")])).unwrap_err().to_string();
+        assert!(e.contains("RANK is not set"), "{e}");
+        let e = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_PORT", "1")])).unwrap_err().to_string();
+        assert!(e.contains("RANK=2") && e.contains("WORLD_SIZE=2"), "{e}");
+        let e = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_PORT", "99999")])).unwrap_err().to_string();
+        assert!(e.contains("MASTER_PORT"), "{e}");
+        let l = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("MASTER_PORT", "29500")])).unwrap();
+        assert_eq!((l.local_rank, l.local_world_size, l.master_addr.as_str()), (3, 4, "127.0.0.1"));
+    }
+
+    #[test]
+    fn iface_filter() {
+        assert!(IfaceFilter::parse("eth").matches("eth0"));
+        assert!(!IfaceFilter::parse("=eth").matches("eth0"));
+        assert!(IfaceFilter::parse("=eth0,ib0").matches("ib0"));
+        assert!(!IfaceFilter::parse("^docker,lo").matches("docker0"));
+        assert!(IfaceFilter::parse("^docker,lo").matches("eth1"));
+    }
+}

@@ -1,0 +1,390 @@
+//! Runs one rank's plan over a transport.
+//!
+//! The plan says *what* moves; the executor decides *how finely and how concurrently*: each
+//! chunk is cut into segments of `segment_bytes`, up to `depth` receives are posted ahead (into
+//! scratch slots for the reducing steps), and fused steps forward segment `i` while segment
+//! `i+1` is still arriving. Sends are posted and left in flight; a later write to bytes that a
+//! pending send still reads waits for that send first (the only hazard the plan leaves open).
+//! Lanes run on their own threads and wait for cross-lane dependencies.
+//!
+//! Any failure aborts the transport before returning, so no transport thread touches the
+//! caller's memory after `run` returns, whatever the outcome.
+
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::plan::{chunk_range, Buf, ChunkRef, Op, RankPlan, StepId};
+use crate::transport::{FrameHeader, OpHandle, Transport};
+use crate::{DType, ReduceOp};
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Execution knobs (from `Config`); they never change a plan's meaning.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecParams {
+    pub segment_bytes: usize,
+    pub depth: usize,
+    pub timeout: Duration,
+}
+
+/// What the call is, for frame headers and reductions.
+#[derive(Clone, Copy, Debug)]
+pub struct CallInfo {
+    pub seq: u64,
+    pub dtype: DType,
+    /// `None` for collectives that do not reduce.
+    pub op: Option<ReduceOp>,
+    /// Per-rank element count as the API defines it (see `Collective::buffer_elems`).
+    pub count: usize,
+}
+
+/// The caller's buffers as raw ranges (plans alias chunks of them across steps and lanes).
+#[derive(Clone, Copy, Debug)]
+pub struct Buffers {
+    pub input: *const u8,
+    pub input_len: usize,
+    pub output: *mut u8,
+    pub output_len: usize,
+}
+// SAFETY: the executor is the only user of these ranges for the duration of `run`.
+unsafe impl Send for Buffers {}
+unsafe impl Sync for Buffers {}
+
+/// Executes plans; keeps scratch memory between calls.
+pub struct Executor {
+    params: ExecParams,
+    scratch: Mutex<Vec<Vec<u64>>>,
+}
+
+struct Pending {
+    buf: Buf,
+    range: Range<usize>,
+    handle: OpHandle,
+}
+
+struct LaneCtx<'a> {
+    plan: &'a RankPlan,
+    t: &'a dyn Transport,
+    call: CallInfo,
+    bufs: Buffers,
+    params: ExecParams,
+    elems: (usize, usize),
+    lane: usize,
+    step: usize,
+    pending: Vec<Pending>,
+    scratch: &'a mut [u64],
+}
+
+impl Executor {
+    pub fn new(params: ExecParams) -> Self {
+        Executor { params, scratch: Mutex::new(Vec::new()) }
+    }
+
+    pub fn params(&self) -> ExecParams {
+        self.params
+    }
+
+    /// Runs `plan`. Buffer lengths must match the plan's collective for `call.count`.
+    pub fn run(&self, plan: &RankPlan, t: &dyn Transport, call: CallInfo, bufs: Buffers) -> Result<()> {
+        let es = call.dtype.size();
+        let (ie, oe) = plan.collective.buffer_elems(plan.nranks as usize, call.count);
+        if bufs.output_len != oe * es || (plan.collective.has_input() && bufs.input_len != ie * es) {
+            return Err(Error::invalid(format!(
+                "{}: buffers of {} / {} bytes do not fit count {} of {} on {} ranks",
+                plan.collective.name(),
+                bufs.input_len,
+                bufs.output_len,
+                call.count,
+                call.dtype,
+                plan.nranks
+            )));
+        }
+        let seg = (self.params.segment_bytes / es).max(1) * es;
+        let slot_words = seg.div_ceil(8);
+        let nl = plan.lanes.len();
+        let mut scratch = {
+            let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<Vec<u64>> = (0..nl).map(|_| pool.pop().unwrap_or_default()).collect();
+            for s in &mut v {
+                s.resize(slot_words * self.params.depth, 0);
+            }
+            v
+        };
+        let params = ExecParams { segment_bytes: seg, ..self.params };
+        let result = if nl <= 1 {
+            match scratch.first_mut() {
+                Some(s) => LaneCtx::new(plan, t, call, bufs, params, (ie, oe), 0, s).run_lane(None),
+                None => Ok(()),
+            }
+        } else {
+            let progress = Progress { done: Mutex::new(vec![0; nl]), cv: Condvar::new() };
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = scratch
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(l, s)| {
+                        let progress = &progress;
+                        sc.spawn(move || {
+                            let r = LaneCtx::new(plan, t, call, bufs, params, (ie, oe), l, s).run_lane(Some(progress));
+                            if let Err(e) = &r {
+                                // Unblock sibling lanes waiting on the transport or on us.
+                                t.abort(&e.to_string());
+                                progress.fail();
+                            }
+                            r
+                        })
+                    })
+                    .collect();
+                let mut first = Ok(());
+                for h in handles {
+                    let r = h.join().unwrap_or_else(|_| Err(Error::Aborted("executor lane panicked".into())));
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+                first
+            })
+        };
+        if let Err(e) = &result {
+            t.abort(&e.to_string());
+        }
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).extend(scratch);
+        result
+    }
+}
+
+/// Cross-lane completion counters.
+struct Progress {
+    done: Mutex<Vec<usize>>,
+    cv: Condvar,
+}
+
+impl Progress {
+    fn fail(&self) {
+        let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        d.iter_mut().for_each(|x| *x = usize::MAX);
+        self.cv.notify_all();
+    }
+    fn finish(&self, lane: usize, steps: usize) {
+        let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if d[lane] != usize::MAX {
+            d[lane] = steps;
+        }
+        self.cv.notify_all();
+    }
+    fn wait(&self, deps: &[StepId], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if d.iter().any(|x| *x == usize::MAX) {
+                return Err(Error::Aborted("a sibling lane failed".into()));
+            }
+            if deps.iter().all(|id| d[id.lane as usize] > id.step as usize) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Aborted(format!("timed out waiting for lane dependencies {deps:?}")));
+            }
+            d = self.cv.wait_timeout(d, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+impl<'a> LaneCtx<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        plan: &'a RankPlan,
+        t: &'a dyn Transport,
+        call: CallInfo,
+        bufs: Buffers,
+        params: ExecParams,
+        elems: (usize, usize),
+        lane: usize,
+        scratch: &'a mut [u64],
+    ) -> Self {
+        LaneCtx { plan, t, call, bufs, params, elems, lane, step: 0, pending: Vec::new(), scratch }
+    }
+
+    fn run_lane(mut self, progress: Option<&Progress>) -> Result<()> {
+        let lane = &self.plan.lanes[self.lane];
+        for (i, step) in lane.steps.iter().enumerate() {
+            self.step = i;
+            if let (Some(p), false) = (progress, step.deps.is_empty()) {
+                p.wait(&step.deps, self.params.timeout)?;
+            }
+            self.run_step(&step.op)?;
+            if let Some(p) = progress {
+                p.finish(self.lane, i + 1);
+            }
+        }
+        // Every send must have left the caller's memory before we return.
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            self.wait(&p.handle, "send", p.buf, &p.range)?;
+        }
+        Ok(())
+    }
+
+    fn header(&self, len: usize) -> FrameHeader {
+        FrameHeader {
+            seq: self.call.seq,
+            coll: self.plan.collective.code(),
+            dtype: self.call.dtype as u8,
+            op: self.call.op.map(|o| o as u8).unwrap_or(u8::MAX),
+            count: self.call.count as u64,
+            len: len as u64,
+        }
+    }
+
+    /// Byte range of a chunk.
+    fn range(&self, c: ChunkRef) -> Range<usize> {
+        let es = self.call.dtype.size();
+        let elems = if c.buf == Buf::Input { self.elems.0 } else { self.elems.1 };
+        let r = chunk_range(elems, self.plan.chunks_of(c.buf), c.index);
+        r.start * es..r.end * es
+    }
+
+    /// Segments of a byte range; an empty range still gives one (empty) message.
+    fn segments(&self, r: Range<usize>) -> Vec<Range<usize>> {
+        if r.is_empty() {
+            return vec![r];
+        }
+        let seg = self.params.segment_bytes;
+        (r.start..r.end).step_by(seg).map(|s| s..(s + seg).min(r.end)).collect()
+    }
+
+    fn ptr(&self, buf: Buf, off: usize) -> *mut u8 {
+        match buf {
+            // The input is only ever read (sent or copied from); the cast is for one signature.
+            Buf::Input => self.bufs.input.wrapping_add(off) as *mut u8,
+            Buf::Output => self.bufs.output.wrapping_add(off),
+        }
+    }
+
+    fn wait(&self, h: &OpHandle, what: &str, buf: Buf, r: &Range<usize>) -> Result<()> {
+        let deadline = Instant::now() + self.params.timeout;
+        let (plan, call, lane, step) = (self.plan, self.call, self.lane, self.step);
+        h.wait(deadline, self.params.timeout, &|| {
+            format!(
+                "{} #{} ({} elements of {}): {what} of bytes {}..{} of the {} buffer with rank {} (lane {lane} step {step})",
+                plan.collective.name(),
+                call.seq,
+                call.count,
+                call.dtype,
+                r.start,
+                r.end,
+                if buf == Buf::Input { "input" } else { "output" },
+                h.peer()
+            )
+        })
+    }
+
+    /// Waits for pending sends that read bytes we are about to overwrite.
+    fn clear_hazard(&mut self, buf: Buf, r: &Range<usize>) -> Result<()> {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            if p.buf == buf && p.range.start < r.end.max(r.start + 1) && r.start < p.range.end.max(p.range.start + 1) {
+                let p = self.pending.swap_remove(i);
+                self.wait(&p.handle, "send", p.buf, &p.range)?;
+            } else {
+                i += 1;
+            }
+        }
+        // Keep the list short: drop sends that already finished.
+        self.pending.retain(|p| !p.handle.is_done());
+        Ok(())
+    }
+
+    fn send(&mut self, to: crate::Rank, buf: Buf, r: Range<usize>) -> Result<()> {
+        let hdr = self.header(r.len());
+        // SAFETY: the range lies in a caller buffer that outlives this call; it is not written
+        // until the send completes (clear_hazard) and `run` waits for or aborts every send.
+        let handle = unsafe { self.t.post_send(to, hdr, self.ptr(buf, r.start), r.len())? };
+        self.pending.push(Pending { buf, range: r, handle });
+        Ok(())
+    }
+
+    fn run_step(&mut self, op: &Op) -> Result<()> {
+        match *op {
+            Op::Send { to, src } => {
+                for s in self.segments(self.range(src)) {
+                    self.send(to, src.buf, s)?;
+                }
+                Ok(())
+            }
+            Op::Recv { from, dst } => self.recv_direct(from, None, dst),
+            Op::RecvCopySend { from, to, dst } => self.recv_direct(from, Some(to), dst),
+            Op::RecvReduce { from, dst } => self.recv_reduce(from, None, dst),
+            Op::RecvReduceSend { from, to, dst } => self.recv_reduce(from, Some(to), dst),
+            Op::Copy { src, dst } => {
+                let (rs, rd) = (self.range(src), self.range(dst));
+                self.clear_hazard(dst.buf, &rd)?;
+                // SAFETY: both ranges lie in the caller's buffers (checked lengths in `run`).
+                unsafe { std::ptr::copy(self.ptr(src.buf, rs.start), self.ptr(dst.buf, rd.start), rd.len().min(rs.len())) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives straight into the destination, forwarding each segment as it lands.
+    fn recv_direct(&mut self, from: crate::Rank, fwd: Option<crate::Rank>, dst: ChunkRef) -> Result<()> {
+        let whole = self.range(dst);
+        self.clear_hazard(dst.buf, &whole)?;
+        let segs = self.segments(whole);
+        let mut posted: VecDeque<OpHandle> = VecDeque::new();
+        let mut next = 0;
+        for i in 0..segs.len() {
+            while next < segs.len() && next < i + self.params.depth {
+                let s = &segs[next];
+                // SAFETY: destination bytes are not touched by us until the handle completes.
+                posted.push_back(unsafe { self.t.post_recv(from, self.header(s.len()), self.ptr(dst.buf, s.start))? });
+                next += 1;
+            }
+            let h = posted.pop_front().expect("posted ahead");
+            self.wait(&h, "receive", dst.buf, &segs[i])?;
+            if let Some(to) = fwd {
+                self.send(to, dst.buf, segs[i].clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives into scratch slots and reduces into the destination segment by segment.
+    fn recv_reduce(&mut self, from: crate::Rank, fwd: Option<crate::Rank>, dst: ChunkRef) -> Result<()> {
+        let whole = self.range(dst);
+        self.clear_hazard(dst.buf, &whole)?;
+        let segs = self.segments(whole);
+        let seg_cap = self.params.segment_bytes;
+        let slot_words = seg_cap.div_ceil(8);
+        let depth = self.params.depth;
+        let base = self.scratch.as_mut_ptr() as *mut u8;
+        let slot = |i: usize| base.wrapping_add((i % depth) * slot_words * 8);
+        let op = self.call.op.ok_or_else(|| Error::Plan("a reducing step in a collective without a reduce op".into()))?;
+        let mut posted: VecDeque<OpHandle> = VecDeque::new();
+        let mut next = 0;
+        for i in 0..segs.len() {
+            while next < segs.len() && next < i + depth {
+                // SAFETY: slot `next % depth` is free: the segment that used it was reduced.
+                posted.push_back(unsafe { self.t.post_recv(from, self.header(segs[next].len()), slot(next))? });
+                next += 1;
+            }
+            let h = posted.pop_front().expect("posted ahead");
+            let s = segs[i].clone();
+            self.wait(&h, "receive", dst.buf, &s)?;
+            // SAFETY: the receive completed, so the slot holds s.len() valid bytes, and the
+            // destination range is inside the output buffer with no send pending on it.
+            unsafe {
+                let d = std::slice::from_raw_parts_mut(self.ptr(dst.buf, s.start), s.len());
+                let src = std::slice::from_raw_parts(slot(i), s.len());
+                kernels::reduce(self.call.dtype, op, d, src);
+            }
+            if let Some(to) = fwd {
+                self.send(to, dst.buf, s)?;
+            }
+        }
+        Ok(())
+    }
+}

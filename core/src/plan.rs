@@ -1,0 +1,293 @@
+//! The plan IR: what one rank does in one collective, as data.
+//!
+//! An algorithm (in `acspeed-algorithms`) turns `(collective, rank, nranks)` into a [`RankPlan`]:
+//! lanes of steps over *chunk indices*, never bytes and never transports. Plans are
+//! size-independent (the executor maps chunk `i` of a buffer of `n` elements to a balanced
+//! element range at run time), so one cached plan serves every message size. Steps use the
+//! fused vocabulary NCCL and MSCCL settled on (`RecvReduceSend`, `RecvCopySend`, ...), because
+//! fusion is where the speed is. [`crate::verify`] checks plans symbolically before they run.
+//!
+//! Matching rule: for each ordered pair of ranks, all sends from `a` to `b` are issued by one
+//! lane of `a`, and all receives of `b` from `a` by one lane of `b`; messages then match in
+//! issue order. The verifier enforces it, which keeps transports simple FIFO pipes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::ops::Range;
+
+/// A rank number within a communicator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rank(pub u32);
+
+impl Rank {
+    pub fn idx(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for Rank {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The collectives acspeed plans. Roots are ranks within the communicator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Collective {
+    AllReduce,
+    Broadcast { root: Rank },
+    Reduce { root: Rank },
+    AllGather,
+    ReduceScatter,
+    AllToAll,
+    Barrier,
+}
+
+impl Collective {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Collective::AllReduce => "allreduce",
+            Collective::Broadcast { .. } => "broadcast",
+            Collective::Reduce { .. } => "reduce",
+            Collective::AllGather => "allgather",
+            Collective::ReduceScatter => "reduce_scatter",
+            Collective::AllToAll => "alltoall",
+            Collective::Barrier => "barrier",
+        }
+    }
+
+    /// Wire code (frame headers carry it so that mismatched calls are detected).
+    pub fn code(&self) -> u8 {
+        match self {
+            Collective::AllReduce => 1,
+            Collective::Broadcast { .. } => 2,
+            Collective::Reduce { .. } => 3,
+            Collective::AllGather => 4,
+            Collective::ReduceScatter => 5,
+            Collective::AllToAll => 6,
+            Collective::Barrier => 7,
+        }
+    }
+
+    pub fn name_of_code(code: u8) -> &'static str {
+        match code {
+            1 => "allreduce",
+            2 => "broadcast",
+            3 => "reduce",
+            4 => "allgather",
+            5 => "reduce_scatter",
+            6 => "alltoall",
+            7 => "barrier",
+            8 => "send/recv",
+            _ => "unknown collective",
+        }
+    }
+
+    /// Whether the collective reads a separate input buffer. The others work in place on the
+    /// output buffer (the executor copies a distinct input in first).
+    pub fn has_input(&self) -> bool {
+        matches!(self, Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll)
+    }
+
+    /// Elements in (input, output) for a per-rank `count` as the user API defines it:
+    /// allgather: `count` in, `n*count` out; reduce-scatter: `n*count` in, `count` out;
+    /// all-to-all: `n*count` both; the in-place ones: `count`.
+    pub fn buffer_elems(&self, nranks: usize, count: usize) -> (usize, usize) {
+        match self {
+            Collective::AllGather => (count, nranks * count),
+            Collective::ReduceScatter => (nranks * count, count),
+            Collective::AllToAll => (nranks * count, nranks * count),
+            Collective::Barrier => (0, 0),
+            _ => (0, count),
+        }
+    }
+}
+
+/// Which buffer a chunk lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Buf {
+    Input,
+    Output,
+}
+
+/// Chunk `index` of buffer `buf`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub buf: Buf,
+    pub index: u32,
+}
+
+impl ChunkRef {
+    pub fn out(index: u32) -> Self {
+        ChunkRef { buf: Buf::Output, index }
+    }
+    pub fn inp(index: u32) -> Self {
+        ChunkRef { buf: Buf::Input, index }
+    }
+}
+
+impl fmt::Display for ChunkRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = if self.buf == Buf::Input { "in" } else { "out" };
+        write!(f, "{b}[{}]", self.index)
+    }
+}
+
+/// One step. Fused ops exist because pipelining them segment by segment is what lets a ring
+/// forward data while it is still arriving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Send chunk `src` to `to`.
+    Send { to: Rank, src: ChunkRef },
+    /// Receive into `dst` (overwrite).
+    Recv { from: Rank, dst: ChunkRef },
+    /// Receive and reduce into `dst`.
+    RecvReduce { from: Rank, dst: ChunkRef },
+    /// Receive, reduce into `dst`, and send the result on to `to`.
+    RecvReduceSend { from: Rank, to: Rank, dst: ChunkRef },
+    /// Receive into `dst` and send the same bytes on to `to`.
+    RecvCopySend { from: Rank, to: Rank, dst: ChunkRef },
+    /// Local copy.
+    Copy { src: ChunkRef, dst: ChunkRef },
+}
+
+impl Op {
+    pub fn recv_from(&self) -> Option<Rank> {
+        match *self {
+            Op::Recv { from, .. }
+            | Op::RecvReduce { from, .. }
+            | Op::RecvReduceSend { from, .. }
+            | Op::RecvCopySend { from, .. } => Some(from),
+            _ => None,
+        }
+    }
+    pub fn send_to(&self) -> Option<Rank> {
+        match *self {
+            Op::Send { to, .. } | Op::RecvReduceSend { to, .. } | Op::RecvCopySend { to, .. } => {
+                Some(to)
+            }
+            _ => None,
+        }
+    }
+    /// Chunks the step reads and writes (for bounds checks).
+    pub fn chunks(&self) -> Vec<ChunkRef> {
+        match *self {
+            Op::Send { src, .. } => vec![src],
+            Op::Recv { dst, .. }
+            | Op::RecvReduce { dst, .. }
+            | Op::RecvReduceSend { dst, .. }
+            | Op::RecvCopySend { dst, .. } => vec![dst],
+            Op::Copy { src, dst } => vec![src, dst],
+        }
+    }
+}
+
+/// Identifies a step within one rank's plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StepId {
+    pub lane: u32,
+    pub step: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub op: Op,
+    /// Steps of *other* lanes that must finish first (steps within a lane run in order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deps: Vec<StepId>,
+}
+
+impl From<Op> for Step {
+    fn from(op: Op) -> Self {
+        Step { op, deps: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lane {
+    pub steps: Vec<Step>,
+}
+
+/// Everything one rank does in one collective.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankPlan {
+    pub collective: Collective,
+    /// Name of the generating algorithm (for logs and plan files).
+    pub algorithm: String,
+    pub rank: Rank,
+    pub nranks: u32,
+    /// Number of chunks the input / output buffers are split into.
+    pub input_chunks: u32,
+    pub output_chunks: u32,
+    pub lanes: Vec<Lane>,
+}
+
+impl RankPlan {
+    pub fn chunks_of(&self, buf: Buf) -> u32 {
+        match buf {
+            Buf::Input => self.input_chunks,
+            Buf::Output => self.output_chunks,
+        }
+    }
+
+    pub fn step(&self, id: StepId) -> Option<&Step> {
+        self.lanes.get(id.lane as usize)?.steps.get(id.step as usize)
+    }
+
+    pub fn num_steps(&self) -> usize {
+        self.lanes.iter().map(|l| l.steps.len()).sum()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plans always serialise")
+    }
+
+    pub fn from_json(s: &str) -> crate::Result<Self> {
+        serde_json::from_str(s).map_err(|e| crate::Error::Plan(format!("cannot parse plan file: {e}")))
+    }
+}
+
+/// Element range of chunk `i` when `elems` elements are split into `chunks` balanced chunks.
+/// Chunk sizes differ by at most one element; empty buffers give empty chunks.
+pub fn chunk_range(elems: usize, chunks: u32, i: u32) -> Range<usize> {
+    debug_assert!(i < chunks.max(1));
+    let at = |k: u32| ((elems as u128 * k as u128) / chunks.max(1) as u128) as usize;
+    at(i)..at(i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ranges_tile_the_buffer() {
+        for elems in [0usize, 1, 7, 100, 1001] {
+            for chunks in 1..12u32 {
+                let mut next = 0;
+                for i in 0..chunks {
+                    let r = chunk_range(elems, chunks, i);
+                    assert_eq!(r.start, next);
+                    assert!(r.len() <= elems / chunks as usize + 1);
+                    next = r.end;
+                }
+                assert_eq!(next, elems);
+            }
+        }
+    }
+
+    #[test]
+    fn plan_json_round_trip() {
+        let p = RankPlan {
+            collective: Collective::Broadcast { root: Rank(1) },
+            algorithm: "ring".into(),
+            rank: Rank(0),
+            nranks: 2,
+            input_chunks: 0,
+            output_chunks: 1,
+            lanes: vec![Lane { steps: vec![Op::Recv { from: Rank(1), dst: ChunkRef::out(0) }.into()] }],
+        };
+        assert_eq!(RankPlan::from_json(&p.to_json()).unwrap(), p);
+        assert!(RankPlan::from_json("{").unwrap_err().to_string().contains("plan"));
+    }
+}

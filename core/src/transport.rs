@@ -1,0 +1,193 @@
+//! The transport contract: post sends and receives of byte ranges to and from ranks, and wait
+//! for their completion. Everything an algorithm needs fits here.
+//!
+//! Design points (from gloo's unbound buffers and NCCL's net plugin):
+//! * Peers are ranks, never sockets. Messages between an ordered pair of ranks match in posting
+//!   order (a FIFO pipe), which the plan verifier guarantees is enough.
+//! * Operations are posted, not performed: `post_*` returns at once with an [`OpHandle`] and
+//!   the transport moves the bytes on its own threads, so the executor can keep several
+//!   segments in flight and reduce one while the next arrives.
+//! * Every message carries a [`FrameHeader`]; the receiver states what it expects and a
+//!   mismatch (another collective, count, dtype or op) fails with an error naming the peer
+//!   instead of corrupting data.
+//! * Time is passed in: waits take a deadline, so a dead peer becomes a `Timeout` naming it.
+
+use crate::error::{Error, Result};
+use crate::plan::{Collective, Rank};
+use crate::DType;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Describes a message so the receiver can check it is the one it expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Per-communicator sequence number of the collective call.
+    pub seq: u64,
+    /// [`Collective::code`].
+    pub coll: u8,
+    pub dtype: u8,
+    pub op: u8,
+    /// The caller's per-rank element count for the whole collective.
+    pub count: u64,
+    /// Payload bytes of this message.
+    pub len: u64,
+}
+
+impl FrameHeader {
+    /// Checks that `got` (from `peer`) is the message described by `self`.
+    pub fn check(&self, got: &FrameHeader, peer: Rank) -> Result<()> {
+        let mism = |detail: String| Err(Error::Mismatch { peer: peer.0, detail });
+        if got.coll != self.coll {
+            return mism(format!(
+                "this rank is in {} but rank {peer} sent data for {} (calls must be issued in the same order on every rank)",
+                Collective::name_of_code(self.coll),
+                Collective::name_of_code(got.coll)
+            ));
+        }
+        if got.seq != self.seq {
+            return mism(format!(
+                "{} call #{} here met call #{} on rank {peer} (a rank skipped or added a collective)",
+                Collective::name_of_code(self.coll),
+                self.seq,
+                got.seq
+            ));
+        }
+        if got.count != self.count {
+            return mism(format!(
+                "{}: count {} elements here but {} on rank {peer}",
+                Collective::name_of_code(self.coll),
+                self.count,
+                got.count
+            ));
+        }
+        if got.dtype != self.dtype {
+            let name = |c| DType::from_code(c).map(|d| d.name()).unwrap_or("?");
+            return mism(format!(
+                "{}: dtype {} here but {} on rank {peer}",
+                Collective::name_of_code(self.coll),
+                name(self.dtype),
+                name(got.dtype)
+            ));
+        }
+        if got.op != self.op {
+            let name = |c| crate::ReduceOp::from_code(c).map(|d| d.name()).unwrap_or("none");
+            return mism(format!(
+                "{}: reduce op {} here but {} on rank {peer}",
+                Collective::name_of_code(self.coll),
+                name(self.op),
+                name(got.op)
+            ));
+        }
+        if got.len != self.len {
+            return mism(format!(
+                "{}: message of {} bytes from rank {peer} where {} were expected",
+                Collective::name_of_code(self.coll),
+                got.len,
+                self.len
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    result: Option<Result<()>>,
+}
+
+/// Completion of one posted operation. Cloning shares the same completion.
+#[derive(Clone)]
+pub struct OpHandle {
+    inner: Arc<(Mutex<State>, Condvar)>,
+    peer: Rank,
+}
+
+impl OpHandle {
+    pub fn new(peer: Rank) -> Self {
+        OpHandle { inner: Arc::new((Mutex::new(State::default()), Condvar::new())), peer }
+    }
+
+    /// A handle that is already complete.
+    pub fn done(peer: Rank, r: Result<()>) -> Self {
+        let h = OpHandle::new(peer);
+        h.complete(r);
+        h
+    }
+
+    pub fn peer(&self) -> Rank {
+        self.peer
+    }
+
+    /// Marks the operation finished. Later calls are ignored (first outcome wins).
+    pub fn complete(&self, r: Result<()>) {
+        let (m, cv) = &*self.inner;
+        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+        if s.result.is_none() {
+            s.result = Some(r);
+            cv.notify_all();
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        let (m, _) = &*self.inner;
+        m.lock().unwrap_or_else(|e| e.into_inner()).result.is_some()
+    }
+
+    /// Blocks until the operation completes or `deadline` passes. `what` describes the
+    /// operation for the timeout error.
+    pub fn wait(&self, deadline: Instant, timeout: Duration, what: &dyn Fn() -> String) -> Result<()> {
+        let (m, cv) = &*self.inner;
+        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = &s.result {
+                return match r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e.duplicate()),
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout { rank: self.peer.0, what: what(), after: timeout });
+            }
+            s = cv.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// Moves bytes between the ranks of one communicator.
+pub trait Transport: Send + Sync {
+    fn rank(&self) -> Rank;
+    fn nranks(&self) -> u32;
+    /// Name for logs ("tcp", "memory", ...). `peer` lets mixed transports report per peer.
+    fn name(&self, peer: Rank) -> String;
+
+    /// Posts a send of `len` bytes at `data` to `to`.
+    ///
+    /// # Safety
+    /// `data..data+len` must stay valid and unmodified until the returned handle completes
+    /// (or the transport is aborted and has returned from `abort`).
+    unsafe fn post_send(&self, to: Rank, hdr: FrameHeader, data: *const u8, len: usize) -> Result<OpHandle>;
+
+    /// Posts a receive of exactly `hdr.len` bytes from `from` into `data`.
+    ///
+    /// # Safety
+    /// `data..data+hdr.len` must stay valid and must not be accessed until the handle
+    /// completes (or the transport is aborted and has returned from `abort`).
+    unsafe fn post_recv(&self, from: Rank, hdr: FrameHeader, data: *mut u8) -> Result<OpHandle>;
+
+    /// Fails every pending operation with `Aborted(reason)`, tells peers (best effort) and
+    /// stops using any user memory before returning. The transport is unusable afterwards.
+    fn abort(&self, reason: &str);
+}
+
+/// Raw pointer that may cross threads; the `Transport` safety contract keeps it valid.
+#[derive(Clone, Copy, Debug)]
+pub struct SendPtr(pub *const u8);
+// SAFETY: the memory behind it is only touched under the post_send contract.
+unsafe impl Send for SendPtr {}
+
+/// Raw mutable pointer that may cross threads; see [`SendPtr`].
+#[derive(Clone, Copy, Debug)]
+pub struct RecvPtr(pub *mut u8);
+// SAFETY: the memory behind it is only touched under the post_recv contract.
+unsafe impl Send for RecvPtr {}
