@@ -1,1 +1,27 @@
+//! # acspeed
+//!
+//! Collective communication for data-parallel training. This crate is the integrator: it
+//! owns the [`Communicator`] (rendezvous, connection set-up, algorithm choice, plan cache,
+//! execution) and the command-line tools. The pieces live in their own crates:
+//! `acspeed-core` (types, plan IR, verifier, executor, `Transport` trait),
+//! `acspeed-algorithms` (pure plan generators) and `acspeed-transports` (TCP, ...).
+//!
+//! ```no_run
+//! // Under torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set):
+//! let comm = acspeed::init_from_env()?;
+//! let mut grads = vec![1.0f32; 1 << 20];
+//! comm.allreduce(&mut grads, acspeed::ReduceOp::Sum)?;
+//! # Ok::<(), acspeed::Error>(())
+//! ```
 
+pub mod bench;
+pub mod comm;
+pub mod element;
+pub mod init;
+pub mod log;
+pub mod store;
+
+pub use acspeed_core::{Config, DType, Error, LaunchEnv, ReduceOp, Result};
+pub use comm::Communicator;
+pub use element::Element;
+pub use init::{init, init_from_env, init_with_store};

@@ -29,10 +29,17 @@ impl Algorithm {
     }
 
     pub fn from_name(s: &str) -> Result<Algorithm> {
-        Algorithm::ALL.iter().copied().find(|a| a.name() == s.to_ascii_lowercase()).ok_or_else(|| {
-            let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
-            Error::invalid(format!("unknown algorithm '{s}' (available: auto, {})", names.join(", ")))
-        })
+        Algorithm::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+                Error::invalid(format!(
+                    "unknown algorithm '{s}' (available: auto, {})",
+                    names.join(", ")
+                ))
+            })
     }
 
     pub fn plan_for_rank(self, coll: Collective, rank: Rank, nranks: u32) -> RankPlan {

@@ -56,7 +56,12 @@ impl Builder {
 impl Ring {
     pub fn plan_for_rank(&self, coll: Collective, rank: Rank, nranks: u32) -> RankPlan {
         let (n, r, k) = (nranks, rank.0, self.chunks_per_rank.max(1));
-        let mut b = Builder { r, n, k, steps: Vec::new() };
+        let mut b = Builder {
+            r,
+            n,
+            k,
+            steps: Vec::new(),
+        };
         let (next, prev) = (b.rank(1), b.rank(-1));
         let (mut input_chunks, mut output_chunks) = (0, n * k);
         if coll == Collective::Barrier {
@@ -68,10 +73,18 @@ impl Ring {
             Collective::AllReduce if n > 1 => {
                 b.each(b.group(0), |c| Op::Send { to: next, src: c });
                 for j in 1..n as i64 {
-                    b.each(b.group(-j), |c| Op::RecvReduceSend { from: prev, to: next, dst: c });
+                    b.each(b.group(-j), |c| Op::RecvReduceSend {
+                        from: prev,
+                        to: next,
+                        dst: c,
+                    });
                 }
                 for j in 1..n as i64 - 1 {
-                    b.each(b.group(1 - j), |c| Op::RecvCopySend { from: prev, to: next, dst: c });
+                    b.each(b.group(1 - j), |c| Op::RecvCopySend {
+                        from: prev,
+                        to: next,
+                        dst: c,
+                    });
                 }
                 b.each(b.group(2), |c| Op::Recv { from: prev, dst: c });
             }
@@ -85,8 +98,16 @@ impl Ring {
                     (0, _) => Op::Send { to: next, src: c },
                     (p, false) if p == n - 1 => Op::Recv { from: prev, dst: c },
                     (p, true) if p == n - 1 => Op::RecvReduce { from: prev, dst: c },
-                    (_, false) => Op::RecvCopySend { from: prev, to: next, dst: c },
-                    (_, true) => Op::RecvReduceSend { from: prev, to: next, dst: c },
+                    (_, false) => Op::RecvCopySend {
+                        from: prev,
+                        to: next,
+                        dst: c,
+                    },
+                    (_, true) => Op::RecvReduceSend {
+                        from: prev,
+                        to: next,
+                        dst: c,
+                    },
                 };
                 b.k = 1;
                 for m in 0..k {
@@ -97,9 +118,21 @@ impl Ring {
                 input_chunks = k;
                 for m in 0..k {
                     if n > 1 {
-                        b.steps.push(Op::Send { to: next, src: ChunkRef::inp(m) }.into());
+                        b.steps.push(
+                            Op::Send {
+                                to: next,
+                                src: ChunkRef::inp(m),
+                            }
+                            .into(),
+                        );
                     }
-                    b.steps.push(Op::Copy { src: ChunkRef::inp(m), dst: ChunkRef::out(r * k + m) }.into());
+                    b.steps.push(
+                        Op::Copy {
+                            src: ChunkRef::inp(m),
+                            dst: ChunkRef::out(r * k + m),
+                        }
+                        .into(),
+                    );
                 }
                 b.allgather_tail(next, prev);
             }
@@ -112,21 +145,47 @@ impl Ring {
                 output_chunks = k;
                 let inp = |g: u32, m: u32| ChunkRef::inp(g * k + m);
                 if n == 1 {
-                    (0..k).for_each(|m| b.steps.push(Op::Copy { src: inp(r, m), dst: ChunkRef::out(m) }.into()));
+                    (0..k).for_each(|m| {
+                        b.steps.push(
+                            Op::Copy {
+                                src: inp(r, m),
+                                dst: ChunkRef::out(m),
+                            }
+                            .into(),
+                        )
+                    });
                 } else {
                     // The partial sum for the group in transit is built in the output chunk:
                     // copy our input of that group in, reduce the incoming partial into it.
                     let g0 = b.group(-1);
-                    (0..k).for_each(|m| b.steps.push(Op::Send { to: next, src: inp(g0, m) }.into()));
+                    (0..k).for_each(|m| {
+                        b.steps.push(
+                            Op::Send {
+                                to: next,
+                                src: inp(g0, m),
+                            }
+                            .into(),
+                        )
+                    });
                     for j in 1..n as i64 {
                         let g = b.group(-1 - j);
                         for m in 0..k {
-                            b.steps.push(Op::Copy { src: inp(g, m), dst: ChunkRef::out(m) }.into());
+                            b.steps.push(
+                                Op::Copy {
+                                    src: inp(g, m),
+                                    dst: ChunkRef::out(m),
+                                }
+                                .into(),
+                            );
                             let dst = ChunkRef::out(m);
                             let op = if j == n as i64 - 1 {
                                 Op::RecvReduce { from: prev, dst }
                             } else {
-                                Op::RecvReduceSend { from: prev, to: next, dst }
+                                Op::RecvReduceSend {
+                                    from: prev,
+                                    to: next,
+                                    dst,
+                                }
                             };
                             b.steps.push(op.into());
                         }
@@ -137,19 +196,40 @@ impl Ring {
                 // Pairwise exchange: in round j send to r+j and receive from r-j.
                 input_chunks = n * k;
                 for m in 0..k {
-                    b.steps.push(Op::Copy { src: ChunkRef::inp(r * k + m), dst: ChunkRef::out(r * k + m) }.into());
+                    b.steps.push(
+                        Op::Copy {
+                            src: ChunkRef::inp(r * k + m),
+                            dst: ChunkRef::out(r * k + m),
+                        }
+                        .into(),
+                    );
                 }
                 for j in 1..n as i64 {
                     let (to, from) = (b.rank(j), b.rank(-j));
                     for m in 0..k {
-                        b.steps.push(Op::Send { to, src: ChunkRef::inp(to.0 * k + m) }.into());
-                        b.steps.push(Op::Recv { from, dst: ChunkRef::out(from.0 * k + m) }.into());
+                        b.steps.push(
+                            Op::Send {
+                                to,
+                                src: ChunkRef::inp(to.0 * k + m),
+                            }
+                            .into(),
+                        );
+                        b.steps.push(
+                            Op::Recv {
+                                from,
+                                dst: ChunkRef::out(from.0 * k + m),
+                            }
+                            .into(),
+                        );
                     }
                 }
             }
             // One rank: in-place collectives have nothing to do.
             _ => {
-                if matches!(coll, Collective::Broadcast { .. } | Collective::Reduce { .. }) {
+                if matches!(
+                    coll,
+                    Collective::Broadcast { .. } | Collective::Reduce { .. }
+                ) {
                     output_chunks = k;
                 }
             }
@@ -171,7 +251,11 @@ impl Builder {
     fn allgather_tail(&mut self, next: Rank, prev: Rank) {
         let n = self.n as i64;
         for j in 1..n - 1 {
-            self.each(self.group(-j), |c| Op::RecvCopySend { from: prev, to: next, dst: c });
+            self.each(self.group(-j), |c| Op::RecvCopySend {
+                from: prev,
+                to: next,
+                dst: c,
+            });
         }
         if n > 1 {
             self.each(self.group(1), |c| Op::Recv { from: prev, dst: c });

@@ -36,14 +36,24 @@ proptest! {
 fn verifier_catches_a_broken_ring() {
     // Drop the last allgather step of rank 0: its last chunk stays partial.
     let n = 4;
-    let mut plans = all_plans(|r| Algorithm::Ring.plan_for_rank(Collective::AllReduce, r, n), n);
+    let mut plans = all_plans(
+        |r| Algorithm::Ring.plan_for_rank(Collective::AllReduce, r, n),
+        n,
+    );
     plans[0].lanes[0].steps.pop();
     let e = verify(&plans, None).unwrap_err().to_string();
     assert!(e.contains("never received") || e.contains("rank 0"), "{e}");
 
     // Double reduction: turn a copy into a reduce.
-    let mut plans = all_plans(|r| Algorithm::Ring.plan_for_rank(Collective::AllReduce, r, n), n);
-    let s = plans[1].lanes[0].steps.iter_mut().find(|s| matches!(s.op, acspeed_core::Op::RecvCopySend { .. })).unwrap();
+    let mut plans = all_plans(
+        |r| Algorithm::Ring.plan_for_rank(Collective::AllReduce, r, n),
+        n,
+    );
+    let s = plans[1].lanes[0]
+        .steps
+        .iter_mut()
+        .find(|s| matches!(s.op, acspeed_core::Op::RecvCopySend { .. }))
+        .unwrap();
     if let acspeed_core::Op::RecvCopySend { from, to, dst } = s.op {
         s.op = acspeed_core::Op::RecvReduceSend { from, to, dst };
     }
@@ -51,14 +61,23 @@ fn verifier_catches_a_broken_ring() {
     assert!(e.contains("x2") || e.contains("must be"), "{e}");
 
     // Swapped order of two receives: a deadlock or wrong data.
-    let mut plans = all_plans(|r| Algorithm::Ring.plan_for_rank(Collective::Broadcast { root: Rank(0) }, r, n), n);
+    let mut plans = all_plans(
+        |r| Algorithm::Ring.plan_for_rank(Collective::Broadcast { root: Rank(0) }, r, n),
+        n,
+    );
     plans[2].lanes[0].steps.clear();
     let e = verify(&plans, None).unwrap_err().to_string();
-    assert!(e.contains("never received") || e.contains("deadlock") || e.contains("must be"), "{e}");
+    assert!(
+        e.contains("never received") || e.contains("deadlock") || e.contains("must be"),
+        "{e}"
+    );
 }
 
 #[test]
 fn algorithm_names() {
     assert_eq!(Algorithm::from_name("RING").unwrap(), Algorithm::Ring);
-    assert!(Algorithm::from_name("tree").unwrap_err().to_string().contains("available"));
+    assert!(Algorithm::from_name("tree")
+        .unwrap_err()
+        .to_string()
+        .contains("available"));
 }

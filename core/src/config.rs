@@ -16,7 +16,6 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_ALGO", "auto", "Algorithm for every collective: auto or ring."),
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
-    ("ACSPEED_SOCKET_IFNAME", "(any)", "Interface to use, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker`."),
     ("ACSPEED_PLAN_DUMP_DIR", "(off)", "Write every plan this rank generates as JSON into this directory."),
     ("MASTER_ADDR / MASTER_PORT", "127.0.0.1 / -", "Where rank 0 hosts the rendezvous store (torchrun's convention)."),
     ("RANK / WORLD_SIZE", "-", "This process's rank and the number of ranks (torchrun's convention)."),
@@ -38,36 +37,6 @@ pub enum AlgoChoice {
     Named(String),
 }
 
-/// Interface selection in NCCL's syntax (`ACSPEED_SOCKET_IFNAME`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IfaceFilter {
-    Any,
-    Prefix(Vec<String>),
-    Exact(Vec<String>),
-    Exclude(Vec<String>),
-}
-
-impl IfaceFilter {
-    pub fn parse(s: &str) -> IfaceFilter {
-        let list = |t: &str| t.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
-        match s.trim() {
-            "" => IfaceFilter::Any,
-            t if t.starts_with('^') => IfaceFilter::Exclude(list(&t[1..])),
-            t if t.starts_with('=') => IfaceFilter::Exact(list(&t[1..])),
-            t => IfaceFilter::Prefix(list(t)),
-        }
-    }
-
-    pub fn matches(&self, ifname: &str) -> bool {
-        match self {
-            IfaceFilter::Any => true,
-            IfaceFilter::Prefix(p) => p.iter().any(|x| ifname.starts_with(x.as_str())),
-            IfaceFilter::Exact(p) => p.iter().any(|x| ifname == x),
-            IfaceFilter::Exclude(p) => !p.iter().any(|x| ifname.starts_with(x.as_str())),
-        }
-    }
-}
-
 /// Library configuration (everything except the launcher's variables).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -77,7 +46,6 @@ pub struct Config {
     pub algo: AlgoChoice,
     pub log: LogLevel,
     pub host_id: Option<String>,
-    pub ifname: IfaceFilter,
     pub plan_dump_dir: Option<String>,
 }
 
@@ -90,7 +58,6 @@ impl Default for Config {
             algo: AlgoChoice::Auto,
             log: LogLevel::Warn,
             host_id: None,
-            ifname: IfaceFilter::Any,
             plan_dump_dir: None,
         }
     }
@@ -108,13 +75,20 @@ pub struct LaunchEnv {
 }
 
 fn lookup<'a>(vars: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    vars.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
+    vars.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.trim().is_empty())
 }
 
 /// Parses sizes like `4096`, `4K`, `64M`, `1G` (binary multiples, optional `B`/`iB`).
 pub fn parse_size(s: &str) -> Option<usize> {
     let t = s.trim().to_ascii_uppercase();
-    let t = t.strip_suffix("IB").or_else(|| t.strip_suffix('B')).unwrap_or(&t);
+    let t = t
+        .strip_suffix("IB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(&t);
     let (num, mult) = match t.chars().last()? {
         'K' => (&t[..t.len() - 1], 1usize << 10),
         'M' => (&t[..t.len() - 1], 1 << 20),
@@ -139,13 +113,23 @@ impl Config {
     pub fn from_vars(vars: &[(String, String)]) -> Result<Config> {
         let mut c = Config::default();
         if let Some(v) = lookup(vars, "ACSPEED_TIMEOUT_SECS") {
-            let secs: f64 = v.parse().ok().filter(|s: &f64| *s > 0.0 && s.is_finite()).ok_or_else(|| bad("ACSPEED_TIMEOUT_SECS", v, "a positive number of seconds"))?;
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| *s > 0.0 && s.is_finite())
+                .ok_or_else(|| bad("ACSPEED_TIMEOUT_SECS", v, "a positive number of seconds"))?;
             c.timeout = Duration::from_secs_f64(secs);
         }
         if let Some(v) = lookup(vars, "ACSPEED_SEGMENT_BYTES") {
             c.segment_bytes = parse_size(v)
                 .filter(|s| (64..=(1 << 30)).contains(s))
-                .ok_or_else(|| bad("ACSPEED_SEGMENT_BYTES", v, "a size between 64 and 1G, e.g. 256K"))?;
+                .ok_or_else(|| {
+                    bad(
+                        "ACSPEED_SEGMENT_BYTES",
+                        v,
+                        "a size between 64 and 1G, e.g. 256K",
+                    )
+                })?;
         }
         if let Some(v) = lookup(vars, "ACSPEED_PIPELINE_DEPTH") {
             c.pipeline_depth = v
@@ -169,9 +153,6 @@ impl Config {
             };
         }
         c.host_id = lookup(vars, "ACSPEED_HOST_ID").map(str::to_string);
-        if let Some(v) = lookup(vars, "ACSPEED_SOCKET_IFNAME") {
-            c.ifname = IfaceFilter::parse(v);
-        }
         c.plan_dump_dir = lookup(vars, "ACSPEED_PLAN_DUMP_DIR").map(str::to_string);
         Ok(c)
     }
@@ -192,14 +173,21 @@ impl LaunchEnv {
                 ))
             })
         };
-        let num = |k: &str, v: &str| -> Result<u32> { v.trim().parse().map_err(|_| bad(k, v, "a non-negative integer")) };
+        let num = |k: &str, v: &str| -> Result<u32> {
+            v.trim()
+                .parse()
+                .map_err(|_| bad(k, v, "a non-negative integer"))
+        };
         let world_size = num("WORLD_SIZE", need("WORLD_SIZE")?)?;
         if world_size == 0 {
             return Err(bad("WORLD_SIZE", "0", "at least 1"));
         }
         let rank = num("RANK", need("RANK")?)?;
         if rank >= world_size {
-            return Err(Error::invalid(format!("RANK={rank} is out of range for WORLD_SIZE={world_size} (ranks are 0..{})", world_size - 1)));
+            return Err(Error::invalid(format!(
+                "RANK={rank} is out of range for WORLD_SIZE={world_size} (ranks are 0..{})",
+                world_size - 1
+            )));
         }
         let local_rank = match lookup(vars, "LOCAL_RANK") {
             Some(v) => num("LOCAL_RANK", v)?,
@@ -210,12 +198,28 @@ impl LaunchEnv {
             None => world_size,
         };
         if local_rank >= local_world_size {
-            return Err(Error::invalid(format!("LOCAL_RANK={local_rank} is out of range for LOCAL_WORLD_SIZE={local_world_size}")));
+            return Err(Error::invalid(format!(
+                "LOCAL_RANK={local_rank} is out of range for LOCAL_WORLD_SIZE={local_world_size}"
+            )));
         }
-        let master_addr = lookup(vars, "MASTER_ADDR").unwrap_or("127.0.0.1").to_string();
+        let master_addr = lookup(vars, "MASTER_ADDR")
+            .unwrap_or("127.0.0.1")
+            .to_string();
         let p = need("MASTER_PORT")?;
-        let master_port = p.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("MASTER_PORT", p, "a port number 1..65535"))?;
-        Ok(LaunchEnv { rank, world_size, local_rank, local_world_size, master_addr, master_port })
+        let master_port = p
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("MASTER_PORT", p, "a port number 1..65535"))?;
+        Ok(LaunchEnv {
+            rank,
+            world_size,
+            local_rank,
+            local_world_size,
+            master_addr,
+            master_port,
+        })
     }
 }
 
@@ -224,7 +228,10 @@ mod tests {
     use super::*;
 
     fn v(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -240,33 +247,57 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_variable() {
-        let e = Config::from_vars(&v(&[("ACSPEED_SEGMENT_BYTES", "lots")])).unwrap_err().to_string();
-        assert!(e.contains("ACSPEED_SEGMENT_BYTES") && e.contains("lots"), "{e}");
-        let e = Config::from_vars(&v(&[("ACSPEED_TIMEOUT_SECS", "-1")])).unwrap_err().to_string();
+        let e = Config::from_vars(&v(&[("ACSPEED_SEGMENT_BYTES", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ACSPEED_SEGMENT_BYTES") && e.contains("lots"),
+            "{e}"
+        );
+        let e = Config::from_vars(&v(&[("ACSPEED_TIMEOUT_SECS", "-1")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ACSPEED_TIMEOUT_SECS"), "{e}");
-        let c = Config::from_vars(&v(&[("ACSPEED_SEGMENT_BYTES", "1M"), ("ACSPEED_ALGO", "Ring")])).unwrap();
+        let c = Config::from_vars(&v(&[
+            ("ACSPEED_SEGMENT_BYTES", "1M"),
+            ("ACSPEED_ALGO", "Ring"),
+        ]))
+        .unwrap();
         assert_eq!(c.segment_bytes, 1 << 20);
         assert_eq!(c.algo, AlgoChoice::Named("ring".into()));
     }
 
     #[test]
     fn launch_env() {
-        let e = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "2")])).unwrap_err().to_string();
+        let e = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "2")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("RANK is not set"), "{e}");
-        let e = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_PORT", "1")])).unwrap_err().to_string();
+        let e = LaunchEnv::from_vars(&v(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "2"),
+            ("MASTER_PORT", "1"),
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("RANK=2") && e.contains("WORLD_SIZE=2"), "{e}");
-        let e = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_PORT", "99999")])).unwrap_err().to_string();
+        let e = LaunchEnv::from_vars(&v(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("MASTER_PORT", "99999"),
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("MASTER_PORT"), "{e}");
-        let l = LaunchEnv::from_vars(&v(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("MASTER_PORT", "29500")])).unwrap();
-        assert_eq!((l.local_rank, l.local_world_size, l.master_addr.as_str()), (3, 4, "127.0.0.1"));
-    }
-
-    #[test]
-    fn iface_filter() {
-        assert!(IfaceFilter::parse("eth").matches("eth0"));
-        assert!(!IfaceFilter::parse("=eth").matches("eth0"));
-        assert!(IfaceFilter::parse("=eth0,ib0").matches("ib0"));
-        assert!(!IfaceFilter::parse("^docker,lo").matches("docker0"));
-        assert!(IfaceFilter::parse("^docker,lo").matches("eth1"));
+        let l = LaunchEnv::from_vars(&v(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "3"),
+            ("MASTER_PORT", "29500"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (l.local_rank, l.local_world_size, l.master_addr.as_str()),
+            (3, 4, "127.0.0.1")
+        );
     }
 }

@@ -196,10 +196,17 @@ mod tests {
 
     #[test]
     fn bitwise_on_float_is_rejected_with_names() {
-        let e = ReduceOp::BXor.check_dtype(DType::F32).unwrap_err().to_string();
+        let e = ReduceOp::BXor
+            .check_dtype(DType::F32)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bxor") && e.contains("float"), "{e}");
         ReduceOp::BXor.check_dtype(DType::I32).unwrap();
         ReduceOp::Sum.check_dtype(DType::BF16).unwrap();
-        assert!("f33".parse::<DType>().unwrap_err().to_string().contains("f33"));
+        assert!("f33"
+            .parse::<DType>()
+            .unwrap_err()
+            .to_string()
+            .contains("f33"));
     }
 }

@@ -24,7 +24,11 @@ pub enum Error {
 
     /// Nothing arrived from `rank` within the configured timeout.
     #[error("timed out after {}s waiting for rank {rank} during {what} (raise ACSPEED_TIMEOUT_SECS if the job is just slow)", .after.as_secs_f64())]
-    Timeout { rank: u32, what: String, after: Duration },
+    Timeout {
+        rank: u32,
+        what: String,
+        after: Duration,
+    },
 
     /// The communicator was poisoned by an earlier error or shut down; create a new one.
     #[error("communicator aborted: {0}")]
@@ -49,18 +53,29 @@ impl Error {
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// A copy suitable for fanning one failure out to many waiters (io::Error is not Clone).
     pub fn duplicate(&self) -> Self {
         match self {
             Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
-            Error::Mismatch { peer, detail } => Error::Mismatch { peer: *peer, detail: detail.clone() },
-            Error::Remote { rank, detail } => Error::Remote { rank: *rank, detail: detail.clone() },
-            Error::Timeout { rank, what, after } => {
-                Error::Timeout { rank: *rank, what: what.clone(), after: *after }
-            }
+            Error::Mismatch { peer, detail } => Error::Mismatch {
+                peer: *peer,
+                detail: detail.clone(),
+            },
+            Error::Remote { rank, detail } => Error::Remote {
+                rank: *rank,
+                detail: detail.clone(),
+            },
+            Error::Timeout { rank, what, after } => Error::Timeout {
+                rank: *rank,
+                what: what.clone(),
+                after: *after,
+            },
             Error::Aborted(s) => Error::Aborted(s.clone()),
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),

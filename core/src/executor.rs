@@ -78,7 +78,10 @@ struct LaneCtx<'a> {
 
 impl Executor {
     pub fn new(params: ExecParams) -> Self {
-        Executor { params, scratch: Mutex::new(Vec::new()) }
+        Executor {
+            params,
+            scratch: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn params(&self) -> ExecParams {
@@ -86,10 +89,19 @@ impl Executor {
     }
 
     /// Runs `plan`. Buffer lengths must match the plan's collective for `call.count`.
-    pub fn run(&self, plan: &RankPlan, t: &dyn Transport, call: CallInfo, bufs: Buffers) -> Result<()> {
+    pub fn run(
+        &self,
+        plan: &RankPlan,
+        t: &dyn Transport,
+        call: CallInfo,
+        bufs: Buffers,
+    ) -> Result<()> {
         let es = call.dtype.size();
-        let (ie, oe) = plan.collective.buffer_elems(plan.nranks as usize, call.count);
-        if bufs.output_len != oe * es || (plan.collective.has_input() && bufs.input_len != ie * es) {
+        let (ie, oe) = plan
+            .collective
+            .buffer_elems(plan.nranks as usize, call.count);
+        if bufs.output_len != oe * es || (plan.collective.has_input() && bufs.input_len != ie * es)
+        {
             return Err(Error::invalid(format!(
                 "{}: buffers of {} / {} bytes do not fit count {} of {} on {} ranks",
                 plan.collective.name(),
@@ -111,14 +123,20 @@ impl Executor {
             }
             v
         };
-        let params = ExecParams { segment_bytes: seg, ..self.params };
+        let params = ExecParams {
+            segment_bytes: seg,
+            ..self.params
+        };
         let result = if nl <= 1 {
             match scratch.first_mut() {
                 Some(s) => LaneCtx::new(plan, t, call, bufs, params, (ie, oe), 0, s).run_lane(None),
                 None => Ok(()),
             }
         } else {
-            let progress = Progress { done: Mutex::new(vec![0; nl]), cv: Condvar::new() };
+            let progress = Progress {
+                done: Mutex::new(vec![0; nl]),
+                cv: Condvar::new(),
+            };
             std::thread::scope(|sc| {
                 let handles: Vec<_> = scratch
                     .iter_mut()
@@ -126,7 +144,8 @@ impl Executor {
                     .map(|(l, s)| {
                         let progress = &progress;
                         sc.spawn(move || {
-                            let r = LaneCtx::new(plan, t, call, bufs, params, (ie, oe), l, s).run_lane(Some(progress));
+                            let r = LaneCtx::new(plan, t, call, bufs, params, (ie, oe), l, s)
+                                .run_lane(Some(progress));
                             if let Err(e) = &r {
                                 // Unblock sibling lanes waiting on the transport or on us.
                                 t.abort(&e.to_string());
@@ -138,7 +157,9 @@ impl Executor {
                     .collect();
                 let mut first = Ok(());
                 for h in handles {
-                    let r = h.join().unwrap_or_else(|_| Err(Error::Aborted("executor lane panicked".into())));
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err(Error::Aborted("executor lane panicked".into())));
                     if first.is_ok() {
                         first = r;
                     }
@@ -149,7 +170,10 @@ impl Executor {
         if let Err(e) = &result {
             t.abort(&e.to_string());
         }
-        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).extend(scratch);
+        self.scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(scratch);
         result
     }
 }
@@ -185,9 +209,15 @@ impl Progress {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Aborted(format!("timed out waiting for lane dependencies {deps:?}")));
+                return Err(Error::Aborted(format!(
+                    "timed out waiting for lane dependencies {deps:?}"
+                )));
             }
-            d = self.cv.wait_timeout(d, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            d = self
+                .cv
+                .wait_timeout(d, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -204,7 +234,18 @@ impl<'a> LaneCtx<'a> {
         lane: usize,
         scratch: &'a mut [u64],
     ) -> Self {
-        LaneCtx { plan, t, call, bufs, params, elems, lane, step: 0, pending: Vec::new(), scratch }
+        LaneCtx {
+            plan,
+            t,
+            call,
+            bufs,
+            params,
+            elems,
+            lane,
+            step: 0,
+            pending: Vec::new(),
+            scratch,
+        }
     }
 
     fn run_lane(mut self, progress: Option<&Progress>) -> Result<()> {
@@ -241,7 +282,11 @@ impl<'a> LaneCtx<'a> {
     /// Byte range of a chunk.
     fn range(&self, c: ChunkRef) -> Range<usize> {
         let es = self.call.dtype.size();
-        let elems = if c.buf == Buf::Input { self.elems.0 } else { self.elems.1 };
+        let elems = if c.buf == Buf::Input {
+            self.elems.0
+        } else {
+            self.elems.1
+        };
         let r = chunk_range(elems, self.plan.chunks_of(c.buf), c.index);
         r.start * es..r.end * es
     }
@@ -252,7 +297,10 @@ impl<'a> LaneCtx<'a> {
             return vec![r];
         }
         let seg = self.params.segment_bytes;
-        (r.start..r.end).step_by(seg).map(|s| s..(s + seg).min(r.end)).collect()
+        (r.start..r.end)
+            .step_by(seg)
+            .map(|s| s..(s + seg).min(r.end))
+            .collect()
     }
 
     fn ptr(&self, buf: Buf, off: usize) -> *mut u8 {
@@ -286,7 +334,10 @@ impl<'a> LaneCtx<'a> {
         let mut i = 0;
         while i < self.pending.len() {
             let p = &self.pending[i];
-            if p.buf == buf && p.range.start < r.end.max(r.start + 1) && r.start < p.range.end.max(p.range.start + 1) {
+            if p.buf == buf
+                && p.range.start < r.end.max(r.start + 1)
+                && r.start < p.range.end.max(p.range.start + 1)
+            {
                 let p = self.pending.swap_remove(i);
                 self.wait(&p.handle, "send", p.buf, &p.range)?;
             } else {
@@ -303,7 +354,11 @@ impl<'a> LaneCtx<'a> {
         // SAFETY: the range lies in a caller buffer that outlives this call; it is not written
         // until the send completes (clear_hazard) and `run` waits for or aborts every send.
         let handle = unsafe { self.t.post_send(to, hdr, self.ptr(buf, r.start), r.len())? };
-        self.pending.push(Pending { buf, range: r, handle });
+        self.pending.push(Pending {
+            buf,
+            range: r,
+            handle,
+        });
         Ok(())
     }
 
@@ -323,14 +378,25 @@ impl<'a> LaneCtx<'a> {
                 let (rs, rd) = (self.range(src), self.range(dst));
                 self.clear_hazard(dst.buf, &rd)?;
                 // SAFETY: both ranges lie in the caller's buffers (checked lengths in `run`).
-                unsafe { std::ptr::copy(self.ptr(src.buf, rs.start), self.ptr(dst.buf, rd.start), rd.len().min(rs.len())) };
+                unsafe {
+                    std::ptr::copy(
+                        self.ptr(src.buf, rs.start),
+                        self.ptr(dst.buf, rd.start),
+                        rd.len().min(rs.len()),
+                    )
+                };
                 Ok(())
             }
         }
     }
 
     /// Receives straight into the destination, forwarding each segment as it lands.
-    fn recv_direct(&mut self, from: crate::Rank, fwd: Option<crate::Rank>, dst: ChunkRef) -> Result<()> {
+    fn recv_direct(
+        &mut self,
+        from: crate::Rank,
+        fwd: Option<crate::Rank>,
+        dst: ChunkRef,
+    ) -> Result<()> {
         let whole = self.range(dst);
         self.clear_hazard(dst.buf, &whole)?;
         let segs = self.segments(whole);
@@ -340,7 +406,10 @@ impl<'a> LaneCtx<'a> {
             while next < segs.len() && next < i + self.params.depth {
                 let s = &segs[next];
                 // SAFETY: destination bytes are not touched by us until the handle completes.
-                posted.push_back(unsafe { self.t.post_recv(from, self.header(s.len()), self.ptr(dst.buf, s.start))? });
+                posted.push_back(unsafe {
+                    self.t
+                        .post_recv(from, self.header(s.len()), self.ptr(dst.buf, s.start))?
+                });
                 next += 1;
             }
             let h = posted.pop_front().expect("posted ahead");
@@ -353,7 +422,12 @@ impl<'a> LaneCtx<'a> {
     }
 
     /// Receives into scratch slots and reduces into the destination segment by segment.
-    fn recv_reduce(&mut self, from: crate::Rank, fwd: Option<crate::Rank>, dst: ChunkRef) -> Result<()> {
+    fn recv_reduce(
+        &mut self,
+        from: crate::Rank,
+        fwd: Option<crate::Rank>,
+        dst: ChunkRef,
+    ) -> Result<()> {
         let whole = self.range(dst);
         self.clear_hazard(dst.buf, &whole)?;
         let segs = self.segments(whole);
@@ -362,13 +436,18 @@ impl<'a> LaneCtx<'a> {
         let depth = self.params.depth;
         let base = self.scratch.as_mut_ptr() as *mut u8;
         let slot = |i: usize| base.wrapping_add((i % depth) * slot_words * 8);
-        let op = self.call.op.ok_or_else(|| Error::Plan("a reducing step in a collective without a reduce op".into()))?;
+        let op = self.call.op.ok_or_else(|| {
+            Error::Plan("a reducing step in a collective without a reduce op".into())
+        })?;
         let mut posted: VecDeque<OpHandle> = VecDeque::new();
         let mut next = 0;
         for i in 0..segs.len() {
             while next < segs.len() && next < i + depth {
                 // SAFETY: slot `next % depth` is free: the segment that used it was reduced.
-                posted.push_back(unsafe { self.t.post_recv(from, self.header(segs[next].len()), slot(next))? });
+                posted.push_back(unsafe {
+                    self.t
+                        .post_recv(from, self.header(segs[next].len()), slot(next))?
+                });
                 next += 1;
             }
             let h = posted.pop_front().expect("posted ahead");

@@ -171,7 +171,10 @@ where
 {
     let mut a = [0f32; HALF_BLOCK];
     let mut b = [0f32; HALF_BLOCK];
-    for (d, s) in dst.chunks_mut(HALF_BLOCK * 2).zip(src.chunks(HALF_BLOCK * 2)) {
+    for (d, s) in dst
+        .chunks_mut(HALF_BLOCK * 2)
+        .zip(src.chunks(HALF_BLOCK * 2))
+    {
         let n = d.len() / 2;
         load_half::<H>(d, &mut a[..n]);
         load_half::<H>(s, &mut b[..n]);
@@ -217,9 +220,15 @@ pub fn scale_avg(dtype: DType, buf: &mut [u8], n: usize) {
         DType::I64 => each!(i64, |v| v / n as i64),
         DType::I8 => each!(i8, |v| (v as i64 / n as i64) as i8),
         DType::U8 => each!(u8, |v| (v as u64 / n as u64) as u8),
-        DType::F16 => each!(u16, |v| f16::from_f32(f16::from_bits(v).to_f32() / n as f32).to_bits()),
+        DType::F16 => each!(u16, |v| f16::from_f32(
+            f16::from_bits(v).to_f32() / n as f32
+        )
+        .to_bits()),
         DType::BF16 => {
-            each!(u16, |v| bf16::from_f32(bf16::from_bits(v).to_f32() / n as f32).to_bits())
+            each!(u16, |v| bf16::from_f32(
+                bf16::from_bits(v).to_f32() / n as f32
+            )
+            .to_bits())
         }
     }
 }
@@ -270,17 +279,29 @@ mod tests {
 
     #[test]
     fn half_types_accumulate_through_f32() {
-        let a: Vec<f16> = (0..2500).map(|i| f16::from_f32((i % 100) as f32 * 0.25)).collect();
+        let a: Vec<f16> = (0..2500)
+            .map(|i| f16::from_f32((i % 100) as f32 * 0.25))
+            .collect();
         let b: Vec<f16> = (0..2500).map(|i| f16::from_f32((i % 7) as f32)).collect();
         let mut d = bytes(&a);
         reduce(DType::F16, ReduceOp::Sum, &mut d, &bytes(&b));
-        let want: Vec<f16> =
-            a.iter().zip(&b).map(|(x, y)| f16::from_f32(x.to_f32() + y.to_f32())).collect();
+        let want: Vec<f16> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| f16::from_f32(x.to_f32() + y.to_f32()))
+            .collect();
         assert_eq!(d, bytes(&want));
         let a: Vec<bf16> = (0..3000).map(|i| bf16::from_f32(i as f32)).collect();
         let mut d = bytes(&a);
-        reduce(DType::BF16, ReduceOp::Max, &mut d, &bytes(&a.iter().rev().copied().collect::<Vec<_>>()));
-        let want: Vec<bf16> = (0..3000).map(|i: i32| bf16::from_f32(i.max(2999 - i) as f32)).collect();
+        reduce(
+            DType::BF16,
+            ReduceOp::Max,
+            &mut d,
+            &bytes(&a.iter().rev().copied().collect::<Vec<_>>()),
+        );
+        let want: Vec<bf16> = (0..3000)
+            .map(|i: i32| bf16::from_f32(i.max(2999 - i) as f32))
+            .collect();
         assert_eq!(d, bytes(&want));
     }
 

@@ -26,5 +26,5 @@ pub mod verify;
 pub use config::{Config, LaunchEnv};
 pub use dtype::{DType, ReduceOp};
 pub use error::{Error, Result};
-pub use plan::{Buf, ChunkRef, Collective, Op, RankPlan, Rank};
+pub use plan::{Buf, ChunkRef, Collective, Op, Rank, RankPlan};
 pub use transport::{FrameHeader, OpHandle, Transport};

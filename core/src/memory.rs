@@ -43,12 +43,21 @@ impl MemoryTransport {
             n,
             boxes: (0..n * n).map(|_| Mutex::new(Mailbox::default())).collect(),
         });
-        (0..n).map(|r| MemoryTransport { fabric: fabric.clone(), rank: Rank(r) }).collect()
+        (0..n)
+            .map(|r| MemoryTransport {
+                fabric: fabric.clone(),
+                rank: Rank(r),
+            })
+            .collect()
     }
 
     fn mailbox(&self, src: Rank, dst: Rank) -> Result<std::sync::MutexGuard<'_, Mailbox>> {
         if src.0 >= self.fabric.n || dst.0 >= self.fabric.n {
-            return Err(Error::invalid(format!("rank {} out of range 0..{}", src.0.max(dst.0), self.fabric.n)));
+            return Err(Error::invalid(format!(
+                "rank {} out of range 0..{}",
+                src.0.max(dst.0),
+                self.fabric.n
+            )));
         }
         Ok(self.fabric.boxes[(src.0 * self.fabric.n + dst.0) as usize]
             .lock()
@@ -76,14 +85,23 @@ impl Transport for MemoryTransport {
         "memory".into()
     }
 
-    unsafe fn post_send(&self, to: Rank, hdr: FrameHeader, data: *const u8, len: usize) -> Result<OpHandle> {
+    unsafe fn post_send(
+        &self,
+        to: Rank,
+        hdr: FrameHeader,
+        data: *const u8,
+        len: usize,
+    ) -> Result<OpHandle> {
         let mut mb = self.mailbox(self.rank, to)?;
         if let Some(why) = &mb.broken {
             return Err(Error::Aborted(why.clone()));
         }
         // SAFETY: post_send's contract: data is valid for len bytes.
         let bytes = unsafe { std::slice::from_raw_parts(data, len) };
-        let hdr = FrameHeader { len: len as u64, ..hdr };
+        let hdr = FrameHeader {
+            len: len as u64,
+            ..hdr
+        };
         match mb.posted.pop_front() {
             Some(p) => deliver(p, &hdr, bytes, self.rank),
             None => mb.queued.push_back((hdr, bytes.to_vec())),
@@ -95,11 +113,18 @@ impl Transport for MemoryTransport {
     unsafe fn post_recv(&self, from: Rank, hdr: FrameHeader, data: *mut u8) -> Result<OpHandle> {
         let mut mb = self.mailbox(from, self.rank)?;
         let handle = OpHandle::new(from);
-        let p = PostedRecv { hdr, data: RecvPtr(data), handle: handle.clone() };
+        let p = PostedRecv {
+            hdr,
+            data: RecvPtr(data),
+            handle: handle.clone(),
+        };
         if let Some((h, bytes)) = mb.queued.pop_front() {
             deliver(p, &h, &bytes, from);
         } else if let Some(why) = &mb.broken {
-            return Err(Error::Remote { rank: from.0, detail: why.clone() });
+            return Err(Error::Remote {
+                rank: from.0,
+                detail: why.clone(),
+            });
         } else {
             mb.posted.push_back(p);
         }
@@ -122,7 +147,10 @@ impl Transport for MemoryTransport {
             if let Ok(mut mb) = self.mailbox(self.rank, peer) {
                 mb.broken = Some(format!("rank {} aborted: {reason}", self.rank));
                 for p in mb.posted.drain(..) {
-                    p.handle.complete(Err(Error::Remote { rank: self.rank.0, detail: reason.to_string() }));
+                    p.handle.complete(Err(Error::Remote {
+                        rank: self.rank.0,
+                        detail: reason.to_string(),
+                    }));
                 }
             }
         }

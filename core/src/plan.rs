@@ -87,7 +87,10 @@ impl Collective {
     /// Whether the collective reads a separate input buffer. The others work in place on the
     /// output buffer (the executor copies a distinct input in first).
     pub fn has_input(&self) -> bool {
-        matches!(self, Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll)
+        matches!(
+            self,
+            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll
+        )
     }
 
     /// Elements in (input, output) for a per-rank `count` as the user API defines it:
@@ -120,10 +123,16 @@ pub struct ChunkRef {
 
 impl ChunkRef {
     pub fn out(index: u32) -> Self {
-        ChunkRef { buf: Buf::Output, index }
+        ChunkRef {
+            buf: Buf::Output,
+            index,
+        }
     }
     pub fn inp(index: u32) -> Self {
-        ChunkRef { buf: Buf::Input, index }
+        ChunkRef {
+            buf: Buf::Input,
+            index,
+        }
     }
 }
 
@@ -200,7 +209,10 @@ pub struct Step {
 
 impl From<Op> for Step {
     fn from(op: Op) -> Self {
-        Step { op, deps: Vec::new() }
+        Step {
+            op,
+            deps: Vec::new(),
+        }
     }
 }
 
@@ -232,7 +244,10 @@ impl RankPlan {
     }
 
     pub fn step(&self, id: StepId) -> Option<&Step> {
-        self.lanes.get(id.lane as usize)?.steps.get(id.step as usize)
+        self.lanes
+            .get(id.lane as usize)?
+            .steps
+            .get(id.step as usize)
     }
 
     pub fn num_steps(&self) -> usize {
@@ -244,7 +259,8 @@ impl RankPlan {
     }
 
     pub fn from_json(s: &str) -> crate::Result<Self> {
-        serde_json::from_str(s).map_err(|e| crate::Error::Plan(format!("cannot parse plan file: {e}")))
+        serde_json::from_str(s)
+            .map_err(|e| crate::Error::Plan(format!("cannot parse plan file: {e}")))
     }
 }
 
@@ -285,9 +301,18 @@ mod tests {
             nranks: 2,
             input_chunks: 0,
             output_chunks: 1,
-            lanes: vec![Lane { steps: vec![Op::Recv { from: Rank(1), dst: ChunkRef::out(0) }.into()] }],
+            lanes: vec![Lane {
+                steps: vec![Op::Recv {
+                    from: Rank(1),
+                    dst: ChunkRef::out(0),
+                }
+                .into()],
+            }],
         };
         assert_eq!(RankPlan::from_json(&p.to_json()).unwrap(), p);
-        assert!(RankPlan::from_json("{").unwrap_err().to_string().contains("plan"));
+        assert!(RankPlan::from_json("{")
+            .unwrap_err()
+            .to_string()
+            .contains("plan"));
     }
 }

@@ -36,7 +36,12 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// Checks that `got` (from `peer`) is the message described by `self`.
     pub fn check(&self, got: &FrameHeader, peer: Rank) -> Result<()> {
-        let mism = |detail: String| Err(Error::Mismatch { peer: peer.0, detail });
+        let mism = |detail: String| {
+            Err(Error::Mismatch {
+                peer: peer.0,
+                detail,
+            })
+        };
         if got.coll != self.coll {
             return mism(format!(
                 "this rank is in {} but rank {peer} sent data for {} (calls must be issued in the same order on every rank)",
@@ -70,7 +75,11 @@ impl FrameHeader {
             ));
         }
         if got.op != self.op {
-            let name = |c| crate::ReduceOp::from_code(c).map(|d| d.name()).unwrap_or("none");
+            let name = |c| {
+                crate::ReduceOp::from_code(c)
+                    .map(|d| d.name())
+                    .unwrap_or("none")
+            };
             return mism(format!(
                 "{}: reduce op {} here but {} on rank {peer}",
                 Collective::name_of_code(self.coll),
@@ -104,7 +113,10 @@ pub struct OpHandle {
 
 impl OpHandle {
     pub fn new(peer: Rank) -> Self {
-        OpHandle { inner: Arc::new((Mutex::new(State::default()), Condvar::new())), peer }
+        OpHandle {
+            inner: Arc::new((Mutex::new(State::default()), Condvar::new())),
+            peer,
+        }
     }
 
     /// A handle that is already complete.
@@ -135,7 +147,12 @@ impl OpHandle {
 
     /// Blocks until the operation completes or `deadline` passes. `what` describes the
     /// operation for the timeout error.
-    pub fn wait(&self, deadline: Instant, timeout: Duration, what: &dyn Fn() -> String) -> Result<()> {
+    pub fn wait(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
         let (m, cv) = &*self.inner;
         let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -147,9 +164,16 @@ impl OpHandle {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout { rank: self.peer.0, what: what(), after: timeout });
+                return Err(Error::Timeout {
+                    rank: self.peer.0,
+                    what: what(),
+                    after: timeout,
+                });
             }
-            s = cv.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            s = cv
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -166,7 +190,13 @@ pub trait Transport: Send + Sync {
     /// # Safety
     /// `data..data+len` must stay valid and unmodified until the returned handle completes
     /// (or the transport is aborted and has returned from `abort`).
-    unsafe fn post_send(&self, to: Rank, hdr: FrameHeader, data: *const u8, len: usize) -> Result<OpHandle>;
+    unsafe fn post_send(
+        &self,
+        to: Rank,
+        hdr: FrameHeader,
+        data: *const u8,
+        len: usize,
+    ) -> Result<OpHandle>;
 
     /// Posts a receive of exactly `hdr.len` bytes from `from` into `data`.
     ///

@@ -54,7 +54,10 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
         if p.rank.idx() != r || p.nranks as usize != n || p.collective != coll {
             return Err(err(format!(
                 "plan at index {r} is for rank {} of {} ({}), expected rank {r} of {n} ({})",
-                p.rank, p.nranks, p.collective.name(), coll.name()
+                p.rank,
+                p.nranks,
+                p.collective.name(),
+                coll.name()
             )));
         }
         check_structure(p)?;
@@ -83,7 +86,8 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
 
     let mut queues: HashMap<(usize, usize), VecDeque<Msg>> = HashMap::new();
     let mut pc: Vec<Vec<usize>> = plans.iter().map(|p| vec![0; p.lanes.len()]).collect();
-    let done = |pc: &Vec<Vec<usize>>, r: usize, id: StepId| pc[r][id.lane as usize] > id.step as usize;
+    let done =
+        |pc: &Vec<Vec<usize>>, r: usize, id: StepId| pc[r][id.lane as usize] > id.step as usize;
 
     loop {
         let mut progressed = false;
@@ -92,23 +96,36 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
             for l in 0..plans[r].lanes.len() {
                 loop {
                     let lane = &plans[r].lanes[l];
-                    let Some(step) = lane.steps.get(pc[r][l]) else { break };
+                    let Some(step) = lane.steps.get(pc[r][l]) else {
+                        break;
+                    };
                     all_done = false;
                     if !step.deps.iter().all(|d| done(&pc, r, *d)) {
                         break;
                     }
                     let here = format!("rank {r} lane {l} step {}", pc[r][l]);
                     let incoming = match step.op.recv_from() {
-                        Some(from) => match queues.get_mut(&(from.idx(), r)).and_then(|q| q.pop_front()) {
-                            Some(m) => Some(m),
-                            None => break,
-                        },
+                        Some(from) => {
+                            match queues.get_mut(&(from.idx(), r)).and_then(|q| q.pop_front()) {
+                                Some(m) => Some(m),
+                                None => break,
+                            }
+                        }
                         None => None,
                     };
-                    let out_value = execute(&mut st[r], &step.op, incoming, elems_of(&plans[r], step.op.chunks()[0]), &here)?;
+                    let out_value = execute(
+                        &mut st[r],
+                        &step.op,
+                        incoming,
+                        elems_of(&plans[r], step.op.chunks()[0]),
+                        &here,
+                    )?;
                     if let (Some(to), Some(value)) = (step.op.send_to(), out_value) {
                         let elems = elems_of(&plans[r], step.op.chunks()[0]);
-                        queues.entry((r, to.idx())).or_default().push_back(Msg { value, elems });
+                        queues
+                            .entry((r, to.idx()))
+                            .or_default()
+                            .push_back(Msg { value, elems });
                     }
                     pc[r][l] += 1;
                     progressed = true;
@@ -122,30 +139,53 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
             let stuck: Vec<String> = (0..n)
                 .flat_map(|r| {
                     let pcr = &pc[r];
-                    plans[r].lanes.iter().enumerate().filter_map(move |(l, lane)| {
-                        lane.steps.get(pcr[l]).map(|s| format!("rank {r} lane {l} step {} {:?}", pcr[l], s.op))
-                    })
+                    plans[r]
+                        .lanes
+                        .iter()
+                        .enumerate()
+                        .filter_map(move |(l, lane)| {
+                            lane.steps
+                                .get(pcr[l])
+                                .map(|s| format!("rank {r} lane {l} step {} {:?}", pcr[l], s.op))
+                        })
                 })
                 .take(6)
                 .collect();
-            return Err(err(format!("deadlock: no rank can progress; stuck: {}", stuck.join("; "))));
+            return Err(err(format!(
+                "deadlock: no rank can progress; stuck: {}",
+                stuck.join("; ")
+            )));
         }
     }
     if let Some(((a, b), q)) = queues.iter().find(|(_, q)| !q.is_empty()) {
-        return Err(err(format!("{} message(s) from rank {a} to rank {b} were never received", q.len())));
+        return Err(err(format!(
+            "{} message(s) from rank {a} to rank {b} were never received",
+            q.len()
+        )));
     }
     check_post(coll, plans, &st)
 }
 
 /// Runs one step on the symbolic state; returns the value to send, if the step sends.
-fn execute(s: &mut RankState, op: &Op, incoming: Option<Msg>, my_elems: Option<usize>, here: &str) -> Result<Option<Value>> {
+fn execute(
+    s: &mut RankState,
+    op: &Op,
+    incoming: Option<Msg>,
+    my_elems: Option<usize>,
+    here: &str,
+) -> Result<Option<Value>> {
     if let (Some(m), Some(mine)) = (&incoming, my_elems) {
         if m.elems != Some(mine) {
-            return Err(err(format!("{here}: receives {:?} elements into a chunk of {mine}", m.elems)));
+            return Err(err(format!(
+                "{here}: receives {:?} elements into a chunk of {mine}",
+                m.elems
+            )));
         }
     }
     let read = |s: &mut RankState, c: ChunkRef| -> Result<Value> {
-        s.slot(c).clone().ok_or_else(|| err(format!("{here}: reads uninitialised chunk {c}")))
+        s.slot(c)
+            .clone()
+            .ok_or_else(|| err(format!("{here}: reads uninitialised chunk {c}")))
     };
     Ok(match *op {
         Op::Send { src, .. } => Some(read(s, src)?),
@@ -176,14 +216,23 @@ fn execute(s: &mut RankState, op: &Op, incoming: Option<Msg>, my_elems: Option<u
 
 fn check_structure(p: &RankPlan) -> Result<()> {
     let r = p.rank;
-    if p.collective.has_input() != (p.input_chunks > 0) && !matches!(p.collective, Collective::Barrier) {
-        return Err(err(format!("rank {r}: input_chunks={} does not fit {}", p.input_chunks, p.collective.name())));
+    if p.collective.has_input() != (p.input_chunks > 0)
+        && !matches!(p.collective, Collective::Barrier)
+    {
+        return Err(err(format!(
+            "rank {r}: input_chunks={} does not fit {}",
+            p.input_chunks,
+            p.collective.name()
+        )));
     }
     for (l, lane) in p.lanes.iter().enumerate() {
         for (i, s) in lane.steps.iter().enumerate() {
             for c in s.op.chunks() {
                 if c.index >= p.chunks_of(c.buf) {
-                    return Err(err(format!("rank {r} lane {l} step {i}: chunk {c} out of bounds ({} chunks)", p.chunks_of(c.buf))));
+                    return Err(err(format!(
+                        "rank {r} lane {l} step {i}: chunk {c} out of bounds ({} chunks)",
+                        p.chunks_of(c.buf)
+                    )));
                 }
             }
             for peer in [s.op.recv_from(), s.op.send_to()].into_iter().flatten() {
@@ -193,7 +242,9 @@ fn check_structure(p: &RankPlan) -> Result<()> {
             }
             for d in &s.deps {
                 if d.lane as usize == l || p.step(*d).is_none() {
-                    return Err(err(format!("rank {r} lane {l} step {i}: bad dependency {d:?}")));
+                    return Err(err(format!(
+                        "rank {r} lane {l} step {i}: bad dependency {d:?}"
+                    )));
                 }
             }
         }
@@ -208,7 +259,12 @@ fn check_acyclic(p: &RankPlan) -> Result<()> {
         .lanes
         .iter()
         .enumerate()
-        .flat_map(|(l, lane)| (0..lane.steps.len()).map(move |s| StepId { lane: l as u32, step: s as u32 }))
+        .flat_map(|(l, lane)| {
+            (0..lane.steps.len()).map(move |s| StepId {
+                lane: l as u32,
+                step: s as u32,
+            })
+        })
         .collect();
     let index: HashMap<StepId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let mut indeg = vec![0usize; ids.len()];
@@ -216,7 +272,10 @@ fn check_acyclic(p: &RankPlan) -> Result<()> {
     for (i, id) in ids.iter().enumerate() {
         let mut preds: Vec<StepId> = p.step(*id).unwrap().deps.clone();
         if id.step > 0 {
-            preds.push(StepId { lane: id.lane, step: id.step - 1 });
+            preds.push(StepId {
+                lane: id.lane,
+                step: id.step - 1,
+            });
         }
         for d in preds {
             out[index[&d]].push(i);
@@ -235,7 +294,10 @@ fn check_acyclic(p: &RankPlan) -> Result<()> {
         }
     }
     if seen != ids.len() {
-        return Err(err(format!("rank {}: dependency cycle among its steps", p.rank)));
+        return Err(err(format!(
+            "rank {}: dependency cycle among its steps",
+            p.rank
+        )));
     }
     Ok(())
 }
@@ -246,7 +308,10 @@ fn check_lane_rule(plans: &[RankPlan]) -> Result<()> {
         let mut recv_lane: HashMap<u32, usize> = HashMap::new();
         for (l, lane) in p.lanes.iter().enumerate() {
             for s in &lane.steps {
-                for (peer, map, what) in [(s.op.send_to(), &mut send_lane, "sends to"), (s.op.recv_from(), &mut recv_lane, "receives from")] {
+                for (peer, map, what) in [
+                    (s.op.send_to(), &mut send_lane, "sends to"),
+                    (s.op.recv_from(), &mut recv_lane, "receives from"),
+                ] {
                     if let Some(peer) = peer {
                         let prev = *map.entry(peer.0).or_insert(l);
                         if prev != l {
@@ -310,7 +375,13 @@ fn show(v: Option<&Value>) -> String {
         Some(v) => {
             let items: Vec<String> = v
                 .iter()
-                .map(|((r, c), m)| if *m == 1 { format!("r{r}c{c}") } else { format!("r{r}c{c}x{m}") })
+                .map(|((r, c), m)| {
+                    if *m == 1 {
+                        format!("r{r}c{c}")
+                    } else {
+                        format!("r{r}c{c}x{m}")
+                    }
+                })
                 .collect();
             format!("{{{}}}", items.join(","))
         }

@@ -1,0 +1,398 @@
+//! The communicator: a group of ranks with a connected transport, a plan cache and an executor.
+//!
+//! Collectives run one at a time in issue order (a lock per communicator); each call gets a
+//! sequence number that travels in every frame, so ranks that disagree about what they are
+//! doing get a `Mismatch` error naming the other rank rather than wrong data. After any
+//! transport-level error the communicator is poisoned: it says so on every later call.
+
+use crate::element::Element;
+use crate::log::{log_enabled, Logger};
+use acspeed_algorithms::Algorithm;
+use acspeed_core::config::AlgoChoice;
+use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
+use acspeed_core::plan::{Collective, RankPlan};
+use acspeed_core::{kernels, Config, DType, Error, Rank, ReduceOp, Result, Transport};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A set of ranks that run collectives together.
+pub struct Communicator {
+    rank: u32,
+    nranks: u32,
+    transport: Arc<dyn Transport>,
+    exec: Executor,
+    cfg: Config,
+    algo: Option<Algorithm>,
+    state: Mutex<CallState>,
+    poisoned: Mutex<Option<String>>,
+    hosts: Vec<String>,
+    log: Logger,
+}
+
+struct CallState {
+    seq: u64,
+    plans: HashMap<(Collective, Algorithm), Arc<RankPlan>>,
+}
+
+impl std::fmt::Debug for Communicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Communicator")
+            .field("rank", &self.rank)
+            .field("nranks", &self.nranks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Communicator {
+    /// Wraps a connected transport. `hosts[r]` is rank r's host identity (for grouping).
+    pub fn from_transport(
+        transport: Arc<dyn Transport>,
+        cfg: Config,
+        hosts: Vec<String>,
+    ) -> Result<Communicator> {
+        let algo = match &cfg.algo {
+            AlgoChoice::Auto => None,
+            AlgoChoice::Named(n) => Some(Algorithm::from_name(n)?),
+        };
+        let (rank, nranks) = (transport.rank().0, transport.nranks());
+        let exec = Executor::new(ExecParams {
+            segment_bytes: cfg.segment_bytes,
+            depth: cfg.pipeline_depth,
+            timeout: cfg.timeout,
+        });
+        let log = Logger::new(cfg.log, rank);
+        let c = Communicator {
+            rank,
+            nranks,
+            transport,
+            exec,
+            cfg,
+            algo,
+            state: Mutex::new(CallState {
+                seq: 0,
+                plans: HashMap::new(),
+            }),
+            poisoned: Mutex::new(None),
+            hosts,
+            log,
+        };
+        c.log_init();
+        Ok(c)
+    }
+
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+    pub fn nranks(&self) -> u32 {
+        self.nranks
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Ranks that share this rank's host (by hostname or `ACSPEED_HOST_ID`), ascending.
+    pub fn local_ranks(&self) -> Vec<u32> {
+        let me = self.hosts.get(self.rank as usize);
+        (0..self.nranks)
+            .filter(|r| self.hosts.get(*r as usize) == me)
+            .collect()
+    }
+
+    /// Transport used towards `peer` (for logs and benchmarks).
+    pub fn transport_name(&self, peer: u32) -> String {
+        self.transport.name(Rank(peer))
+    }
+
+    /// Algorithm a collective of `bytes` would run (the selector's answer).
+    pub fn algorithm_for(&self, _coll: Collective, _bytes: usize) -> Algorithm {
+        // Ring is the only algorithm until the selector issue adds trees, hybrid and CPU-Reduce.
+        self.algo.unwrap_or(Algorithm::Ring)
+    }
+
+    fn log_init(&self) {
+        if !log_enabled(&self.log, acspeed_core::config::LogLevel::Info) {
+            return;
+        }
+        let peers: Vec<String> = (0..self.nranks)
+            .filter(|p| *p != self.rank)
+            .map(|p| format!("{p}:{}", self.transport.name(Rank(p))))
+            .collect();
+        self.log.info(&format!(
+            "rank {}/{} host={} local_ranks={:?} transports=[{}] segment={}B depth={} timeout={:?}",
+            self.rank,
+            self.nranks,
+            self.hosts
+                .get(self.rank as usize)
+                .map(String::as_str)
+                .unwrap_or("?"),
+            self.local_ranks(),
+            peers.join(" "),
+            self.cfg.segment_bytes,
+            self.cfg.pipeline_depth,
+            self.cfg.timeout
+        ));
+        for coll in [
+            Collective::AllReduce,
+            Collective::Broadcast { root: Rank(0) },
+            Collective::AllGather,
+            Collective::ReduceScatter,
+            Collective::AllToAll,
+        ] {
+            self.log.info(&format!(
+                "algorithm table: {:<14} any size -> {}",
+                coll.name(),
+                self.algorithm_for(coll, 0).name()
+            ));
+        }
+    }
+
+    fn plan(&self, st: &mut CallState, coll: Collective, algo: Algorithm) -> Result<Arc<RankPlan>> {
+        if let Some(p) = st.plans.get(&(coll, algo)) {
+            return Ok(p.clone());
+        }
+        let plan = Arc::new(algo.plan_for_rank(coll, Rank(self.rank), self.nranks));
+        // Verify every new plan against all ranks' plans while that is cheap.
+        if self.nranks <= 64 {
+            let all = acspeed_algorithms::all_plans(
+                |r| algo.plan_for_rank(coll, r, self.nranks),
+                self.nranks,
+            );
+            acspeed_core::verify::verify(&all, None)?;
+        }
+        if let Some(dir) = &self.cfg.plan_dump_dir {
+            let path = std::path::Path::new(dir).join(format!(
+                "plan-{}-{}-n{}-r{}.json",
+                coll.name(),
+                algo.name(),
+                self.nranks,
+                self.rank
+            ));
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(&path, plan.to_json()))
+                .map_err(|e| {
+                    Error::io(
+                        format!("ACSPEED_PLAN_DUMP_DIR: writing {}", path.display()),
+                        e,
+                    )
+                })?;
+        }
+        st.plans.insert((coll, algo), plan.clone());
+        Ok(plan)
+    }
+
+    fn check_root(&self, what: &str, root: u32) -> Result<()> {
+        if root >= self.nranks {
+            return Err(Error::invalid(format!(
+                "{what}: root {root} is out of range for {} ranks",
+                self.nranks
+            )));
+        }
+        Ok(())
+    }
+
+    fn elems(what: &str, dtype: DType, bytes: usize, which: &str) -> Result<usize> {
+        if bytes % dtype.size() != 0 {
+            return Err(Error::invalid(format!("{what}: {which} buffer of {bytes} bytes is not a whole number of {dtype} elements ({} bytes each)", dtype.size())));
+        }
+        Ok(bytes / dtype.size())
+    }
+
+    /// Runs one collective. `input` is only read for collectives with a separate input.
+    fn run(
+        &self,
+        coll: Collective,
+        dtype: DType,
+        op: Option<ReduceOp>,
+        count: usize,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<()> {
+        if let Some(why) = self
+            .poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(Error::Aborted(format!(
+                "rank {}: communicator unusable after an earlier error: {why}",
+                self.rank
+            )));
+        }
+        if let Some(op) = op {
+            op.check_dtype(dtype)?;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let algo = self.algorithm_for(coll, output.len());
+        let plan = self.plan(&mut st, coll, algo)?;
+        st.seq += 1;
+        let call = CallInfo {
+            seq: st.seq,
+            dtype,
+            op,
+            count,
+        };
+        let bufs = Buffers {
+            input: input.as_ptr(),
+            input_len: input.len(),
+            output: output.as_mut_ptr(),
+            output_len: output.len(),
+        };
+        let t0 = std::time::Instant::now();
+        let r = self.exec.run(&plan, &*self.transport, call, bufs);
+        if let Err(e) = &r {
+            if !matches!(e, Error::InvalidArgument(_)) {
+                *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            }
+            self.log
+                .warn(&format!("{} #{} failed: {e}", coll.name(), call.seq));
+            return r;
+        }
+        if log_enabled(&self.log, acspeed_core::config::LogLevel::Trace) {
+            self.log.trace(&format!(
+                "{} #{} {} x {} via {} in {:?}",
+                coll.name(),
+                call.seq,
+                count,
+                dtype,
+                algo.name(),
+                t0.elapsed()
+            ));
+        }
+        if op == Some(ReduceOp::Avg) {
+            let root_only = matches!(coll, Collective::Reduce { root } if root.0 != self.rank);
+            if !root_only {
+                kernels::scale_avg(dtype, output, self.nranks as usize);
+            }
+        }
+        Ok(())
+    }
+
+    /// In-place allreduce of a byte buffer holding `dtype` elements.
+    pub fn allreduce_bytes(&self, data: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+        let n = Self::elems("allreduce", dtype, data.len(), "data")?;
+        self.run(Collective::AllReduce, dtype, Some(op), n, &[], data)
+    }
+
+    /// In-place broadcast from `root`.
+    pub fn broadcast_bytes(&self, data: &mut [u8], dtype: DType, root: u32) -> Result<()> {
+        self.check_root("broadcast", root)?;
+        let n = Self::elems("broadcast", dtype, data.len(), "data")?;
+        self.run(
+            Collective::Broadcast { root: Rank(root) },
+            dtype,
+            None,
+            n,
+            &[],
+            data,
+        )
+    }
+
+    /// In-place reduce to `root` (other ranks' buffers hold partial results afterwards).
+    pub fn reduce_bytes(
+        &self,
+        data: &mut [u8],
+        dtype: DType,
+        op: ReduceOp,
+        root: u32,
+    ) -> Result<()> {
+        self.check_root("reduce", root)?;
+        let n = Self::elems("reduce", dtype, data.len(), "data")?;
+        self.run(
+            Collective::Reduce { root: Rank(root) },
+            dtype,
+            Some(op),
+            n,
+            &[],
+            data,
+        )
+    }
+
+    /// `output` (n x input) receives every rank's `input`, in rank order.
+    pub fn allgather_bytes(&self, input: &[u8], output: &mut [u8], dtype: DType) -> Result<()> {
+        let n = Self::elems("allgather", dtype, input.len(), "input")?;
+        if output.len() != input.len() * self.nranks as usize {
+            return Err(Error::invalid(format!(
+                "allgather: output has {} bytes but must be {} (input {} x {} ranks)",
+                output.len(),
+                input.len() * self.nranks as usize,
+                input.len(),
+                self.nranks
+            )));
+        }
+        self.run(Collective::AllGather, dtype, None, n, input, output)
+    }
+
+    /// `output` receives this rank's block of the reduction of every rank's `input` (n x output).
+    pub fn reduce_scatter_bytes(
+        &self,
+        input: &[u8],
+        output: &mut [u8],
+        dtype: DType,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let n = Self::elems("reduce_scatter", dtype, output.len(), "output")?;
+        if input.len() != output.len() * self.nranks as usize {
+            return Err(Error::invalid(format!(
+                "reduce_scatter: input has {} bytes but must be {} (output {} x {} ranks)",
+                input.len(),
+                output.len() * self.nranks as usize,
+                output.len(),
+                self.nranks
+            )));
+        }
+        self.run(Collective::ReduceScatter, dtype, Some(op), n, input, output)
+    }
+
+    /// Block `j` of `input` goes to rank `j`; block `j` of `output` comes from rank `j`.
+    pub fn alltoall_bytes(&self, input: &[u8], output: &mut [u8], dtype: DType) -> Result<()> {
+        let total = Self::elems("alltoall", dtype, input.len(), "input")?;
+        if input.len() != output.len() || total % self.nranks as usize != 0 {
+            return Err(Error::invalid(format!("alltoall: input ({} bytes) and output ({} bytes) must be equal and split evenly into {} blocks of {dtype}", input.len(), output.len(), self.nranks)));
+        }
+        self.run(
+            Collective::AllToAll,
+            dtype,
+            None,
+            total / self.nranks as usize,
+            input,
+            output,
+        )
+    }
+
+    /// Returns once every rank has entered the barrier.
+    pub fn barrier(&self) -> Result<()> {
+        self.run(Collective::Barrier, DType::U8, None, 0, &[], &mut [])
+    }
+
+    pub fn allreduce<T: Element>(&self, data: &mut [T], op: ReduceOp) -> Result<()> {
+        self.allreduce_bytes(T::bytes_mut(data), T::DTYPE, op)
+    }
+    pub fn broadcast<T: Element>(&self, data: &mut [T], root: u32) -> Result<()> {
+        self.broadcast_bytes(T::bytes_mut(data), T::DTYPE, root)
+    }
+    pub fn reduce<T: Element>(&self, data: &mut [T], op: ReduceOp, root: u32) -> Result<()> {
+        self.reduce_bytes(T::bytes_mut(data), T::DTYPE, op, root)
+    }
+    pub fn allgather<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
+        self.allgather_bytes(T::bytes(input), T::bytes_mut(output), T::DTYPE)
+    }
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.reduce_scatter_bytes(T::bytes(input), T::bytes_mut(output), T::DTYPE, op)
+    }
+    pub fn alltoall<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
+        self.alltoall_bytes(T::bytes(input), T::bytes_mut(output), T::DTYPE)
+    }
+
+    /// Fails every operation in flight and poisons the communicator (peers see an error
+    /// naming this rank with `reason`).
+    pub fn abort(&self, reason: &str) {
+        *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("aborted: {reason}"));
+        self.transport.abort(reason);
+    }
+}

@@ -1,0 +1,143 @@
+//! Bootstrapping a communicator: rendezvous through a [`Store`], then connect the mesh.
+//!
+//! With torchrun's variables, rank 0 hosts a [`TcpStoreServer`] on `MASTER_ADDR:MASTER_PORT`
+//! and everyone (rank 0 included) talks to it as a client. [`init_with_store`] is the part
+//! that only needs *a* store, which is how the PyTorch backend reuses torch's Store.
+//! Everything is bounded by `ACSPEED_TIMEOUT_SECS`; every failure names what was wrong.
+
+use crate::comm::Communicator;
+use crate::store::{resolve_master, Store, TcpStoreClient, TcpStoreServer};
+use acspeed_core::{Config, Error, LaunchEnv, Rank, Result};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+
+/// Reads `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` and `ACSPEED_*` and connects.
+pub fn init_from_env() -> Result<Communicator> {
+    init(&LaunchEnv::from_env()?, Config::from_env()?)
+}
+
+/// Connects using launcher variables and a config.
+pub fn init(launch: &LaunchEnv, cfg: Config) -> Result<Communicator> {
+    let master = resolve_master(&launch.master_addr, launch.master_port)?;
+    let _server = if launch.rank == 0 {
+        Some(TcpStoreServer::start(SocketAddr::new(
+            bind_ip_for(master.ip()),
+            launch.master_port,
+        ))?)
+    } else {
+        None
+    };
+    let store = TcpStoreClient::connect(&launch.master_addr, launch.master_port, cfg.timeout)?;
+    let ip = store.local_ip()?;
+    init_with_store(&store, "acspeed", launch.rank, launch.world_size, ip, cfg)
+}
+
+/// Rank 0 binds the store to the master address itself when it is local, else to all
+/// interfaces (MASTER_ADDR may be a name or a NAT'd address).
+fn bind_ip_for(master: IpAddr) -> IpAddr {
+    if std::net::TcpListener::bind(SocketAddr::new(master, 0)).is_ok() {
+        master
+    } else {
+        IpAddr::from([0, 0, 0, 0])
+    }
+}
+
+/// The local address that routes towards `target` (no packet is sent: a UDP "connect" only
+/// asks the kernel for a route).
+pub fn route_ip(target: SocketAddr) -> Result<IpAddr> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let s = UdpSocket::bind(bind)
+        .map_err(|e| Error::io("opening a UDP socket to find the route", e))?;
+    s.connect(target)
+        .map_err(|e| Error::io(format!("no route to {target}"), e))?;
+    Ok(s.local_addr()
+        .map_err(|e| Error::io("reading the routed address", e))?
+        .ip())
+}
+
+/// The host identity used to group ranks: `ACSPEED_HOST_ID`, else the (UTS namespace's)
+/// hostname. Never derived from shared memory, which separate hosts may share under netsim.
+pub fn host_id(cfg: &Config) -> String {
+    if let Some(h) = &cfg.host_id {
+        return h.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Rendezvous through `store` (keys under `prefix/`), listen on `ip`, connect to every rank.
+pub fn init_with_store(
+    store: &dyn Store,
+    prefix: &str,
+    rank: u32,
+    nranks: u32,
+    ip: IpAddr,
+    cfg: Config,
+) -> Result<Communicator> {
+    if nranks == 0 || rank >= nranks {
+        return Err(Error::invalid(format!(
+            "rank {rank} is out of range for world size {nranks}"
+        )));
+    }
+    let t = cfg.timeout;
+    let key = |k: &str| format!("{prefix}/{k}");
+    // Two processes claiming the same rank would otherwise deadlock later, confusingly.
+    let claims = store.add(&key(&format!("claim/{rank}")), 1)?;
+    if claims != 1 {
+        return Err(Error::invalid(format!("rank {rank} was claimed by {claims} processes: check RANK of each process (or a previous job still uses this MASTER_PORT)")));
+    }
+    if rank == 0 {
+        let mut secret = [0u8; 16];
+        getrandom::getrandom(&mut secret).map_err(|e| {
+            Error::io(
+                "generating the job secret",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        store.set(&key("secret"), &secret)?;
+        store.set(&key("world_size"), nranks.to_string().as_bytes())?;
+    }
+    let ws = store.get(&key("world_size"), t)?;
+    let ws = String::from_utf8_lossy(&ws).to_string();
+    if ws != nranks.to_string() {
+        return Err(Error::invalid(format!(
+            "WORLD_SIZE mismatch: rank {rank} has {nranks} but rank 0 has {ws}"
+        )));
+    }
+    let listener = acspeed_transports::listen(SocketAddr::new(ip, 0))?;
+    let me = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the listener address", e))?;
+    store.set(&key(&format!("addr/{rank}")), me.to_string().as_bytes())?;
+    store.set(&key(&format!("host/{rank}")), host_id(&cfg).as_bytes())?;
+    let secret: [u8; 16] = store
+        .get(&key("secret"), t)?
+        .try_into()
+        .map_err(|_| Error::Remote {
+            rank: 0,
+            detail: "published a malformed job secret".into(),
+        })?;
+    let mut addrs = Vec::with_capacity(nranks as usize);
+    let mut hosts = Vec::with_capacity(nranks as usize);
+    for q in 0..nranks {
+        let a = store.get(&key(&format!("addr/{q}")), t).map_err(|_| Error::Timeout {
+            rank: q,
+            what: format!("rendezvous: rank {q} never published its address (did it start? is WORLD_SIZE={nranks} right?)"),
+            after: t,
+        })?;
+        let a = String::from_utf8_lossy(&a);
+        addrs.push(a.parse::<SocketAddr>().map_err(|_| Error::Remote {
+            rank: q,
+            detail: format!("published a bad address '{a}'"),
+        })?);
+        hosts
+            .push(String::from_utf8_lossy(&store.get(&key(&format!("host/{q}")), t)?).into_owned());
+    }
+    let transport = acspeed_transports::establish(Rank(rank), listener, &addrs, &secret, t)?;
+    Communicator::from_transport(Arc::new(transport), cfg, hosts)
+}

@@ -1,0 +1,192 @@
+//! The benchmark binary as a user runs it: real processes over TCP on loopback.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn bench(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_acspeed-bench"));
+    c.args(args).args(["--time-limit", "120"]);
+    for k in [
+        "RANK",
+        "WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+    ] {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("running acspeed-bench")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn local_job_prints_a_correct_nccl_tests_table() {
+    let o = bench(
+        &[
+            "-n", "3", "-b", "4K", "-e", "1M", "-f", "4", "--check", "--iters", "3", "-w", "1",
+        ],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for col in [
+        "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong",
+    ] {
+        assert!(out.contains(col), "missing column {col}:\n{out}");
+    }
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 5, "{out}");
+    for r in &rows {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!(f.last(), Some(&"0"), "wrong results: {r}");
+        let (algbw, busbw): (f64, f64) = (f[6].parse().unwrap(), f[7].parse().unwrap());
+        assert!(
+            (busbw - algbw * 4.0 / 3.0).abs() <= 0.002 + algbw * 0.01,
+            "busbw formula: {r}"
+        );
+    }
+}
+
+#[test]
+fn json_rows_have_the_documented_keys() {
+    let o = bench(
+        &[
+            "-n", "2", "-b", "1K", "-e", "4K", "-d", "bf16", "-o", "avg", "--check", "--iters",
+            "2", "-w", "1", "--json",
+        ],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout is one JSON array");
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for k in [
+        "bytes",
+        "count",
+        "dtype",
+        "op",
+        "algo",
+        "time_us",
+        "algbw_gbps",
+        "busbw_gbps",
+        "wrong",
+    ] {
+        assert!(rows[0].get(k).is_some(), "missing key {k}");
+    }
+    assert_eq!(rows[0]["dtype"], "bfloat16");
+    assert!(rows.iter().all(|r| r["wrong"] == 0));
+}
+
+#[test]
+fn integer_dtypes_and_ops_check_exactly() {
+    for (d, op) in [
+        ("i8", "prod"),
+        ("u8", "max"),
+        ("i64", "bxor"),
+        ("f16", "sum"),
+        ("f64", "min"),
+    ] {
+        let o = bench(
+            &[
+                "-n", "3", "-b", "64", "-e", "70K", "-f", "32", "-d", d, "-o", op, "--check",
+                "--iters", "2", "-w", "1",
+            ],
+            &[],
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{d} {op}: {out}\n{err}");
+        assert!(out.contains("Out of bounds values : 0 OK"), "{out}");
+    }
+}
+
+#[test]
+fn missing_launch_variables_are_named() {
+    let o = bench(&["-b", "4K", "-e", "4K"], &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("RANK") || err.contains("WORLD_SIZE"), "{err}");
+    let o = bench(
+        &["-b", "4K", "-e", "4K"],
+        &[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "two"),
+            ("MASTER_PORT", "1234"),
+        ],
+    );
+    assert!(text(&o).1.contains("WORLD_SIZE='two'"), "{}", text(&o).1);
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    for (args, needle) in [
+        (vec!["-n", "2", "-b", "0"], "minbytes"),
+        (vec!["-n", "2", "-b", "4K", "-e", "1K"], "maxbytes"),
+        (vec!["-n", "2", "-o", "bxor"], "bitwise"),
+        (vec!["-n", "2", "-d", "f33"], "f33"),
+        (vec!["-n", "2", "--algo", "bogus"], "bogus"),
+        (vec!["-n", "2", "-b", "4Q"], "4Q"),
+    ] {
+        let o = bench(&args, &[]);
+        let (_, err) = text(&o);
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn port_in_use_and_unreachable_master_fail_fast_and_clearly() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let env = [
+        ("RANK", "0"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", port.as_str()),
+        ("ACSPEED_TIMEOUT_SECS", "2"),
+    ];
+    let o = bench(&["-b", "4K", "-e", "4K"], &env);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("MASTER_PORT") && err.contains("in use"),
+        "{err}"
+    );
+
+    // Nobody listens on this port: rank 1 gives up after the timeout and says where it looked.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let env = [
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", free.as_str()),
+        ("ACSPEED_TIMEOUT_SECS", "1"),
+    ];
+    let t0 = std::time::Instant::now();
+    let o = bench(&["-b", "4K", "-e", "4K"], &env);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("cannot reach the store") && err.contains(&free),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15));
+}

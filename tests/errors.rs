@@ -1,0 +1,231 @@
+//! Bad input and failing peers: every case ends in an error that names what is wrong (the
+//! variable, the rank, the op), never a hang or a panic.
+
+use crate::util::{run_group, test_config, Fabric};
+use acspeed::{DType, Error, ReduceOp};
+use std::time::{Duration, Instant};
+
+#[test]
+fn counts_that_differ_across_ranks_are_a_mismatch_naming_the_peer() {
+    for f in [Fabric::Memory, Fabric::Tcp] {
+        let res = run_group(f, 3, test_config(1 << 16, 4, 20), |comm| {
+            let mut v = vec![1.0f32; if comm.rank() == 1 { 100 } else { 200 }];
+            comm.allreduce(&mut v, ReduceOp::Sum)
+                .err()
+                .map(|e| e.to_string())
+        });
+        let msgs: Vec<String> = res.into_iter().flatten().collect();
+        assert!(!msgs.is_empty(), "{f:?}: nobody noticed");
+        assert!(
+            msgs.iter().any(|m| m.contains("count 100")
+                || m.contains("but 100")
+                || m.contains("100 on rank 1")),
+            "{f:?}: {msgs:?}"
+        );
+    }
+}
+
+#[test]
+fn different_collectives_or_dtypes_are_a_mismatch() {
+    let res = run_group(Fabric::Tcp, 2, test_config(1 << 16, 4, 20), |comm| {
+        let r = if comm.rank() == 0 {
+            comm.allreduce(&mut [1.0f32; 8], ReduceOp::Sum)
+        } else {
+            comm.allreduce(&mut [1.0f64; 8], ReduceOp::Sum)
+        };
+        let e = r.unwrap_err();
+        // Later calls say the communicator is poisoned instead of hanging.
+        let again = comm.barrier().unwrap_err().to_string();
+        (e.to_string(), again)
+    });
+    assert!(res.iter().any(|(e, _)| e.contains("dtype")), "{res:?}");
+    assert!(
+        res.iter().all(|(_, a)| a.contains("earlier error")),
+        "{res:?}"
+    );
+}
+
+#[test]
+fn op_that_makes_no_sense_for_the_dtype_is_rejected_before_any_traffic() {
+    let res = run_group(Fabric::Memory, 2, test_config(1 << 16, 4, 5), |comm| {
+        let e = comm
+            .allreduce(&mut [1.0f32; 4], ReduceOp::BXor)
+            .unwrap_err();
+        // The communicator is still usable: the mistake was caught locally.
+        comm.allreduce(&mut [1i32; 4], ReduceOp::BXor).unwrap();
+        e
+    });
+    for e in res {
+        assert!(matches!(e, Error::InvalidArgument(_)));
+        assert!(
+            e.to_string().contains("bxor") && e.to_string().contains("float"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn wrong_buffer_sizes_name_the_buffer() {
+    run_group(Fabric::Memory, 2, test_config(1 << 16, 4, 5), |comm| {
+        let e = comm
+            .allgather(&[1.0f32; 3], &mut [0.0f32; 5])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allgather") && e.contains("output"), "{e}");
+        let e = comm
+            .allreduce_bytes(&mut [0u8; 7], DType::F32, ReduceOp::Sum)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("7 bytes") && e.contains("float"), "{e}");
+        let e = comm.broadcast(&mut [0u8; 4], 9).unwrap_err().to_string();
+        assert!(e.contains("root 9"), "{e}");
+        // Zero elements are a valid (synchronising) no-op.
+        comm.allreduce::<f32>(&mut [], ReduceOp::Sum).unwrap();
+    });
+}
+
+#[test]
+fn a_rank_that_dies_mid_collective_is_named_by_the_others() {
+    let t0 = Instant::now();
+    let res = run_group(Fabric::Tcp, 3, test_config(1 << 12, 2, 30), |comm| {
+        if comm.rank() == 2 {
+            // Dies after joining: its sockets close while the others are in an allreduce.
+            std::thread::sleep(Duration::from_millis(200));
+            drop(comm);
+            return None;
+        }
+        let mut v = vec![1.0f32; 1 << 20];
+        Some(
+            comm.allreduce(&mut v, ReduceOp::Sum)
+                .unwrap_err()
+                .to_string(),
+        )
+    });
+    let msgs: Vec<String> = res.into_iter().flatten().collect();
+    assert!(msgs.iter().any(|m| m.contains("rank 2")), "{msgs:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn a_silent_rank_times_out_with_its_name() {
+    let t0 = Instant::now();
+    let res = run_group(Fabric::Tcp, 2, test_config(1 << 16, 4, 1), |comm| {
+        if comm.rank() == 1 {
+            std::thread::sleep(Duration::from_millis(2500));
+            return None;
+        }
+        Some(
+            comm.allreduce(&mut [1.0f32; 16], ReduceOp::Sum)
+                .unwrap_err(),
+        )
+    });
+    let e = res[0].as_ref().unwrap();
+    assert!(matches!(e, Error::Timeout { rank: 1, .. }), "{e}");
+    assert!(
+        e.to_string().contains("rank 1") && e.to_string().contains("allreduce"),
+        "{e}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn abort_reason_reaches_the_peers() {
+    let res = run_group(Fabric::Tcp, 2, test_config(1 << 16, 4, 20), |comm| {
+        if comm.rank() == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+            comm.abort("out of memory in the training loop");
+            return None;
+        }
+        Some(
+            comm.allreduce(&mut [1.0f32; 16], ReduceOp::Sum)
+                .unwrap_err()
+                .to_string(),
+        )
+    });
+    let m = res[1].as_ref().unwrap();
+    assert!(m.contains("rank 0") && m.contains("out of memory"), "{m}");
+}
+
+#[test]
+fn strangers_on_the_listening_port_do_not_disturb_the_job() {
+    use std::io::Write;
+    let store = acspeed::store::MemStore::new();
+    std::thread::scope(|s| {
+        let st = store.clone();
+        // A "port scanner": connects to rank 0's listener as soon as it is published, sends
+        // garbage, and another connection that says nothing.
+        s.spawn(move || {
+            use acspeed::store::Store;
+            let a = st.get("j/addr/0", Duration::from_secs(10)).unwrap();
+            let a: std::net::SocketAddr = String::from_utf8(a).unwrap().parse().unwrap();
+            let mut g = std::net::TcpStream::connect(a).unwrap();
+            let _ = g.write_all(&[0xde; 64]);
+            let _idle = std::net::TcpStream::connect(a).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let hs: Vec<_> = (0..2)
+            .map(|r| {
+                let st = store.clone();
+                s.spawn(move || {
+                    let c = acspeed::init_with_store(
+                        &*st,
+                        "j",
+                        r,
+                        2,
+                        "127.0.0.1".parse().unwrap(),
+                        test_config(1 << 16, 4, 20),
+                    )
+                    .unwrap();
+                    let mut v = [r as f32 + 1.0; 8];
+                    c.allreduce(&mut v, ReduceOp::Sum).unwrap();
+                    v[0]
+                })
+            })
+            .collect();
+        for h in hs {
+            assert_eq!(h.join().unwrap(), 3.0);
+        }
+    });
+}
+
+#[test]
+fn world_size_disagreement_and_duplicate_ranks_are_named() {
+    let store = acspeed::store::MemStore::new();
+    let cfg = test_config(1 << 16, 4, 2);
+    std::thread::scope(|s| {
+        let (a, b) = (store.clone(), store.clone());
+        let c0 = cfg.clone();
+        let h0 = s.spawn(move || {
+            acspeed::init_with_store(&*a, "w", 0, 2, "127.0.0.1".parse().unwrap(), c0)
+                .err()
+                .map(|e| e.to_string())
+        });
+        let h1 = s.spawn(move || {
+            acspeed::init_with_store(&*b, "w", 1, 3, "127.0.0.1".parse().unwrap(), cfg)
+                .err()
+                .map(|e| e.to_string())
+        });
+        let e1 = h1.join().unwrap().unwrap();
+        assert!(
+            e1.contains("WORLD_SIZE mismatch") && e1.contains("3") && e1.contains("2"),
+            "{e1}"
+        );
+        let e0 = h0.join().unwrap().unwrap();
+        assert!(e0.contains("rank 1"), "{e0}");
+    });
+    let e = acspeed::init_with_store(
+        &*store,
+        "w",
+        0,
+        2,
+        "127.0.0.1".parse().unwrap(),
+        test_config(1 << 16, 4, 1),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("claimed by 2"), "{e}");
+}

@@ -1,0 +1,268 @@
+//! The labelled matrix tester (DESIGN.md section 3): every collective x transport x nranks
+//! {1,2,3,4,7,8} x counts {0,1,odd,large} x dtype, with closed-form expected values. Each
+//! case has a label like `tcp-ring-n7-c1001-allreduce.sum-f32`; set `ACSPEED_MATRIX_FILTER`
+//! to a substring to run only matching cases. Small segments (and depth 2) force the
+//! multi-segment pipeline paths, as gloo's tests do with `setMaxSegmentSize`.
+
+use crate::util::{aligned_copy, encode, run_group, test_config, Fabric};
+use acspeed::{Communicator, DType, ReduceOp};
+
+const NRANKS: [u32; 6] = [1, 2, 3, 4, 7, 8];
+const COUNTS: [usize; 4] = [0, 1, 1001, 20_011];
+
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    AllReduce(ReduceOp),
+    Broadcast(u32),
+    Reduce(u32),
+    AllGather,
+    ReduceScatter,
+    AllToAll,
+    Barrier,
+}
+
+fn cases(n: u32) -> Vec<Case> {
+    let mut v = vec![
+        Case::AllReduce(ReduceOp::Sum),
+        Case::AllReduce(ReduceOp::Max),
+        Case::AllReduce(ReduceOp::Min),
+        Case::AllReduce(ReduceOp::Avg),
+        Case::AllReduce(ReduceOp::Prod),
+        Case::Broadcast(0),
+        Case::Broadcast(n - 1),
+        Case::Reduce(n / 2),
+        Case::AllGather,
+        Case::ReduceScatter,
+        Case::AllToAll,
+        Case::Barrier,
+    ];
+    if n > 2 {
+        v.push(Case::Broadcast(1));
+    }
+    v
+}
+
+fn label(f: Fabric, n: u32, c: usize, case: Case, d: DType) -> String {
+    let what = match case {
+        Case::AllReduce(op) => format!("allreduce.{op}"),
+        Case::Broadcast(r) => format!("broadcast.root{r}"),
+        Case::Reduce(r) => format!("reduce.root{r}"),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    format!("{}-ring-n{n}-c{c}-{what}-{d:?}", f.name()).to_lowercase()
+}
+
+/// Input of rank r, element i (small integers: exact in every dtype for n <= 8).
+fn x(r: u32, i: usize) -> f64 {
+    (r as f64 + 1.0) * ((i % 7) as f64 + 1.0)
+}
+
+fn allreduce_expect(op: ReduceOp, n: u32, i: usize, d: DType) -> f64 {
+    let base = (i % 7) as f64 + 1.0;
+    match op {
+        ReduceOp::Sum => base * (n * (n + 1) / 2) as f64,
+        ReduceOp::Max => base * n as f64,
+        ReduceOp::Min => base,
+        ReduceOp::Avg => {
+            let s = base * (n * (n + 1) / 2) as f64;
+            if d.is_float() {
+                s / n as f64
+            } else {
+                // Integer average truncates the wrapped sum.
+                let wrapped = i64::from_ne_bytes(pad(&encode(d, &[s]), d));
+                (wrapped / n as i64) as f64
+            }
+        }
+        ReduceOp::Prod => 2.0,
+        _ => unreachable!(),
+    }
+}
+
+fn pad(b: &[u8], d: DType) -> [u8; 8] {
+    let v: i64 = match d {
+        DType::I8 => b[0] as i8 as i64,
+        DType::U8 => b[0] as i64,
+        DType::I32 => i32::from_ne_bytes(b.try_into().unwrap()) as i64,
+        _ => i64::from_ne_bytes(b.try_into().unwrap()),
+    };
+    v.to_ne_bytes()
+}
+
+/// Runs one case on this rank; returns an error string with the label on mismatch.
+fn run_case(comm: &Communicator, f: Fabric, c: usize, case: Case, d: DType) -> Result<(), String> {
+    let (r, n) = (comm.rank(), comm.nranks());
+    let lbl = label(f, n, c, case, d);
+    let fail = |e: String| Err(format!("{lbl}: {e}"));
+    let input: Vec<f64> = match case {
+        Case::AllReduce(ReduceOp::Prod) => (0..c)
+            .map(|i| {
+                if i % n as usize == r as usize {
+                    2.0
+                } else {
+                    1.0
+                }
+            })
+            .collect(),
+        Case::ReduceScatter | Case::AllToAll => (0..c * n as usize).map(|i| x(r, i)).collect(),
+        _ => (0..c).map(|i| x(r, i)).collect(),
+    };
+    let inb = aligned_copy(&encode(d, &input));
+    let (got, want): (Vec<u8>, Vec<f64>) = match case {
+        Case::AllReduce(op) => {
+            let mut b = aligned_copy(&inb);
+            if let Err(e) = comm.allreduce_bytes(&mut b, d, op) {
+                return fail(e.to_string());
+            }
+            (
+                b.to_vec(),
+                (0..c).map(|i| allreduce_expect(op, n, i, d)).collect(),
+            )
+        }
+        Case::Broadcast(root) => {
+            let mut b = aligned_copy(&inb);
+            if let Err(e) = comm.broadcast_bytes(&mut b, d, root) {
+                return fail(e.to_string());
+            }
+            (b.to_vec(), (0..c).map(|i| x(root, i)).collect())
+        }
+        Case::Reduce(root) => {
+            let mut b = aligned_copy(&inb);
+            if let Err(e) = comm.reduce_bytes(&mut b, d, ReduceOp::Sum, root) {
+                return fail(e.to_string());
+            }
+            if r != root {
+                return Ok(());
+            }
+            (
+                b.to_vec(),
+                (0..c)
+                    .map(|i| allreduce_expect(ReduceOp::Sum, n, i, d))
+                    .collect(),
+            )
+        }
+        Case::AllGather => {
+            let mut out = aligned_copy(&vec![0u8; inb.len() * n as usize]);
+            if let Err(e) = comm.allgather_bytes(&inb, &mut out, d) {
+                return fail(e.to_string());
+            }
+            (
+                out.to_vec(),
+                (0..n).flat_map(|q| (0..c).map(move |i| x(q, i))).collect(),
+            )
+        }
+        Case::ReduceScatter => {
+            let mut out = aligned_copy(&vec![0u8; c * d.size()]);
+            if let Err(e) = comm.reduce_scatter_bytes(&inb, &mut out, d, ReduceOp::Sum) {
+                return fail(e.to_string());
+            }
+            let want = (0..c)
+                .map(|i| (0..n).map(|q| x(q, r as usize * c + i)).sum::<f64>())
+                .collect();
+            (out.to_vec(), want)
+        }
+        Case::AllToAll => {
+            let mut out = aligned_copy(&vec![0u8; inb.len()]);
+            if let Err(e) = comm.alltoall_bytes(&inb, &mut out, d) {
+                return fail(e.to_string());
+            }
+            // Block q of our output is block r of rank q's input.
+            (
+                out.to_vec(),
+                (0..n)
+                    .flat_map(|q| (0..c).map(move |i| x(q, r as usize * c + i)))
+                    .collect(),
+            )
+        }
+        Case::Barrier => {
+            return comm.barrier().map_err(|e| format!("{lbl}: {e}"));
+        }
+    };
+    let want = encode(d, &want);
+    if got != want {
+        let es = d.size();
+        let first = got
+            .chunks(es)
+            .zip(want.chunks(es))
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        return fail(format!(
+            "rank {r}: first wrong element {first} of {}",
+            want.len() / es
+        ));
+    }
+    Ok(())
+}
+
+fn run_matrix(f: Fabric, counts: &[usize], dtypes: &[DType]) {
+    let filter = std::env::var("ACSPEED_MATRIX_FILTER").unwrap_or_default();
+    let mut ran = 0usize;
+    for n in NRANKS {
+        let plan: Vec<(usize, Case, DType)> = counts
+            .iter()
+            .flat_map(|&c| {
+                cases(n)
+                    .into_iter()
+                    .flat_map(move |k| dtypes.iter().map(move |&d| (c, k, d)))
+            })
+            .filter(|(c, k, d)| label(f, n, *c, *k, *d).contains(&filter))
+            .collect();
+        ran += plan.len();
+        let res = run_group(f, n, test_config(4096, 2, 60), |comm| {
+            let mut errs = Vec::new();
+            for (c, k, d) in &plan {
+                if let Err(e) = run_case(&comm, f, *c, *k, *d) {
+                    errs.push(e);
+                    break; // the communicator is poisoned after a failure
+                }
+            }
+            errs
+        });
+        let errs: Vec<String> = res.into_iter().flatten().collect();
+        assert!(errs.is_empty(), "matrix failures:\n{}", errs.join("\n"));
+    }
+    assert!(ran > 0 || !filter.is_empty(), "the matrix ran no case");
+}
+
+#[test]
+fn matrix_memory_all_dtypes() {
+    run_matrix(Fabric::Memory, &COUNTS, &DType::ALL);
+}
+
+#[test]
+fn matrix_tcp_loopback() {
+    run_matrix(
+        Fabric::Tcp,
+        &COUNTS,
+        &[DType::F32, DType::BF16, DType::I8, DType::F64],
+    );
+}
+
+#[test]
+fn results_are_bitwise_identical_on_every_rank() {
+    // Non-integer floats: rounding depends on reduction order, so this catches any rank that
+    // reduces in its own order.
+    let outs = run_group(Fabric::Tcp, 5, test_config(4096, 3, 60), |comm| {
+        let r = comm.rank() as f32;
+        let mut v: Vec<f32> = (0..30_011)
+            .map(|i| ((i as f32 * 0.37 + r * 1.91).sin() * 1e3) / 7.0)
+            .collect();
+        comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+        let mut h: Vec<half::bf16> = (0..5003)
+            .map(|i| half::bf16::from_f32((i as f32 * 0.11 + r).cos()))
+            .collect();
+        comm.allreduce(&mut h, ReduceOp::Avg).unwrap();
+        (v, h)
+    });
+    for o in &outs[1..] {
+        assert!(o
+            .0
+            .iter()
+            .zip(&outs[0].0)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(o
+            .1
+            .iter()
+            .zip(&outs[0].1)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}

@@ -1,0 +1,8 @@
+//! The integration-test binary of the `acspeed` crate (one binary, modules by theme).
+
+mod util;
+
+mod cli;
+mod errors;
+mod exec_props;
+mod matrix;

@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: groups of communicators run as threads over the
+//! in-memory transport or real TCP on loopback, and closed-form test values.
+
+use acspeed::store::MemStore;
+use acspeed::{Communicator, Config, DType};
+use acspeed_core::memory::MemoryTransport;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fabric {
+    Memory,
+    Tcp,
+}
+
+impl Fabric {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Fabric::Memory => "memory",
+            Fabric::Tcp => "tcp",
+        }
+    }
+}
+
+pub(crate) fn test_config(segment: usize, depth: usize, timeout_s: u64) -> Config {
+    Config {
+        segment_bytes: segment,
+        pipeline_depth: depth,
+        timeout: Duration::from_secs(timeout_s),
+        ..Config::default()
+    }
+}
+
+/// Runs `f(comm)` on `n` threads, one communicator each, and returns their results by rank.
+pub(crate) fn run_group<T: Send>(
+    fabric: Fabric,
+    n: u32,
+    cfg: Config,
+    f: impl Fn(Communicator) -> T + Sync,
+) -> Vec<T> {
+    let store = MemStore::new();
+    let mut mem: Vec<Option<MemoryTransport>> = match fabric {
+        Fabric::Memory => MemoryTransport::fabric(n).into_iter().map(Some).collect(),
+        Fabric::Tcp => (0..n).map(|_| None).collect(),
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|r| {
+                let m = mem[r as usize].take();
+                let (store, cfg, f) = (store.clone(), cfg.clone(), &f);
+                s.spawn(move || {
+                    let comm = match m {
+                        Some(t) => Communicator::from_transport(
+                            Arc::new(t),
+                            cfg,
+                            vec!["h".into(); n as usize],
+                        )
+                        .unwrap(),
+                        None => acspeed::init_with_store(
+                            &*store,
+                            "t",
+                            r,
+                            n,
+                            "127.0.0.1".parse().unwrap(),
+                            cfg,
+                        )
+                        .unwrap(),
+                    };
+                    f(comm)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread panicked"))
+            .collect()
+    })
+}
+
+/// Encodes values (exact small integers) as `dtype` bytes; integers wrap like the kernels.
+pub(crate) fn encode(d: DType, vals: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(vals.len() * d.size());
+    for &v in vals {
+        match d {
+            DType::F32 => out.extend_from_slice(&(v as f32).to_ne_bytes()),
+            DType::F64 => out.extend_from_slice(&v.to_ne_bytes()),
+            DType::F16 => out.extend_from_slice(&half::f16::from_f64(v).to_ne_bytes()),
+            DType::BF16 => out.extend_from_slice(&half::bf16::from_f64(v).to_ne_bytes()),
+            DType::I32 => out.extend_from_slice(&(v as i64 as i32).to_ne_bytes()),
+            DType::I64 => out.extend_from_slice(&(v as i64).to_ne_bytes()),
+            DType::I8 => out.extend_from_slice(&(v as i64 as i8).to_ne_bytes()),
+            DType::U8 => out.extend_from_slice(&(v as i64 as u8).to_ne_bytes()),
+        }
+    }
+    out
+}
+
+/// A byte buffer with 8-byte alignment holding `bytes`.
+pub(crate) fn aligned_copy(bytes: &[u8]) -> acspeed::bench::Aligned {
+    let mut a = acspeed::bench::aligned(bytes.len());
+    a.copy_from_slice(bytes);
+    a
+}
