@@ -201,7 +201,7 @@ impl Progress {
         let deadline = Instant::now() + timeout;
         let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if d.iter().any(|x| *x == usize::MAX) {
+            if d.contains(&usize::MAX) {
                 return Err(Error::Aborted("a sibling lane failed".into()));
             }
             if deps.iter().all(|id| d[id.lane as usize] > id.step as usize) {

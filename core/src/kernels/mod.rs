@@ -6,8 +6,9 @@
 //! (the `half` crate uses F16C for that when present), combined in f32, and rounded back once
 //! per pairwise step, which is how NCCL and gloo accumulate half types.
 
+mod halfconv;
+
 use crate::dtype::{DType, ReduceOp};
-use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
 
 /// Elements per f16/bf16 widening block (fits in L1 together with its f32 twin).
@@ -125,61 +126,63 @@ fn reduce_typed<T: Elem>(op: ReduceOp, dst: &mut [u8], src: &[u8]) {
     }
 }
 
-fn load_half<H: half::slice::HalfFloatSliceExt + ?Sized>(bytes: &[u8], out: &mut [f32])
-where
-    [u16]: ReinterpretAs<H>,
-{
-    let mut tmp: [u16; HALF_BLOCK] = [0; HALF_BLOCK];
-    let n = out.len();
-    for (t, b) in tmp[..n].iter_mut().zip(bytes.chunks_exact(2)) {
-        *t = u16::from_ne_bytes([b[0], b[1]]);
-    }
-    tmp[..n].reinterpret().convert_to_f32_slice(out);
+/// A 16-bit float format: widening to f32 and rounding back (round to nearest even).
+trait HalfFormat {
+    fn widen(src: &[u16], out: &mut [f32]);
+    fn narrow(src: &[f32], out: &mut [u16]);
 }
 
-fn store_half<H: half::slice::HalfFloatSliceExt + ?Sized>(vals: &[f32], bytes: &mut [u8])
-where
-    [u16]: ReinterpretAs<H>,
-{
-    let mut tmp: [u16; HALF_BLOCK] = [0; HALF_BLOCK];
-    let n = vals.len();
-    tmp[..n].reinterpret_mut().convert_from_f32_slice(vals);
-    for (t, b) in tmp[..n].iter().zip(bytes.chunks_exact_mut(2)) {
-        b.copy_from_slice(&t.to_ne_bytes());
+struct Bf16;
+struct F16;
+
+impl HalfFormat for Bf16 {
+    fn widen(src: &[u16], out: &mut [f32]) {
+        halfconv::bf16_to_f32(src, out)
+    }
+    fn narrow(src: &[f32], out: &mut [u16]) {
+        halfconv::f32_to_bf16(src, out)
     }
 }
 
-/// Views `[u16]` bit patterns as a slice of a half type.
-trait ReinterpretAs<H: ?Sized> {
-    fn reinterpret(&self) -> &H;
-    fn reinterpret_mut(&mut self) -> &mut H;
+impl HalfFormat for F16 {
+    fn widen(src: &[u16], out: &mut [f32]) {
+        halfconv::f16_to_f32(src, out)
+    }
+    fn narrow(src: &[f32], out: &mut [u16]) {
+        halfconv::f32_to_f16(src, out)
+    }
 }
 
-macro_rules! reinterpret_half {
-    ($($t:ty),*) => {$(
-        impl ReinterpretAs<[$t]> for [u16] {
-            fn reinterpret(&self) -> &[$t] { self.reinterpret_cast::<$t>() }
-            fn reinterpret_mut(&mut self) -> &mut [$t] { self.reinterpret_cast_mut::<$t>() }
+fn reduce_half<H: HalfFormat>(op: ReduceOp, dst: &mut [u8], src: &[u8]) {
+    if let Some((d, s)) = typed::<u16>(dst, src) {
+        let mut a = [0f32; HALF_BLOCK];
+        let mut b = [0f32; HALF_BLOCK];
+        for (d, s) in d.chunks_mut(HALF_BLOCK).zip(s.chunks(HALF_BLOCK)) {
+            let n = d.len();
+            H::widen(d, &mut a[..n]);
+            H::widen(s, &mut b[..n]);
+            apply_best(op, &mut a[..n], &b[..n]);
+            H::narrow(&a[..n], d);
         }
-    )*};
-}
-reinterpret_half!(f16, bf16);
-
-fn reduce_half<H: half::slice::HalfFloatSliceExt + ?Sized>(op: ReduceOp, dst: &mut [u8], src: &[u8])
-where
-    [u16]: ReinterpretAs<H>,
-{
+        return;
+    }
     let mut a = [0f32; HALF_BLOCK];
     let mut b = [0f32; HALF_BLOCK];
+    let mut d16 = [0u16; HALF_BLOCK];
+    let mut s16 = [0u16; HALF_BLOCK];
     for (d, s) in dst
         .chunks_mut(HALF_BLOCK * 2)
         .zip(src.chunks(HALF_BLOCK * 2))
     {
         let n = d.len() / 2;
-        load_half::<H>(d, &mut a[..n]);
-        load_half::<H>(s, &mut b[..n]);
+        // Byte copies in and out keep this correct for unaligned buffers; they stay in L1.
+        halfconv::load_u16(d, &mut d16[..n]);
+        halfconv::load_u16(s, &mut s16[..n]);
+        H::widen(&d16[..n], &mut a[..n]);
+        H::widen(&s16[..n], &mut b[..n]);
         apply_best(op, &mut a[..n], &b[..n]);
-        store_half::<H>(&a[..n], d);
+        H::narrow(&a[..n], &mut d16[..n]);
+        halfconv::store_u16(&d16[..n], d);
     }
 }
 
@@ -195,8 +198,8 @@ pub fn reduce(dtype: DType, op: ReduceOp, dst: &mut [u8], src: &[u8]) {
         DType::I64 => reduce_typed::<i64>(op, dst, src),
         DType::I8 => reduce_typed::<i8>(op, dst, src),
         DType::U8 => reduce_typed::<u8>(op, dst, src),
-        DType::F16 => reduce_half::<[f16]>(op, dst, src),
-        DType::BF16 => reduce_half::<[bf16]>(op, dst, src),
+        DType::F16 => reduce_half::<F16>(op, dst, src),
+        DType::BF16 => reduce_half::<Bf16>(op, dst, src),
     }
 }
 
@@ -308,9 +311,9 @@ mod tests {
     #[test]
     fn unaligned_buffers_are_handled() {
         let a = bytes(&[1.0f32, 2.0, 3.0]);
-        let mut d = vec![0u8; 13];
+        let mut d = [0u8; 13];
         d[1..].copy_from_slice(&a);
-        let mut s = vec![0u8; 13];
+        let mut s = [0u8; 13];
         s[1..].copy_from_slice(&a);
         reduce(DType::F32, ReduceOp::Sum, &mut d[1..], &s[1..]);
         assert_eq!(&d[1..], &bytes(&[2.0f32, 4.0, 6.0])[..]);

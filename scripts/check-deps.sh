@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The dependency direction is the architecture: core <- transports, core <- algorithms, and
+# never transports <-> algorithms (nor core -> either). Fails if a forbidden edge appears.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fail=0
+deps() { cargo tree -q -p "$1" -e normal --prefix none --offline 2>/dev/null || cargo tree -q -p "$1" -e normal --prefix none; }
+check() { # crate forbidden...
+  local crate="$1"; shift
+  local tree; tree="$(deps "$crate")"
+  for bad in "$@"; do
+    if grep -q "^$bad v" <<<"$tree"; then
+      echo "check-deps: FORBIDDEN: $crate depends on $bad" >&2; fail=1
+    fi
+  done
+}
+check acspeed-core acspeed-transports acspeed-algorithms acspeed
+check acspeed-transports acspeed-algorithms acspeed
+check acspeed-algorithms acspeed-transports acspeed
+if ((fail)); then exit 1; fi
+echo "check-deps: ok (core <- transports, core <- algorithms, no transports <-> algorithms)"
