@@ -22,8 +22,9 @@ fn exec(
     count: usize,
     seg: usize,
     op: Option<ReduceOp>,
+    fused: bool,
 ) -> Vec<Vec<i64>> {
-    let ts = MemoryTransport::fabric(n);
+    let ts = MemoryTransport::fabric_with(n, fused);
     let (ie, oe) = coll.buffer_elems(n as usize, count);
     let exe = Executor::new(ExecParams {
         segment_bytes: seg,
@@ -73,32 +74,33 @@ proptest! {
         k in 1u32..=3,
         count in prop_oneof![Just(0usize), Just(1), Just(3), 0usize..700],
         seg in prop_oneof![Just(8usize), Just(64), Just(1 << 16)],
+        fused in any::<bool>(),
     ) {
         let nn = n as usize;
         let sum = |i: usize| (0..nn).map(|q| x(q, i)).sum::<i64>();
 
-        let out = exec(Collective::AllReduce, n, k, count, seg, Some(ReduceOp::Sum));
+        let out = exec(Collective::AllReduce, n, k, count, seg, Some(ReduceOp::Sum), fused);
         for o in &out { prop_assert!(o.iter().enumerate().all(|(i, v)| *v == sum(i))); }
 
         let root = (count % nn) as u32;
-        let out = exec(Collective::Broadcast { root: Rank(root) }, n, k, count, seg, None);
+        let out = exec(Collective::Broadcast { root: Rank(root) }, n, k, count, seg, None, fused);
         for o in &out { prop_assert!(o.iter().enumerate().all(|(i, v)| *v == x(root as usize, i))); }
 
-        let out = exec(Collective::Reduce { root: Rank(root) }, n, k, count, seg, Some(ReduceOp::Sum));
+        let out = exec(Collective::Reduce { root: Rank(root) }, n, k, count, seg, Some(ReduceOp::Sum), fused);
         prop_assert!(out[root as usize].iter().enumerate().all(|(i, v)| *v == sum(i)));
 
-        let out = exec(Collective::AllGather, n, k, count, seg, None);
+        let out = exec(Collective::AllGather, n, k, count, seg, None, fused);
         for o in &out { prop_assert!(o.iter().enumerate().all(|(j, v)| *v == x(j / count.max(1), j % count.max(1)))); }
 
-        let out = exec(Collective::ReduceScatter, n, k, count, seg, Some(ReduceOp::Sum));
+        let out = exec(Collective::ReduceScatter, n, k, count, seg, Some(ReduceOp::Sum), fused);
         for (r, o) in out.iter().enumerate() { prop_assert!(o.iter().enumerate().all(|(i, v)| *v == sum(r * count + i))); }
 
-        let out = exec(Collective::AllToAll, n, k, count, seg, None);
+        let out = exec(Collective::AllToAll, n, k, count, seg, None, fused);
         for (r, o) in out.iter().enumerate() {
             prop_assert!(o.iter().enumerate().all(|(j, v)| *v == x(j / count.max(1), r * count + j % count.max(1))));
         }
 
-        let out = exec(Collective::Barrier, n, k, 0, seg, None);
+        let out = exec(Collective::Barrier, n, k, 0, seg, None, fused);
         prop_assert!(out.iter().all(|o| o.is_empty()));
     }
 }

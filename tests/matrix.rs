@@ -229,6 +229,15 @@ fn matrix_memory_all_dtypes() {
 }
 
 #[test]
+fn matrix_memory_fused_reduce() {
+    run_matrix(
+        Fabric::MemoryFused,
+        &COUNTS,
+        &[DType::F32, DType::F16, DType::I32, DType::U8],
+    );
+}
+
+#[test]
 fn matrix_tcp_loopback() {
     run_matrix(
         Fabric::Tcp,

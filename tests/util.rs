@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fabric {
     Memory,
+    /// In-memory with receive-side reduction (the executor's fused path).
+    MemoryFused,
     Tcp,
 }
 
@@ -17,6 +19,7 @@ impl Fabric {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Fabric::Memory => "memory",
+            Fabric::MemoryFused => "memfused",
             Fabric::Tcp => "tcp",
         }
     }
@@ -41,6 +44,10 @@ pub(crate) fn run_group<T: Send>(
     let store = MemStore::new();
     let mut mem: Vec<Option<MemoryTransport>> = match fabric {
         Fabric::Memory => MemoryTransport::fabric(n).into_iter().map(Some).collect(),
+        Fabric::MemoryFused => MemoryTransport::fabric_with(n, true)
+            .into_iter()
+            .map(Some)
+            .collect(),
         Fabric::Tcp => (0..n).map(|_| None).collect(),
     };
     std::thread::scope(|s| {

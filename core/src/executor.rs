@@ -314,7 +314,7 @@ impl<'a> LaneCtx<'a> {
     fn wait(&self, h: &OpHandle, what: &str, buf: Buf, r: &Range<usize>) -> Result<()> {
         let deadline = Instant::now() + self.params.timeout;
         let (plan, call, lane, step) = (self.plan, self.call, self.lane, self.step);
-        h.wait(deadline, self.params.timeout, &|| {
+        let what = || {
             format!(
                 "{} #{} ({} elements of {}): {what} of bytes {}..{} of the {} buffer with rank {} (lane {lane} step {step})",
                 plan.collective.name(),
@@ -326,7 +326,12 @@ impl<'a> LaneCtx<'a> {
                 if buf == Buf::Input { "input" } else { "output" },
                 h.peer()
             )
-        })
+        };
+        if self.t.needs_progress() {
+            h.wait_driven(deadline, self.params.timeout, &what, &|| self.t.progress())
+        } else {
+            h.wait(deadline, self.params.timeout, &what)
+        }
     }
 
     /// Waits for pending sends that read bytes we are about to overwrite.
@@ -362,6 +367,12 @@ impl<'a> LaneCtx<'a> {
         Ok(())
     }
 
+    fn reduce_op(&self) -> Result<ReduceOp> {
+        self.call.op.ok_or_else(|| {
+            Error::Plan("a reducing step in a collective without a reduce op".into())
+        })
+    }
+
     fn run_step(&mut self, op: &Op) -> Result<()> {
         match *op {
             Op::Send { to, src } => {
@@ -370,10 +381,14 @@ impl<'a> LaneCtx<'a> {
                 }
                 Ok(())
             }
-            Op::Recv { from, dst } => self.recv_direct(from, None, dst),
-            Op::RecvCopySend { from, to, dst } => self.recv_direct(from, Some(to), dst),
-            Op::RecvReduce { from, dst } => self.recv_reduce(from, None, dst),
-            Op::RecvReduceSend { from, to, dst } => self.recv_reduce(from, Some(to), dst),
+            Op::Recv { from, dst } => self.recv_pipeline(from, None, dst, None),
+            Op::RecvCopySend { from, to, dst } => self.recv_pipeline(from, Some(to), dst, None),
+            Op::RecvReduce { from, dst } => {
+                self.recv_pipeline(from, None, dst, Some(self.reduce_op()?))
+            }
+            Op::RecvReduceSend { from, to, dst } => {
+                self.recv_pipeline(from, Some(to), dst, Some(self.reduce_op()?))
+            }
             Op::Copy { src, dst } => {
                 let (rs, rd) = (self.range(src), self.range(dst));
                 self.clear_hazard(dst.buf, &rd)?;
@@ -390,75 +405,71 @@ impl<'a> LaneCtx<'a> {
         }
     }
 
-    /// Receives straight into the destination, forwarding each segment as it lands.
-    fn recv_direct(
+    /// Receives a chunk segment by segment, keeping `depth` receives posted ahead, and
+    /// forwards each segment to `fwd` as soon as it is complete. `op` makes it a reducing
+    /// receive: through the transport's own buffers when it can, else through scratch slots.
+    fn recv_pipeline(
         &mut self,
         from: crate::Rank,
         fwd: Option<crate::Rank>,
         dst: ChunkRef,
+        op: Option<ReduceOp>,
     ) -> Result<()> {
         let whole = self.range(dst);
         self.clear_hazard(dst.buf, &whole)?;
         let segs = self.segments(whole);
-        let mut posted: VecDeque<OpHandle> = VecDeque::new();
-        let mut next = 0;
-        for i in 0..segs.len() {
-            while next < segs.len() && next < i + self.params.depth {
-                let s = &segs[next];
-                // SAFETY: destination bytes are not touched by us until the handle completes.
-                posted.push_back(unsafe {
-                    self.t
-                        .post_recv(from, self.header(s.len()), self.ptr(dst.buf, s.start))?
-                });
-                next += 1;
-            }
-            let h = posted.pop_front().expect("posted ahead");
-            self.wait(&h, "receive", dst.buf, &segs[i])?;
-            if let Some(to) = fwd {
-                self.send(to, dst.buf, segs[i].clone())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Receives into scratch slots and reduces into the destination segment by segment.
-    fn recv_reduce(
-        &mut self,
-        from: crate::Rank,
-        fwd: Option<crate::Rank>,
-        dst: ChunkRef,
-    ) -> Result<()> {
-        let whole = self.range(dst);
-        self.clear_hazard(dst.buf, &whole)?;
-        let segs = self.segments(whole);
-        let seg_cap = self.params.segment_bytes;
-        let slot_words = seg_cap.div_ceil(8);
         let depth = self.params.depth;
+        let fused = op.is_some() && self.t.can_recv_reduce(from);
+        let scratch_op = if fused { None } else { op };
+        let slot_bytes = self.params.segment_bytes.div_ceil(8) * 8;
         let base = self.scratch.as_mut_ptr() as *mut u8;
-        let slot = |i: usize| base.wrapping_add((i % depth) * slot_words * 8);
-        let op = self.call.op.ok_or_else(|| {
-            Error::Plan("a reducing step in a collective without a reduce op".into())
-        })?;
+        let slot = |i: usize| base.wrapping_add((i % depth) * slot_bytes);
         let mut posted: VecDeque<OpHandle> = VecDeque::new();
         let mut next = 0;
         for i in 0..segs.len() {
             while next < segs.len() && next < i + depth {
-                // SAFETY: slot `next % depth` is free: the segment that used it was reduced.
-                posted.push_back(unsafe {
-                    self.t
-                        .post_recv(from, self.header(segs[next].len()), slot(next))?
-                });
+                let s = &segs[next];
+                let hdr = self.header(s.len());
+                let into = self.ptr(dst.buf, s.start);
+                // SAFETY: the destination (or scratch slot `next % depth`, whose previous
+                // segment was already reduced) is not touched until the handle completes.
+                let h = unsafe {
+                    match (op, fused) {
+                        (Some(op), true) => {
+                            self.t
+                                .post_recv_reduce(from, hdr, into, self.call.dtype, op)?
+                        }
+                        (Some(_), false) => self.t.post_recv(from, hdr, slot(next))?,
+                        (None, _) => self.t.post_recv(from, hdr, into)?,
+                    }
+                };
+                posted.push_back(h);
                 next += 1;
             }
             let h = posted.pop_front().expect("posted ahead");
             let s = segs[i].clone();
-            self.wait(&h, "receive", dst.buf, &s)?;
-            // SAFETY: the receive completed, so the slot holds s.len() valid bytes, and the
-            // destination range is inside the output buffer with no send pending on it.
-            unsafe {
-                let d = std::slice::from_raw_parts_mut(self.ptr(dst.buf, s.start), s.len());
-                let src = std::slice::from_raw_parts(slot(i), s.len());
-                kernels::reduce(self.call.dtype, op, d, src);
+            self.wait(
+                &h,
+                if op.is_some() {
+                    "receive-reduce"
+                } else {
+                    "receive"
+                },
+                dst.buf,
+                &s,
+            )?;
+            if let Some(op) = scratch_op {
+                // SAFETY: the receive completed, so the slot holds s.len() valid bytes, and the
+                // destination range is inside the caller's buffer with no send pending on it.
+                unsafe {
+                    let d = std::slice::from_raw_parts_mut(self.ptr(dst.buf, s.start), s.len());
+                    kernels::reduce(
+                        self.call.dtype,
+                        op,
+                        d,
+                        std::slice::from_raw_parts(slot(i), s.len()),
+                    );
+                }
             }
             if let Some(to) = fwd {
                 self.send(to, dst.buf, s)?;

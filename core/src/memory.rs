@@ -5,12 +5,15 @@
 use crate::error::{Error, Result};
 use crate::plan::Rank;
 use crate::transport::{FrameHeader, OpHandle, RecvPtr, Transport};
+use crate::{DType, ReduceOp};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 struct PostedRecv {
     hdr: FrameHeader,
     data: RecvPtr,
+    /// Reduce into `data` instead of copying (the fused receive).
+    reduce: Option<(DType, ReduceOp)>,
     handle: OpHandle,
 }
 
@@ -26,6 +29,7 @@ struct Mailbox {
 
 struct Fabric {
     n: u32,
+    fused_reduce: bool,
     // boxes[src * n + dst]
     boxes: Vec<Mutex<Mailbox>>,
 }
@@ -39,8 +43,15 @@ pub struct MemoryTransport {
 impl MemoryTransport {
     /// Creates `n` connected endpoints, index = rank.
     pub fn fabric(n: u32) -> Vec<MemoryTransport> {
+        MemoryTransport::fabric_with(n, false)
+    }
+
+    /// Like [`MemoryTransport::fabric`]; with `fused_reduce` the endpoints offer
+    /// `post_recv_reduce`, so tests cover both executor paths.
+    pub fn fabric_with(n: u32, fused_reduce: bool) -> Vec<MemoryTransport> {
         let fabric = Arc::new(Fabric {
             n,
+            fused_reduce,
             boxes: (0..n * n).map(|_| Mutex::new(Mailbox::default())).collect(),
         });
         (0..n)
@@ -67,11 +78,46 @@ impl MemoryTransport {
 
 /// Copies a message into a posted receive, checking the header first.
 fn deliver(p: PostedRecv, hdr: &FrameHeader, bytes: &[u8], from: Rank) {
-    let r = p.hdr.check(hdr, from).map(|()| {
+    let r = p.hdr.check(hdr, from).map(|()| match p.reduce {
         // SAFETY: post_recv's contract: p.data is valid for p.hdr.len == bytes.len() bytes.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.data.0, bytes.len()) }
+        None => unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.data.0, bytes.len()) },
+        Some((dtype, op)) => {
+            // SAFETY: as above, and nobody else touches it until the handle completes.
+            let dst = unsafe { std::slice::from_raw_parts_mut(p.data.0, bytes.len()) };
+            crate::kernels::reduce(dtype, op, dst, bytes);
+        }
     });
     p.handle.complete(r);
+}
+
+impl MemoryTransport {
+    fn post(
+        &self,
+        from: Rank,
+        hdr: FrameHeader,
+        data: *mut u8,
+        reduce: Option<(DType, ReduceOp)>,
+    ) -> Result<OpHandle> {
+        let mut mb = self.mailbox(from, self.rank)?;
+        let handle = OpHandle::new(from);
+        let p = PostedRecv {
+            hdr,
+            data: RecvPtr(data),
+            reduce,
+            handle: handle.clone(),
+        };
+        if let Some((h, bytes)) = mb.queued.pop_front() {
+            deliver(p, &h, &bytes, from);
+        } else if let Some(why) = &mb.broken {
+            return Err(Error::Remote {
+                rank: from.0,
+                detail: why.clone(),
+            });
+        } else {
+            mb.posted.push_back(p);
+        }
+        Ok(handle)
+    }
 }
 
 impl Transport for MemoryTransport {
@@ -111,24 +157,22 @@ impl Transport for MemoryTransport {
     }
 
     unsafe fn post_recv(&self, from: Rank, hdr: FrameHeader, data: *mut u8) -> Result<OpHandle> {
-        let mut mb = self.mailbox(from, self.rank)?;
-        let handle = OpHandle::new(from);
-        let p = PostedRecv {
-            hdr,
-            data: RecvPtr(data),
-            handle: handle.clone(),
-        };
-        if let Some((h, bytes)) = mb.queued.pop_front() {
-            deliver(p, &h, &bytes, from);
-        } else if let Some(why) = &mb.broken {
-            return Err(Error::Remote {
-                rank: from.0,
-                detail: why.clone(),
-            });
-        } else {
-            mb.posted.push_back(p);
-        }
-        Ok(handle)
+        self.post(from, hdr, data, None)
+    }
+
+    fn can_recv_reduce(&self, _from: Rank) -> bool {
+        self.fabric.fused_reduce
+    }
+
+    unsafe fn post_recv_reduce(
+        &self,
+        from: Rank,
+        hdr: FrameHeader,
+        data: *mut u8,
+        dtype: DType,
+        op: ReduceOp,
+    ) -> Result<OpHandle> {
+        self.post(from, hdr, data, Some((dtype, op)))
     }
 
     fn abort(&self, reason: &str) {

@@ -145,6 +145,51 @@ impl OpHandle {
         m.lock().unwrap_or_else(|e| e.into_inner()).result.is_some()
     }
 
+    fn outcome(&self) -> Option<Result<()>> {
+        let (m, _) = &*self.inner;
+        let s = m.lock().unwrap_or_else(|e| e.into_inner());
+        s.result.as_ref().map(|r| match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.duplicate()),
+        })
+    }
+
+    /// Waits while calling `drive` (a transport's `progress`), for transports whose bytes move
+    /// only when someone polls them. Spins briefly, then yields the CPU, then naps: ranks
+    /// often outnumber cores, and a spinning waiter would steal the core its peer needs.
+    pub fn wait_driven(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+        what: &dyn Fn() -> String,
+        drive: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        let mut idle = 0u32;
+        loop {
+            if drive() {
+                idle = 0;
+            }
+            if let Some(r) = self.outcome() {
+                return r;
+            }
+            idle = idle.saturating_add(1);
+            if idle < 64 {
+                std::hint::spin_loop();
+            } else if idle < 4096 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            if idle % 64 == 0 && Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    rank: self.peer.0,
+                    what: what(),
+                    after: timeout,
+                });
+            }
+        }
+    }
+
     /// Blocks until the operation completes or `deadline` passes. `what` describes the
     /// operation for the timeout error.
     pub fn wait(
@@ -204,6 +249,41 @@ pub trait Transport: Send + Sync {
     /// `data..data+hdr.len` must stay valid and must not be accessed until the handle
     /// completes (or the transport is aborted and has returned from `abort`).
     unsafe fn post_recv(&self, from: Rank, hdr: FrameHeader, data: *mut u8) -> Result<OpHandle>;
+
+    /// Whether `post_recv_reduce` from `from` is supported (the transport can reduce straight
+    /// out of its own buffers, saving the executor a copy through scratch memory).
+    fn can_recv_reduce(&self, _from: Rank) -> bool {
+        false
+    }
+
+    /// Posts a receive of `hdr.len` bytes from `from` that is reduced into `data`
+    /// (`data = data (op) message`).
+    ///
+    /// # Safety
+    /// As `post_recv`; `data` holds `hdr.len` bytes of `dtype` elements.
+    unsafe fn post_recv_reduce(
+        &self,
+        from: Rank,
+        _hdr: FrameHeader,
+        _data: *mut u8,
+        _dtype: DType,
+        _op: crate::ReduceOp,
+    ) -> Result<OpHandle> {
+        Err(Error::invalid(format!(
+            "transport {} cannot reduce on receive",
+            self.name(from)
+        )))
+    }
+
+    /// Whether waits must call [`Transport::progress`] (bytes move only when polled).
+    fn needs_progress(&self) -> bool {
+        false
+    }
+
+    /// Moves whatever can move without blocking; returns true if anything did.
+    fn progress(&self) -> bool {
+        false
+    }
 
     /// Fails every pending operation with `Aborted(reason)`, tells peers (best effort) and
     /// stops using any user memory before returning. The transport is unusable afterwards.
