@@ -109,12 +109,18 @@ pub fn init_with_store(
             "WORLD_SIZE mismatch: rank {rank} has {nranks} but rank 0 has {ws}"
         )));
     }
+    let ip = match &cfg.ifname {
+        Some(f) => interface_ip(f)?,
+        None => ip,
+    };
     let listener = acspeed_transports::listen(SocketAddr::new(ip, 0))?;
     let me = listener
         .local_addr()
         .map_err(|e| Error::io("reading the listener address", e))?;
     store.set(&key(&format!("addr/{rank}")), me.to_string().as_bytes())?;
     store.set(&key(&format!("host/{rank}")), host_id(&cfg).as_bytes())?;
+    let wants = format!("{} {}", u8::from(cfg.shm), cfg.nstreams.unwrap_or(0));
+    store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
         .try_into()
@@ -124,6 +130,7 @@ pub fn init_with_store(
         })?;
     let mut addrs = Vec::with_capacity(nranks as usize);
     let mut hosts = Vec::with_capacity(nranks as usize);
+    let mut wants = Vec::with_capacity(nranks as usize);
     for q in 0..nranks {
         let a = store.get(&key(&format!("addr/{q}")), t).map_err(|_| Error::Timeout {
             rank: q,
@@ -137,7 +144,103 @@ pub fn init_with_store(
         })?);
         hosts
             .push(String::from_utf8_lossy(&store.get(&key(&format!("host/{q}")), t)?).into_owned());
+        let w =
+            String::from_utf8_lossy(&store.get(&key(&format!("transport/{q}")), t)?).into_owned();
+        let mut it = w.split(' ').map(|x| x.parse::<u32>().unwrap_or(0));
+        wants.push((it.next() == Some(1), it.next().unwrap_or(0)));
     }
-    let transport = acspeed_transports::establish(Rank(rank), listener, &addrs, &secret, t)?;
+    let paths = choose_paths(rank, &hosts, &wants);
+    let streams: Vec<u32> = paths
+        .iter()
+        .map(|p| if let Path::Tcp(k) = p { *k } else { 0 })
+        .collect();
+    let tcp = acspeed_transports::establish(Rank(rank), listener, &addrs, &streams, &secret, t)?;
+    let local: Vec<u32> = (0..nranks)
+        .filter(|q| *q == rank || paths[*q as usize] == Path::Shm)
+        .collect();
+    let mut parts: Vec<Arc<dyn acspeed_core::Transport>> = vec![Arc::new(tcp)];
+    if local.len() > 1 {
+        let shm = acspeed_transports::ShmTransport::connect(
+            Rank(rank),
+            nranks,
+            &local,
+            &secret,
+            acspeed_transports::ShmParams::default(),
+            t,
+        )?;
+        parts.push(Arc::new(shm));
+    }
+    let route = paths
+        .iter()
+        .map(|p| match p {
+            Path::Tcp(_) => Some(0),
+            Path::Shm => Some(1),
+            Path::Myself => None,
+        })
+        .collect();
+    let transport = acspeed_transports::Multi::new(Rank(rank), parts, route)?;
     Communicator::from_transport(Arc::new(transport), cfg, hosts)
+}
+
+/// How this rank reaches a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Myself,
+    Shm,
+    Tcp(u32),
+}
+
+/// Sockets per remote peer when nobody asked: one TCP flow rarely fills a cloud NIC (per-flow
+/// caps, single-core softirq), four usually do; on one host a single loopback flow is enough.
+const AUTO_STREAMS_REMOTE: u32 = 4;
+
+/// Picks the path to every peer from what all ranks published, so that both ends of every
+/// pair reach the same answer: shared memory when both share a host and allow it, else TCP
+/// with the larger of the two explicit stream counts (or the automatic one).
+pub fn choose_paths(rank: u32, hosts: &[String], wants: &[(bool, u32)]) -> Vec<Path> {
+    let me = rank as usize;
+    (0..hosts.len())
+        .map(|q| {
+            if q == me {
+                return Path::Myself;
+            }
+            let same = hosts[q] == hosts[me];
+            if same && wants[q].0 && wants[me].0 {
+                return Path::Shm;
+            }
+            let explicit = wants[q].1.max(wants[me].1);
+            Path::Tcp(if explicit > 0 {
+                explicit
+            } else if same {
+                1
+            } else {
+                AUTO_STREAMS_REMOTE
+            })
+        })
+        .collect()
+}
+
+/// First IPv4 address of an interface accepted by `ACSPEED_SOCKET_IFNAME`.
+fn interface_ip(f: &acspeed_core::config::IfaceFilter) -> Result<IpAddr> {
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| Error::io("listing network interfaces", e.into()))?;
+    let mut seen = Vec::new();
+    for a in addrs {
+        let Some(ip) = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|s| IpAddr::V4(s.ip()))
+        else {
+            continue;
+        };
+        seen.push(format!("{}={ip}", a.interface_name));
+        if f.matches(&a.interface_name) {
+            return Ok(ip);
+        }
+    }
+    Err(Error::invalid(format!(
+        "ACSPEED_SOCKET_IFNAME={f:?} matches no interface with an IPv4 address (have: {})",
+        seen.join(", ")
+    )))
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn counts_that_differ_across_ranks_are_a_mismatch_naming_the_peer() {
-    for f in [Fabric::Memory, Fabric::Tcp] {
+    for f in [Fabric::Memory, Fabric::Tcp, Fabric::TcpMulti, Fabric::Shm] {
         let res = run_group(f, 3, test_config(1 << 16, 4, 20), |comm| {
             let mut v = vec![1.0f32; if comm.rank() == 1 { 100 } else { 200 }];
             comm.allreduce(&mut v, ReduceOp::Sum)
@@ -85,9 +85,15 @@ fn wrong_buffer_sizes_name_the_buffer() {
 }
 
 #[test]
-fn a_rank_that_dies_mid_collective_is_named_by_the_others() {
+fn a_rank_that_leaves_mid_collective_is_named_by_the_others() {
+    for f in [Fabric::Tcp, Fabric::Shm] {
+        a_rank_leaves(f);
+    }
+}
+
+fn a_rank_leaves(f: Fabric) {
     let t0 = Instant::now();
-    let res = run_group(Fabric::Tcp, 3, test_config(1 << 12, 2, 30), |comm| {
+    let res = run_group(f, 3, test_config(1 << 12, 2, 30), |comm| {
         if comm.rank() == 2 {
             // Dies after joining: its sockets close while the others are in an allreduce.
             std::thread::sleep(Duration::from_millis(200));
@@ -112,8 +118,14 @@ fn a_rank_that_dies_mid_collective_is_named_by_the_others() {
 
 #[test]
 fn a_silent_rank_times_out_with_its_name() {
+    for f in [Fabric::Tcp, Fabric::Shm] {
+        silent_rank(f);
+    }
+}
+
+fn silent_rank(f: Fabric) {
     let t0 = Instant::now();
-    let res = run_group(Fabric::Tcp, 2, test_config(1 << 16, 4, 1), |comm| {
+    let res = run_group(f, 2, test_config(1 << 16, 4, 1), |comm| {
         if comm.rank() == 1 {
             std::thread::sleep(Duration::from_millis(2500));
             return None;
@@ -134,7 +146,13 @@ fn a_silent_rank_times_out_with_its_name() {
 
 #[test]
 fn abort_reason_reaches_the_peers() {
-    let res = run_group(Fabric::Tcp, 2, test_config(1 << 16, 4, 20), |comm| {
+    for f in [Fabric::Tcp, Fabric::TcpMulti, Fabric::Shm] {
+        abort_reason(f);
+    }
+}
+
+fn abort_reason(f: Fabric) {
+    let res = run_group(f, 2, test_config(1 << 16, 4, 20), |comm| {
         if comm.rank() == 0 {
             std::thread::sleep(Duration::from_millis(100));
             comm.abort("out of memory in the training loop");
@@ -171,13 +189,23 @@ fn strangers_on_the_listening_port_do_not_disturb_the_job() {
             .map(|r| {
                 let st = store.clone();
                 s.spawn(move || {
+                    // TCP only: the stranger targets the TCP listener.
+                    let cfg = acspeed::Config {
+                        shm: false,
+                        ..test_config(1 << 16, 4, 20)
+                    };
+                    // TCP only: the stranger targets the TCP listener.
+                    let cfg = acspeed::Config {
+                        shm: false,
+                        ..test_config(1 << 16, 4, 20)
+                    };
                     let c = acspeed::init_with_store(
                         &*st,
                         "j",
                         r,
                         2,
                         "127.0.0.1".parse().unwrap(),
-                        test_config(1 << 16, 4, 20),
+                        cfg,
                     )
                     .unwrap();
                     let mut v = [r as f32 + 1.0; 8];

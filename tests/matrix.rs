@@ -207,7 +207,7 @@ fn run_matrix(f: Fabric, counts: &[usize], dtypes: &[DType]) {
             .filter(|(c, k, d)| label(f, n, *c, *k, *d).contains(&filter))
             .collect();
         ran += plan.len();
-        let res = run_group(f, n, test_config(4096, 2, 60), |comm| {
+        let res = run_group(f, n, test_config(4096, 2, 30), |comm| {
             let mut errs = Vec::new();
             for (c, k, d) in &plan {
                 if let Err(e) = run_case(&comm, f, *c, *k, *d) {
@@ -241,6 +241,20 @@ fn matrix_memory_fused_reduce() {
 fn matrix_tcp_loopback() {
     run_matrix(
         Fabric::Tcp,
+        &COUNTS,
+        &[DType::F32, DType::BF16, DType::I8, DType::F64],
+    );
+}
+
+#[test]
+fn matrix_tcp_multistream() {
+    run_matrix(Fabric::TcpMulti, &COUNTS, &[DType::F32, DType::I64]);
+}
+
+#[test]
+fn matrix_shared_memory() {
+    run_matrix(
+        Fabric::Shm,
         &COUNTS,
         &[DType::F32, DType::BF16, DType::I8, DType::F64],
     );

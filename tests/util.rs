@@ -12,7 +12,12 @@ pub(crate) enum Fabric {
     Memory,
     /// In-memory with receive-side reduction (the executor's fused path).
     MemoryFused,
+    /// TCP on loopback, one socket per peer.
     Tcp,
+    /// TCP on loopback, three sockets per peer (striped messages).
+    TcpMulti,
+    /// Shared memory (all ranks of a test share the host).
+    Shm,
 }
 
 impl Fabric {
@@ -21,6 +26,8 @@ impl Fabric {
             Fabric::Memory => "memory",
             Fabric::MemoryFused => "memfused",
             Fabric::Tcp => "tcp",
+            Fabric::TcpMulti => "tcp3",
+            Fabric::Shm => "shm",
         }
     }
 }
@@ -48,7 +55,12 @@ pub(crate) fn run_group<T: Send>(
             .into_iter()
             .map(Some)
             .collect(),
-        Fabric::Tcp => (0..n).map(|_| None).collect(),
+        Fabric::Tcp | Fabric::TcpMulti | Fabric::Shm => (0..n).map(|_| None).collect(),
+    };
+    let cfg = Config {
+        shm: fabric == Fabric::Shm,
+        nstreams: (fabric == Fabric::TcpMulti).then_some(3),
+        ..cfg
     };
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)

@@ -63,7 +63,7 @@ impl Ring {
             steps: Vec::new(),
         };
         let (next, prev) = (b.rank(1), b.rank(-1));
-        let (mut input_chunks, mut output_chunks) = (0, n * k);
+        let (mut input_chunks, mut output_chunks, mut scratch_factor) = (0, n * k, 0);
         if coll == Collective::Barrier {
             // An in-place allgather of n empty chunks.
             b.k = 1;
@@ -155,8 +155,11 @@ impl Ring {
                         )
                     });
                 } else {
-                    // The partial sum for the group in transit is built in the output chunk:
-                    // copy our input of that group in, reduce the incoming partial into it.
+                    // Partial sums in transit are built in two scratch copies used in turn.
+                    // One buffer would deadlock once a message outgrows the transport's
+                    // buffers: every rank would wait for its previous send to drain before
+                    // posting the receive its neighbour's send is waiting for.
+                    scratch_factor = 2;
                     let g0 = b.group(-1);
                     (0..k).for_each(|m| {
                         b.steps.push(
@@ -169,16 +172,21 @@ impl Ring {
                     });
                     for j in 1..n as i64 {
                         let g = b.group(-1 - j);
+                        let last = j == n as i64 - 1;
                         for m in 0..k {
+                            let dst = if last {
+                                ChunkRef::out(m)
+                            } else {
+                                ChunkRef::scratch((j as u32 % 2) * k + m)
+                            };
                             b.steps.push(
                                 Op::Copy {
                                     src: inp(g, m),
-                                    dst: ChunkRef::out(m),
+                                    dst,
                                 }
                                 .into(),
                             );
-                            let dst = ChunkRef::out(m);
-                            let op = if j == n as i64 - 1 {
+                            let op = if last {
                                 Op::RecvReduce { from: prev, dst }
                             } else {
                                 Op::RecvReduceSend {
@@ -241,6 +249,7 @@ impl Ring {
             nranks,
             input_chunks,
             output_chunks,
+            scratch_factor,
             lanes: vec![Lane { steps: b.steps }],
         }
     }

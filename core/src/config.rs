@@ -15,6 +15,9 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
     ("ACSPEED_ALGO", "auto", "Algorithm for every collective: auto or ring."),
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
+    ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
+    ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
+    ("ACSPEED_SOCKET_IFNAME", "(route to master)", "Interface to listen on, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker,lo`."),
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
     ("ACSPEED_PLAN_DUMP_DIR", "(off)", "Write every plan this rank generates as JSON into this directory."),
     ("MASTER_ADDR / MASTER_PORT", "127.0.0.1 / -", "Where rank 0 hosts the rendezvous store (torchrun's convention)."),
@@ -37,6 +40,41 @@ pub enum AlgoChoice {
     Named(String),
 }
 
+/// Interface selection in NCCL's syntax (`ACSPEED_SOCKET_IFNAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IfaceFilter {
+    Prefix(Vec<String>),
+    Exact(Vec<String>),
+    Exclude(Vec<String>),
+}
+
+impl IfaceFilter {
+    pub fn parse(s: &str) -> IfaceFilter {
+        let list = |t: &str| {
+            t.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        };
+        let t = s.trim();
+        if let Some(r) = t.strip_prefix('^') {
+            IfaceFilter::Exclude(list(r))
+        } else if let Some(r) = t.strip_prefix('=') {
+            IfaceFilter::Exact(list(r))
+        } else {
+            IfaceFilter::Prefix(list(t))
+        }
+    }
+
+    pub fn matches(&self, ifname: &str) -> bool {
+        match self {
+            IfaceFilter::Prefix(p) => p.iter().any(|x| ifname.starts_with(x.as_str())),
+            IfaceFilter::Exact(p) => p.iter().any(|x| ifname == x),
+            IfaceFilter::Exclude(p) => !p.iter().any(|x| ifname.starts_with(x.as_str())),
+        }
+    }
+}
+
 /// Library configuration (everything except the launcher's variables).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -47,6 +85,11 @@ pub struct Config {
     pub log: LogLevel,
     pub host_id: Option<String>,
     pub plan_dump_dir: Option<String>,
+    /// Shared memory between same-host ranks.
+    pub shm: bool,
+    /// TCP sockets per remote peer (`None` = automatic).
+    pub nstreams: Option<u32>,
+    pub ifname: Option<IfaceFilter>,
 }
 
 impl Default for Config {
@@ -59,6 +102,9 @@ impl Default for Config {
             log: LogLevel::Warn,
             host_id: None,
             plan_dump_dir: None,
+            shm: true,
+            nstreams: None,
+            ifname: None,
         }
     }
 }
@@ -154,6 +200,21 @@ impl Config {
         }
         c.host_id = lookup(vars, "ACSPEED_HOST_ID").map(str::to_string);
         c.plan_dump_dir = lookup(vars, "ACSPEED_PLAN_DUMP_DIR").map(str::to_string);
+        if let Some(v) = lookup(vars, "ACSPEED_SHM") {
+            c.shm = match v.to_ascii_lowercase().as_str() {
+                "1" | "on" | "true" | "yes" => true,
+                "0" | "off" | "false" | "no" => false,
+                _ => return Err(bad("ACSPEED_SHM", v, "1 or 0")),
+            };
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_NSTREAMS") {
+            if !v.eq_ignore_ascii_case("auto") {
+                c.nstreams = Some(v.parse().ok().filter(|k| (1..=64).contains(k)).ok_or_else(
+                    || bad("ACSPEED_NSTREAMS", v, "auto or an integer from 1 to 64"),
+                )?);
+            }
+        }
+        c.ifname = lookup(vars, "ACSPEED_SOCKET_IFNAME").map(IfaceFilter::parse);
         Ok(c)
     }
 }
@@ -265,6 +326,28 @@ mod tests {
         .unwrap();
         assert_eq!(c.segment_bytes, 1 << 20);
         assert_eq!(c.algo, AlgoChoice::Named("ring".into()));
+    }
+
+    #[test]
+    fn transport_knobs() {
+        let c = Config::from_vars(&v(&[
+            ("ACSPEED_SHM", "0"),
+            ("ACSPEED_NSTREAMS", "8"),
+            ("ACSPEED_SOCKET_IFNAME", "^docker,lo"),
+        ]))
+        .unwrap();
+        assert!(!c.shm);
+        assert_eq!(c.nstreams, Some(8));
+        let f = c.ifname.unwrap();
+        assert!(!f.matches("docker0") && !f.matches("lo") && f.matches("eth0"));
+        assert!(IfaceFilter::parse("eth").matches("eth1"));
+        assert!(!IfaceFilter::parse("=eth").matches("eth0"));
+        assert!(IfaceFilter::parse("=eth0,ib0").matches("ib0"));
+        let e = Config::from_vars(&v(&[("ACSPEED_NSTREAMS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ACSPEED_NSTREAMS"), "{e}");
+        assert!(Config::from_vars(&v(&[("ACSPEED_SHM", "maybe")])).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::plan::{chunk_range, Buf, ChunkRef, Op, RankPlan, StepId};
+use crate::plan::{Buf, ChunkRef, Op, RankPlan, StepId};
 use crate::transport::{FrameHeader, OpHandle, Transport};
 use crate::{DType, ReduceOp};
 use std::collections::VecDeque;
@@ -55,6 +55,7 @@ unsafe impl Sync for Buffers {}
 pub struct Executor {
     params: ExecParams,
     scratch: Mutex<Vec<Vec<u64>>>,
+    tmp: Mutex<Vec<u64>>,
 }
 
 struct Pending {
@@ -69,7 +70,8 @@ struct LaneCtx<'a> {
     call: CallInfo,
     bufs: Buffers,
     params: ExecParams,
-    elems: (usize, usize),
+    /// Address of the plan's scratch buffer (`Buf::Scratch`).
+    tmp: usize,
     lane: usize,
     step: usize,
     pending: Vec<Pending>,
@@ -81,6 +83,7 @@ impl Executor {
         Executor {
             params,
             scratch: Mutex::new(Vec::new()),
+            tmp: Mutex::new(Vec::new()),
         }
     }
 
@@ -114,6 +117,14 @@ impl Executor {
         }
         let seg = (self.params.segment_bytes / es).max(1) * es;
         let slot_words = seg.div_ceil(8);
+        // The plan's own temporary buffer (e.g. double-buffered partial sums).
+        let mut tmp: Vec<u64> = {
+            let mut pool = self.tmp.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = std::mem::take(&mut *pool);
+            v.resize((oe * es * plan.scratch_factor as usize).div_ceil(8), 0);
+            v
+        };
+        let tmp_addr = tmp.as_mut_ptr() as usize;
         let nl = plan.lanes.len();
         let mut scratch = {
             let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
@@ -129,7 +140,7 @@ impl Executor {
         };
         let result = if nl <= 1 {
             match scratch.first_mut() {
-                Some(s) => LaneCtx::new(plan, t, call, bufs, params, (ie, oe), 0, s).run_lane(None),
+                Some(s) => LaneCtx::new(plan, t, call, bufs, params, tmp_addr, 0, s).run_lane(None),
                 None => Ok(()),
             }
         } else {
@@ -144,7 +155,7 @@ impl Executor {
                     .map(|(l, s)| {
                         let progress = &progress;
                         sc.spawn(move || {
-                            let r = LaneCtx::new(plan, t, call, bufs, params, (ie, oe), l, s)
+                            let r = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s)
                                 .run_lane(Some(progress));
                             if let Err(e) = &r {
                                 // Unblock sibling lanes waiting on the transport or on us.
@@ -174,6 +185,7 @@ impl Executor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(scratch);
+        *self.tmp.lock().unwrap_or_else(|e| e.into_inner()) = tmp;
         result
     }
 }
@@ -230,7 +242,7 @@ impl<'a> LaneCtx<'a> {
         call: CallInfo,
         bufs: Buffers,
         params: ExecParams,
-        elems: (usize, usize),
+        tmp: usize,
         lane: usize,
         scratch: &'a mut [u64],
     ) -> Self {
@@ -240,7 +252,7 @@ impl<'a> LaneCtx<'a> {
             call,
             bufs,
             params,
-            elems,
+            tmp,
             lane,
             step: 0,
             pending: Vec::new(),
@@ -282,12 +294,7 @@ impl<'a> LaneCtx<'a> {
     /// Byte range of a chunk.
     fn range(&self, c: ChunkRef) -> Range<usize> {
         let es = self.call.dtype.size();
-        let elems = if c.buf == Buf::Input {
-            self.elems.0
-        } else {
-            self.elems.1
-        };
-        let r = chunk_range(elems, self.plan.chunks_of(c.buf), c.index);
+        let r = self.plan.chunk_elems(c, self.call.count);
         r.start * es..r.end * es
     }
 
@@ -308,6 +315,7 @@ impl<'a> LaneCtx<'a> {
             // The input is only ever read (sent or copied from); the cast is for one signature.
             Buf::Input => self.bufs.input.wrapping_add(off) as *mut u8,
             Buf::Output => self.bufs.output.wrapping_add(off),
+            Buf::Scratch => (self.tmp as *mut u8).wrapping_add(off),
         }
     }
 

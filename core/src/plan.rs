@@ -112,6 +112,8 @@ impl Collective {
 pub enum Buf {
     Input,
     Output,
+    /// Executor-owned temporary memory: `scratch_factor` copies of the output layout.
+    Scratch,
 }
 
 /// Chunk `index` of buffer `buf`.
@@ -134,11 +136,21 @@ impl ChunkRef {
             index,
         }
     }
+    pub fn scratch(index: u32) -> Self {
+        ChunkRef {
+            buf: Buf::Scratch,
+            index,
+        }
+    }
 }
 
 impl fmt::Display for ChunkRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = if self.buf == Buf::Input { "in" } else { "out" };
+        let b = match self.buf {
+            Buf::Input => "in",
+            Buf::Output => "out",
+            Buf::Scratch => "tmp",
+        };
         write!(f, "{b}[{}]", self.index)
     }
 }
@@ -232,7 +244,15 @@ pub struct RankPlan {
     /// Number of chunks the input / output buffers are split into.
     pub input_chunks: u32,
     pub output_chunks: u32,
+    /// Scratch = this many copies of the output buffer, split into as many copies of its
+    /// chunks (scratch chunk `c * output_chunks + m` is shaped like output chunk `m`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scratch_factor: u32,
     pub lanes: Vec<Lane>,
+}
+
+fn is_zero(x: &u32) -> bool {
+    *x == 0
 }
 
 impl RankPlan {
@@ -240,6 +260,30 @@ impl RankPlan {
         match buf {
             Buf::Input => self.input_chunks,
             Buf::Output => self.output_chunks,
+            Buf::Scratch => self.scratch_factor * self.output_chunks,
+        }
+    }
+
+    /// Elements of each buffer (input, output, scratch) for a per-rank `count`.
+    pub fn buffer_elems(&self, count: usize) -> (usize, usize, usize) {
+        let (i, o) = self.collective.buffer_elems(self.nranks as usize, count);
+        (i, o, o * self.scratch_factor as usize)
+    }
+
+    /// Element range of chunk `c` for a per-rank `count`.
+    pub fn chunk_elems(&self, c: ChunkRef, count: usize) -> Range<usize> {
+        let (i, o, _) = self.buffer_elems(count);
+        match c.buf {
+            Buf::Input => chunk_range(i, self.input_chunks, c.index),
+            Buf::Output => chunk_range(o, self.output_chunks, c.index),
+            Buf::Scratch => {
+                let (copy, m) = (
+                    c.index / self.output_chunks.max(1),
+                    c.index % self.output_chunks.max(1),
+                );
+                let r = chunk_range(o, self.output_chunks, m);
+                (r.start + copy as usize * o)..(r.end + copy as usize * o)
+            }
         }
     }
 
@@ -301,6 +345,7 @@ mod tests {
             nranks: 2,
             input_chunks: 0,
             output_chunks: 1,
+            scratch_factor: 0,
             lanes: vec![Lane {
                 steps: vec![Op::Recv {
                     from: Rank(1),

@@ -165,6 +165,7 @@ impl OpHandle {
         drive: &dyn Fn() -> bool,
     ) -> Result<()> {
         let mut idle = 0u32;
+        let mut spins = 0u32;
         loop {
             if drive() {
                 idle = 0;
@@ -173,6 +174,7 @@ impl OpHandle {
                 return r;
             }
             idle = idle.saturating_add(1);
+            spins = spins.wrapping_add(1);
             if idle < 64 {
                 std::hint::spin_loop();
             } else if idle < 4096 {
@@ -180,7 +182,9 @@ impl OpHandle {
             } else {
                 std::thread::sleep(Duration::from_micros(50));
             }
-            if idle % 64 == 0 && Instant::now() >= deadline {
+            // Checked on a count, not only when idle: a peer that keeps something moving
+            // must not hide a wait that never ends.
+            if spins % 64 == 0 && Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     rank: self.peer.0,
                     what: what(),
@@ -295,9 +299,13 @@ pub trait Transport: Send + Sync {
 pub struct SendPtr(pub *const u8);
 // SAFETY: the memory behind it is only touched under the post_send contract.
 unsafe impl Send for SendPtr {}
+// SAFETY: shared references only read the address; the bytes are read under the contract.
+unsafe impl Sync for SendPtr {}
 
 /// Raw mutable pointer that may cross threads; see [`SendPtr`].
 #[derive(Clone, Copy, Debug)]
 pub struct RecvPtr(pub *mut u8);
 // SAFETY: the memory behind it is only touched under the post_recv contract.
 unsafe impl Send for RecvPtr {}
+// SAFETY: disjoint stripes are written by different threads; the contract keeps it valid.
+unsafe impl Sync for RecvPtr {}

@@ -9,7 +9,7 @@
 //! element count) messages whose sender and receiver chunk sizes differ.
 
 use crate::error::{Error, Result};
-use crate::plan::{chunk_range, Buf, ChunkRef, Collective, Op, RankPlan, StepId};
+use crate::plan::{Buf, ChunkRef, Collective, Op, RankPlan, StepId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// A symbolic chunk value: contribution -> multiplicity.
@@ -23,6 +23,7 @@ struct Msg {
 struct RankState {
     input: Vec<Option<Value>>,
     output: Vec<Option<Value>>,
+    scratch: Vec<Option<Value>>,
 }
 
 impl RankState {
@@ -30,6 +31,7 @@ impl RankState {
         match c.buf {
             Buf::Input => &mut self.input[c.index as usize],
             Buf::Output => &mut self.output[c.index as usize],
+            Buf::Scratch => &mut self.scratch[c.index as usize],
         }
     }
 }
@@ -64,11 +66,8 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
     }
     check_lane_rule(plans)?;
 
-    let elems_of = |p: &RankPlan, c: ChunkRef| -> Option<usize> {
-        let (ie, oe) = coll.buffer_elems(n, count?);
-        let total = if c.buf == Buf::Input { ie } else { oe };
-        Some(chunk_range(total, p.chunks_of(c.buf), c.index).len())
-    };
+    let elems_of =
+        |p: &RankPlan, c: ChunkRef| -> Option<usize> { Some(p.chunk_elems(c, count?).len()) };
 
     // Initial symbolic state.
     let mut st: Vec<RankState> = plans
@@ -80,6 +79,7 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
             RankState {
                 input: init(p.input_chunks, coll.has_input()),
                 output: init(p.output_chunks, !coll.has_input()),
+                scratch: init(p.chunks_of(Buf::Scratch), false),
             }
         })
         .collect();

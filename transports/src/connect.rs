@@ -38,43 +38,69 @@ fn tune(s: &TcpStream) {
     );
 }
 
-/// Connects rank `rank` to every other rank. `addrs[q]` is rank q's listening address.
+/// Connects rank `rank` to the other ranks: `addrs[q]` is rank q's listening address and
+/// `streams[q]` how many sockets to open to it (0: no TCP path, e.g. shared memory instead).
+/// Both sides of a pair must agree on the count; the hello checks it.
 pub fn establish(
     rank: Rank,
     listener: TcpListener,
     addrs: &[SocketAddr],
+    streams: &[u32],
     secret: &[u8; 16],
     timeout: Duration,
 ) -> Result<TcpTransport> {
     let n = addrs.len() as u32;
+    if streams.len() != addrs.len() {
+        return Err(Error::invalid(
+            "establish: one stream count per rank is required",
+        ));
+    }
     let deadline = Instant::now() + timeout;
-    let mut streams: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+    let mut socks: Vec<Vec<Option<TcpStream>>> = streams
+        .iter()
+        .map(|k| (0..*k).map(|_| None).collect())
+        .collect();
 
     for q in 0..rank.0 {
-        let s = connect_to(rank, Rank(q), n, addrs[q as usize], secret, deadline)?;
-        streams[q as usize] = Some(s);
+        let k = streams[q as usize];
+        for i in 0..k {
+            let s = connect_to(
+                rank,
+                Rank(q),
+                n,
+                (i, k),
+                addrs[q as usize],
+                secret,
+                deadline,
+            )?;
+            socks[q as usize][i as usize] = Some(s);
+        }
     }
 
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("configuring the listener", e))?;
-    let mut missing: Vec<u32> = (rank.0 + 1..n).collect();
-    while !missing.is_empty() {
+    let mut missing: usize = (rank.0 + 1..n).map(|q| streams[q as usize] as usize).sum();
+    while missing > 0 {
         match listener.accept() {
             Ok((s, _from)) => {
                 // Strangers (no valid hello) are dropped silently; the loop goes on.
-                if let Some((q, s)) = accept_hello(s, rank, n, secret) {
-                    if missing.contains(&q) {
-                        missing.retain(|m| *m != q);
-                        streams[q as usize] = Some(s);
+                if let Some((q, i, s)) = accept_hello(s, rank, n, streams, secret) {
+                    let slot = &mut socks[q as usize][i as usize];
+                    if slot.is_none() {
+                        *slot = Some(s);
+                        missing -= 1;
                     }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    let list: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+                    let absent: Vec<u32> = (rank.0 + 1..n)
+                        .filter(|q| socks[*q as usize].iter().any(|s| s.is_none()))
+                        .collect();
+                    let list: Vec<String> = absent.iter().map(|m| m.to_string()).collect();
                     return Err(Error::Timeout {
-                        rank: missing[0],
+                        rank: absent.first().copied().unwrap_or(0),
                         what: format!(
                             "connection set-up: rank(s) {} never connected to rank {rank}",
                             list.join(", ")
@@ -87,13 +113,18 @@ pub fn establish(
             Err(e) => return Err(Error::io("accepting connections", e)),
         }
     }
-    TcpTransport::from_streams(rank, streams)
+    let socks = socks
+        .into_iter()
+        .map(|v| v.into_iter().flatten().collect())
+        .collect();
+    TcpTransport::from_streams(rank, socks)
 }
 
 fn connect_to(
     rank: Rank,
     q: Rank,
     n: u32,
+    (stream, streams): (u32, u32),
     addr: SocketAddr,
     secret: &[u8; 16],
     deadline: Instant,
@@ -115,7 +146,7 @@ fn connect_to(
             Ok(mut s) => {
                 tune(&s);
                 let _ = s.set_read_timeout(Some(HELLO_TIMEOUT));
-                s.write_all(&wire::hello(rank.0, n, secret))
+                s.write_all(&wire::hello(rank.0, n, stream, streams, secret))
                     .map_err(|e| Error::io(format!("greeting rank {q} at {addr}"), e))?;
                 let mut ack = [0u8; 8];
                 s.read_exact(&mut ack).map_err(|e| Error::Remote {
@@ -142,7 +173,13 @@ fn connect_to(
 }
 
 /// Reads and checks a hello; `None` drops the connection.
-fn accept_hello(mut s: TcpStream, me: Rank, n: u32, secret: &[u8; 16]) -> Option<(u32, TcpStream)> {
+fn accept_hello(
+    mut s: TcpStream,
+    me: Rank,
+    n: u32,
+    streams: &[u32],
+    secret: &[u8; 16],
+) -> Option<(u32, u32, TcpStream)> {
     s.set_nonblocking(false).ok()?;
     s.set_read_timeout(Some(HELLO_TIMEOUT)).ok()?;
     let mut b = [0u8; HELLO_LEN];
@@ -152,7 +189,9 @@ fn accept_hello(mut s: TcpStream, me: Rank, n: u32, secret: &[u8; 16]) -> Option
         && h.version == PROTOCOL_VERSION
         && h.nranks == n
         && h.rank > me.0
-        && h.rank < n;
+        && h.rank < n
+        && h.streams == streams[h.rank as usize]
+        && h.stream < h.streams;
     if !ok {
         return None;
     }
@@ -162,5 +201,5 @@ fn accept_hello(mut s: TcpStream, me: Rank, n: u32, secret: &[u8; 16]) -> Option
     s.write_all(&ack).ok()?;
     s.set_read_timeout(None).ok()?;
     tune(&s);
-    Some((h.rank, s))
+    Some((h.rank, h.stream, s))
 }

@@ -1,66 +1,117 @@
-//! TCP transport: one connection per peer, a writer and a reader thread per connection.
+//! TCP transport: K sockets per peer, each with a writer and a reader thread.
 //!
-//! `post_send` queues a descriptor for the writer thread, which writes header and payload
-//! straight from the caller's memory (`writev`, no staging copy). `post_recv` queues the
-//! destination for the reader thread, which checks the next frame's header against it and
-//! reads the payload straight into the caller's memory. Posting receives ahead is what lets
-//! the kernel copy segment `i+1` while the executor reduces segment `i`.
+//! A message is cut into stripes that go into one queue per peer; whichever socket's writer
+//! is free takes the next stripe, so a slow socket (a throttled flow in a cloud VPC) simply
+//! carries less — unlike a fixed equal split, where the slowest flow sets the pace. Every
+//! stripe carries its message id and offset, so readers put it straight into the caller's
+//! memory wherever it lands; nothing is staged. `post_recv` registers the destination under
+//! the next message id; a reader that gets a stripe before its receive is posted waits for it
+//! (bounded by flow control: the sender can be at most socket buffers ahead).
 //!
-//! Failure handling: the first error on a connection (EOF, reset, a bad frame, an abort frame
-//! from the peer) marks that peer broken; every pending and later operation with it fails
-//! with an error naming the rank. `abort` tells each idle peer why, shuts the sockets down
-//! and waits until neither thread touches user memory.
+//! Failure: the first error on any socket of a peer (EOF, reset, corrupt frame, an abort
+//! frame) breaks that peer: pending and later operations with it fail naming the rank.
+//! `abort` tells idle peers why, shuts every socket and waits until no thread is inside
+//! user memory.
 
-use crate::wire::{self, Kind, FRAME_LEN, MAX_ABORT_LEN};
+use crate::wire::{self, Kind, Stripe, FRAME_LEN, MAX_ABORT_LEN};
 use acspeed_core::transport::{RecvPtr, SendPtr};
 use acspeed_core::{Error, FrameHeader, OpHandle, Rank, Result, Transport};
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::collections::{HashMap, VecDeque};
 use std::io::{IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-struct SendOp {
+/// Smallest stripe worth a separate frame.
+const MIN_STRIPE: usize = 64 << 10;
+
+struct SendMsg {
     hdr: FrameHeader,
     data: SendPtr,
+    stripes_left: AtomicUsize,
     handle: OpHandle,
 }
 
-struct RecvOp {
+struct SendJob {
+    msg: Arc<SendMsg>,
+    st: Stripe,
+}
+
+struct RecvMsg {
     hdr: FrameHeader,
     data: RecvPtr,
+    bytes_left: AtomicU64,
     handle: OpHandle,
 }
 
-/// State shared by a peer's two threads and the transport.
+#[derive(Default)]
+struct SendQueue {
+    jobs: VecDeque<SendJob>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct RecvTable {
+    posted: HashMap<u64, Arc<RecvMsg>>,
+    closed: bool,
+}
+
+/// State shared by a peer's threads and the transport.
 struct PeerShared {
     rank: Rank,
-    /// First failure on this connection; later operations fail with a copy of it.
     broken: Mutex<Option<Error>>,
     aborted: AtomicBool,
-    /// Held by a thread while it reads or writes user memory (abort waits on them).
-    write_busy: Mutex<()>,
-    read_busy: Mutex<()>,
-    stream: TcpStream,
+    sendq: Mutex<SendQueue>,
+    send_cv: Condvar,
+    recvs: Mutex<RecvTable>,
+    recv_cv: Condvar,
+    next_send_id: Mutex<u64>,
+    next_recv_id: AtomicU64,
+    /// Held by a thread while it touches user memory; `abort` waits on all of them.
+    busy: Vec<Mutex<()>>,
+    /// Sockets whose reader has not seen the peer close them.
+    open_streams: AtomicUsize,
+    streams: Vec<TcpStream>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PeerShared {
+    /// Records the peer's first failure and fails everything pending with it.
     fn fail(&self, e: Error) -> Error {
-        let mut b = self.broken.lock().unwrap_or_else(|p| p.into_inner());
-        if b.is_none() {
-            *b = Some(e);
+        let err = {
+            let mut b = lock(&self.broken);
+            b.get_or_insert(e).duplicate()
+        };
+        let jobs: Vec<SendJob> = {
+            let mut q = lock(&self.sendq);
+            q.closed = true;
+            q.jobs.drain(..).collect()
+        };
+        self.send_cv.notify_all();
+        for j in jobs {
+            j.msg.handle.complete(Err(err.duplicate()));
         }
-        b.as_ref().unwrap().duplicate()
+        let recvs: Vec<Arc<RecvMsg>> = {
+            let mut t = lock(&self.recvs);
+            t.closed = true;
+            t.posted.drain().map(|(_, v)| v).collect()
+        };
+        self.recv_cv.notify_all();
+        for r in recvs {
+            r.handle.complete(Err(err.duplicate()));
+        }
+        err
     }
+
     fn broken(&self) -> Option<Error> {
-        self.broken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|e| e.duplicate())
+        lock(&self.broken).as_ref().map(|e| e.duplicate())
     }
+
     fn io_err(&self, what: &str, e: std::io::Error) -> Error {
         if self.aborted.load(Ordering::SeqCst) {
             return Error::Aborted("transport aborted".into());
@@ -81,66 +132,63 @@ impl PeerShared {
     }
 }
 
-struct Peer {
-    shared: Arc<PeerShared>,
-    send_tx: Sender<SendOp>,
-    recv_tx: Sender<RecvOp>,
-}
-
 /// A connected mesh of TCP connections (built by [`crate::connect::establish`]).
 pub struct TcpTransport {
     rank: Rank,
     nranks: u32,
-    peers: Vec<Option<Peer>>,
+    peers: Vec<Option<Arc<PeerShared>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl TcpTransport {
-    /// Wraps connected streams (`streams[q]` talks to rank `q`, `None` for ourselves).
-    pub(crate) fn from_streams(
-        rank: Rank,
-        streams: Vec<Option<TcpStream>>,
-    ) -> Result<TcpTransport> {
+    /// Wraps connected sockets: `streams[q]` are the sockets to rank `q` (empty: no TCP path).
+    pub(crate) fn from_streams(rank: Rank, streams: Vec<Vec<TcpStream>>) -> Result<TcpTransport> {
         let nranks = streams.len() as u32;
         let mut peers = Vec::new();
         let mut threads = Vec::new();
-        for (q, s) in streams.into_iter().enumerate() {
-            let Some(stream) = s else {
+        for (q, socks) in streams.into_iter().enumerate() {
+            if socks.is_empty() {
                 peers.push(None);
                 continue;
-            };
-            let ctx = |e| Error::io(format!("setting up the connection to rank {q}"), e);
-            stream.set_nodelay(true).map_err(ctx)?;
-            let reader = stream.try_clone().map_err(ctx)?;
-            let writer = stream.try_clone().map_err(ctx)?;
+            }
+            let ctx = |e| Error::io(format!("setting up the connections to rank {q}"), e);
+            let mut io = Vec::new();
+            for s in &socks {
+                s.set_nodelay(true).map_err(ctx)?;
+                io.push((s.try_clone().map_err(ctx)?, s.try_clone().map_err(ctx)?));
+            }
             let shared = Arc::new(PeerShared {
                 rank: Rank(q as u32),
                 broken: Mutex::new(None),
                 aborted: AtomicBool::new(false),
-                write_busy: Mutex::new(()),
-                read_busy: Mutex::new(()),
-                stream,
+                sendq: Mutex::new(SendQueue::default()),
+                send_cv: Condvar::new(),
+                recvs: Mutex::new(RecvTable::default()),
+                recv_cv: Condvar::new(),
+                next_send_id: Mutex::new(0),
+                next_recv_id: AtomicU64::new(0),
+                busy: (0..2 * socks.len()).map(|_| Mutex::new(())).collect(),
+                open_streams: AtomicUsize::new(socks.len()),
+                streams: socks,
             });
-            let (send_tx, send_rx) = unbounded();
-            let (recv_tx, recv_rx) = unbounded();
-            let (s1, s2) = (shared.clone(), shared.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("acspeed-tx{q}"))
-                    .spawn(move || writer_loop(s1, writer, send_rx))
-                    .map_err(|e| Error::io("spawning a writer thread", e))?,
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("acspeed-rx{q}"))
-                    .spawn(move || reader_loop(s2, reader, recv_rx))
-                    .map_err(|e| Error::io("spawning a reader thread", e))?,
-            );
-            peers.push(Some(Peer {
-                shared,
-                send_tx,
-                recv_tx,
-            }));
+            for (i, (w, r)) in io.into_iter().enumerate() {
+                let (s1, s2) = (shared.clone(), shared.clone());
+                let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn(f)
+                        .map_err(|e| Error::io("spawning a socket thread", e))
+                };
+                threads.push(spawn(
+                    format!("acspeed-tx{q}.{i}"),
+                    Box::new(move || writer_loop(s1, w, 2 * i)),
+                )?);
+                threads.push(spawn(
+                    format!("acspeed-rx{q}.{i}"),
+                    Box::new(move || reader_loop(s2, r, 2 * i + 1)),
+                )?);
+            }
+            peers.push(Some(shared));
         }
         Ok(TcpTransport {
             rank,
@@ -150,16 +198,21 @@ impl TcpTransport {
         })
     }
 
-    fn peer(&self, q: Rank) -> Result<&Peer> {
+    fn peer(&self, q: Rank) -> Result<&Arc<PeerShared>> {
         self.peers
             .get(q.idx())
             .and_then(|p| p.as_ref())
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "rank {q} is not a peer of rank {} (world size {})",
+                    "rank {q} has no TCP path from rank {} (world size {})",
                     self.rank, self.nranks
                 ))
             })
+    }
+
+    /// Sockets to `peer` (0 when there is no TCP path).
+    pub fn streams_to(&self, peer: Rank) -> usize {
+        self.peer(peer).map(|p| p.streams.len()).unwrap_or(0)
     }
 }
 
@@ -175,57 +228,93 @@ fn write_all_vectored(s: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> std::i
     Ok(())
 }
 
-fn writer_loop(p: Arc<PeerShared>, mut s: TcpStream, rx: Receiver<SendOp>) {
-    for op in rx {
-        if let Some(e) = p.broken() {
-            op.handle.complete(Err(e));
-            continue;
-        }
+fn writer_loop(p: Arc<PeerShared>, mut s: TcpStream, busy: usize) {
+    loop {
+        let job = {
+            let mut q = lock(&p.sendq);
+            loop {
+                if let Some(j) = q.jobs.pop_front() {
+                    break j;
+                }
+                if q.closed {
+                    return;
+                }
+                q = p.send_cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
         let r = {
-            let _busy = p.write_busy.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = lock(&p.busy[busy]);
             if p.aborted.load(Ordering::SeqCst) {
                 Err(Error::Aborted("transport aborted".into()))
             } else {
-                let head = wire::encode(Kind::Data, &op.hdr);
-                // SAFETY: post_send's contract keeps the bytes valid until we complete.
-                let body = unsafe { std::slice::from_raw_parts(op.data.0, op.hdr.len as usize) };
+                let head = wire::encode(Kind::Data, &job.msg.hdr, job.st);
+                // SAFETY: post_send's contract keeps the message bytes valid until completion.
+                let body = unsafe {
+                    std::slice::from_raw_parts(
+                        job.msg.data.0.add(job.st.off as usize),
+                        job.st.len as usize,
+                    )
+                };
                 write_all_vectored(&mut s, &mut [IoSlice::new(&head), IoSlice::new(body)])
                     .map_err(|e| p.io_err("sending", e))
             }
         };
         match r {
-            Ok(()) => op.handle.complete(Ok(())),
-            Err(e) => op.handle.complete(Err(p.fail(e))),
-        }
-    }
-}
-
-fn reader_loop(p: Arc<PeerShared>, mut s: TcpStream, rx: Receiver<RecvOp>) {
-    for op in rx {
-        if let Some(e) = p.broken() {
-            op.handle.complete(Err(e));
-            continue;
-        }
-        let r = {
-            let _busy = p.read_busy.lock().unwrap_or_else(|e| e.into_inner());
-            if p.aborted.load(Ordering::SeqCst) {
-                Err(Error::Aborted("transport aborted".into()))
-            } else {
-                read_frame(&p, &mut s, &op)
+            Ok(()) => {
+                if job.msg.stripes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    job.msg.handle.complete(Ok(()));
+                }
             }
-        };
-        match r {
-            Ok(()) => op.handle.complete(Ok(())),
-            Err(e) => op.handle.complete(Err(p.fail(e))),
+            Err(e) => {
+                job.msg.handle.complete(Err(p.fail(e)));
+                return;
+            }
         }
     }
 }
 
-fn read_frame(p: &PeerShared, s: &mut TcpStream, op: &RecvOp) -> Result<()> {
+fn reader_loop(p: Arc<PeerShared>, mut s: TcpStream, busy: usize) {
+    loop {
+        match read_stripe(&p, &mut s, busy) {
+            Ok(true) => {}
+            // The peer closed this socket between frames. Other sockets may still be
+            // delivering stripes of pending messages: only the last close breaks the peer.
+            Ok(false) => {
+                if p.open_streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    p.fail(p.io_err("receiving", std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                return;
+            }
+            Err(e) => {
+                p.fail(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Reads a frame header; `Ok(false)` if the socket was closed cleanly before it.
+fn read_header(p: &PeerShared, s: &mut TcpStream, head: &mut [u8; FRAME_LEN]) -> Result<bool> {
+    let mut got = 0;
+    while got < FRAME_LEN {
+        match s.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(p.io_err("receiving", std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(p.io_err("receiving", e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads one stripe into its posted receive; `Ok(false)` on a clean close.
+fn read_stripe(p: &PeerShared, s: &mut TcpStream, busy: usize) -> Result<bool> {
     let mut head = [0u8; FRAME_LEN];
-    s.read_exact(&mut head)
-        .map_err(|e| p.io_err("receiving", e))?;
-    let (kind, hdr) = wire::decode(&head).ok_or_else(|| Error::Remote {
+    if !read_header(p, s, &mut head)? {
+        return Ok(false);
+    }
+    let (kind, hdr, st) = wire::decode(&head).ok_or_else(|| Error::Remote {
         rank: p.rank.0,
         detail: "sent a corrupt frame header (protocol violation)".into(),
     })?;
@@ -238,10 +327,56 @@ fn read_frame(p: &PeerShared, s: &mut TcpStream, op: &RecvOp) -> Result<()> {
             detail: format!("aborted: {}", String::from_utf8_lossy(&why)),
         });
     }
-    op.hdr.check(&hdr, p.rank)?;
-    // SAFETY: post_recv's contract: op.data is valid for op.hdr.len (== hdr.len) bytes.
-    let body = unsafe { std::slice::from_raw_parts_mut(op.data.0, hdr.len as usize) };
-    s.read_exact(body).map_err(|e| p.io_err("receiving", e))
+    // Wait until the matching receive is posted (the sender is at most a window ahead).
+    let msg = {
+        let mut t = lock(&p.recvs);
+        loop {
+            if let Some(m) = t.posted.get(&st.msg_id) {
+                break m.clone();
+            }
+            if t.closed || p.aborted.load(Ordering::SeqCst) {
+                return Err(p
+                    .broken()
+                    .unwrap_or_else(|| Error::Aborted("transport aborted".into())));
+            }
+            t = p
+                .recv_cv
+                .wait_timeout(t, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    };
+    msg.hdr.check(&hdr, p.rank)?;
+    if st
+        .off
+        .checked_add(st.len)
+        .is_none_or(|end| end > msg.hdr.len)
+    {
+        return Err(Error::Remote {
+            rank: p.rank.0,
+            detail: format!(
+                "sent bytes {}+{} of a {}-byte message (protocol violation)",
+                st.off, st.len, msg.hdr.len
+            ),
+        });
+    }
+    {
+        let _g = lock(&p.busy[busy]);
+        if p.aborted.load(Ordering::SeqCst) {
+            return Err(Error::Aborted("transport aborted".into()));
+        }
+        // SAFETY: post_recv's contract: the destination is valid for msg.hdr.len bytes and
+        // off+len fits (checked above).
+        let body = unsafe {
+            std::slice::from_raw_parts_mut(msg.data.0.add(st.off as usize), st.len as usize)
+        };
+        s.read_exact(body).map_err(|e| p.io_err("receiving", e))?;
+    }
+    if msg.bytes_left.fetch_sub(st.len.max(1), Ordering::AcqRel) == st.len.max(1) {
+        lock(&p.recvs).posted.remove(&st.msg_id);
+        msg.handle.complete(Ok(()));
+    }
+    Ok(true)
 }
 
 impl Transport for TcpTransport {
@@ -251,8 +386,11 @@ impl Transport for TcpTransport {
     fn nranks(&self) -> u32 {
         self.nranks
     }
-    fn name(&self, _peer: Rank) -> String {
-        "tcp".into()
+    fn name(&self, peer: Rank) -> String {
+        match self.streams_to(peer) {
+            0 | 1 => "tcp".into(),
+            k => format!("tcp/{k}"),
+        }
     }
 
     unsafe fn post_send(
@@ -263,71 +401,125 @@ impl Transport for TcpTransport {
         len: usize,
     ) -> Result<OpHandle> {
         let p = self.peer(to)?;
-        if let Some(e) = p.shared.broken() {
+        if let Some(e) = p.broken() {
             return Err(e);
         }
+        let k = p.streams.len();
+        let stripe = if k == 1 {
+            len.max(1)
+        } else {
+            len.div_ceil(k).max(MIN_STRIPE)
+        };
+        let nstripes = len.div_ceil(stripe).max(1);
         let handle = OpHandle::new(to);
-        let op = SendOp {
+        let msg = Arc::new(SendMsg {
             hdr: FrameHeader {
                 len: len as u64,
                 ..hdr
             },
             data: SendPtr(data),
+            stripes_left: AtomicUsize::new(nstripes),
             handle: handle.clone(),
-        };
-        p.send_tx
-            .send(op)
-            .map_err(|_| Error::Aborted(format!("writer thread for rank {to} is gone")))?;
+        });
+        {
+            // Ids must enter the queue in order, so take the id under the queue lock.
+            let mut q = lock(&p.sendq);
+            if q.closed {
+                return Err(p
+                    .broken()
+                    .unwrap_or_else(|| Error::Aborted("transport aborted".into())));
+            }
+            let mut id = lock(&p.next_send_id);
+            let msg_id = *id;
+            *id += 1;
+            for i in 0..nstripes {
+                let off = i * stripe;
+                let st = Stripe {
+                    msg_id,
+                    off: off as u64,
+                    len: (len - off).min(stripe) as u64,
+                };
+                q.jobs.push_back(SendJob {
+                    msg: msg.clone(),
+                    st,
+                });
+            }
+        }
+        p.send_cv.notify_all();
         Ok(handle)
     }
 
     unsafe fn post_recv(&self, from: Rank, hdr: FrameHeader, data: *mut u8) -> Result<OpHandle> {
         let p = self.peer(from)?;
-        if let Some(e) = p.shared.broken() {
+        if let Some(e) = p.broken() {
             return Err(e);
         }
         let handle = OpHandle::new(from);
-        p.recv_tx
-            .send(RecvOp {
-                hdr,
-                data: RecvPtr(data),
-                handle: handle.clone(),
-            })
-            .map_err(|_| Error::Aborted(format!("reader thread for rank {from} is gone")))?;
+        {
+            let mut t = lock(&p.recvs);
+            if t.closed {
+                return Err(p
+                    .broken()
+                    .unwrap_or_else(|| Error::Aborted("transport aborted".into())));
+            }
+            let id = p.next_recv_id.fetch_add(1, Ordering::Relaxed);
+            // An empty message still arrives as one empty stripe; count it as one byte.
+            let left = hdr.len.max(1);
+            t.posted.insert(
+                id,
+                Arc::new(RecvMsg {
+                    hdr,
+                    data: RecvPtr(data),
+                    bytes_left: AtomicU64::new(left),
+                    handle: handle.clone(),
+                }),
+            );
+        }
+        p.recv_cv.notify_all();
         Ok(handle)
     }
 
     fn abort(&self, reason: &str) {
         for p in self.peers.iter().flatten() {
-            let sh = &p.shared;
-            if sh.aborted.swap(true, Ordering::SeqCst) {
+            if p.aborted.swap(true, Ordering::SeqCst) {
                 continue;
             }
-            sh.fail(Error::Aborted(reason.to_string()));
-            // Tell the peer why, if our writer is between frames (never split a frame).
-            if let Ok(_idle) = sh.write_busy.try_lock() {
-                let why = reason.as_bytes();
-                let why = &why[..why.len().min(MAX_ABORT_LEN as usize)];
-                let hdr = FrameHeader {
-                    seq: 0,
-                    coll: 0,
-                    dtype: 0,
-                    op: 0,
-                    count: 0,
-                    len: why.len() as u64,
-                };
-                let mut s = &sh.stream;
-                let _ = sh
-                    .stream
-                    .set_write_timeout(Some(Duration::from_millis(200)));
-                let _ = s
-                    .write_all(&wire::encode(Kind::Abort, &hdr))
-                    .and_then(|_| s.write_all(why));
+            p.fail(Error::Aborted(reason.to_string()));
+            // Tell the peer why over the first socket whose writer is between frames.
+            let why = &reason.as_bytes()[..reason.len().min(MAX_ABORT_LEN as usize)];
+            // Every idle socket carries the reason, so whichever reader the peer hears from
+            // first reads it before the close.
+            for (i, s) in p.streams.iter().enumerate() {
+                if let Ok(_idle) = p.busy[2 * i].try_lock() {
+                    let hdr = FrameHeader {
+                        seq: 0,
+                        coll: 0,
+                        dtype: 0,
+                        op: 0,
+                        count: 0,
+                        len: why.len() as u64,
+                    };
+                    let mut w = s;
+                    let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+                    let frame = wire::encode(
+                        Kind::Abort,
+                        &hdr,
+                        Stripe {
+                            msg_id: 0,
+                            off: 0,
+                            len: why.len() as u64,
+                        },
+                    );
+                    let _ = w.write_all(&frame).and_then(|_| w.write_all(why));
+                }
             }
-            let _ = sh.stream.shutdown(Shutdown::Both);
-            // Wait until neither thread is inside user memory.
-            drop(sh.read_busy.lock().unwrap_or_else(|e| e.into_inner()));
-            drop(sh.write_busy.lock().unwrap_or_else(|e| e.into_inner()));
+            for s in &p.streams {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            // Wait until no thread is inside user memory.
+            for b in &p.busy {
+                drop(lock(b));
+            }
         }
     }
 }
@@ -335,18 +527,18 @@ impl Transport for TcpTransport {
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         for p in self.peers.iter().flatten() {
-            // Orderly close: everything posted was waited for by the executor.
-            p.shared.aborted.store(true, Ordering::SeqCst);
-            let _ = p.shared.stream.shutdown(Shutdown::Both);
+            // Orderly close: the executor waited for everything it posted.
+            p.aborted.store(true, Ordering::SeqCst);
+            lock(&p.sendq).closed = true;
+            p.send_cv.notify_all();
+            lock(&p.recvs).closed = true;
+            p.recv_cv.notify_all();
+            for s in &p.streams {
+                let _ = s.shutdown(Shutdown::Both);
+            }
         }
-        // Closing the channels ends the threads.
         self.peers.clear();
-        for t in self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
     }

@@ -7,9 +7,9 @@ use acspeed_core::FrameHeader;
 pub(crate) const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"ACSP");
 pub(crate) const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ACSH");
 pub(crate) const ACK_MAGIC: u32 = u32::from_le_bytes(*b"ACSA");
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
-pub(crate) const FRAME_LEN: usize = 32;
-pub(crate) const HELLO_LEN: usize = 16 + 16;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const FRAME_LEN: usize = 56;
+pub(crate) const HELLO_LEN: usize = 24 + 16;
 /// Longest abort reason we accept.
 pub(crate) const MAX_ABORT_LEN: u64 = 64 << 10;
 
@@ -19,21 +19,33 @@ pub(crate) enum Kind {
     Abort = 2,
 }
 
-pub(crate) fn encode(kind: Kind, h: &FrameHeader) -> [u8; FRAME_LEN] {
+/// Where a frame's payload goes: message `msg_id` of this connection pair, bytes
+/// `off..off+len` of it (a message may be striped over several sockets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stripe {
+    pub(crate) msg_id: u64,
+    pub(crate) off: u64,
+    pub(crate) len: u64,
+}
+
+pub(crate) fn encode(kind: Kind, h: &FrameHeader, st: Stripe) -> [u8; FRAME_LEN] {
     let mut b = [0u8; FRAME_LEN];
     b[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
     b[4] = kind as u8;
     b[5] = h.coll;
     b[6] = h.dtype;
     b[7] = h.op;
-    b[8..16].copy_from_slice(&h.seq.to_le_bytes());
-    b[16..24].copy_from_slice(&h.count.to_le_bytes());
-    b[24..32].copy_from_slice(&h.len.to_le_bytes());
+    for (i, v) in [h.seq, h.count, h.len, st.msg_id, st.off, st.len]
+        .into_iter()
+        .enumerate()
+    {
+        b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
+    }
     b
 }
 
 /// Decodes a frame header; `None` when the magic or kind is wrong (stream corrupt).
-pub(crate) fn decode(b: &[u8; FRAME_LEN]) -> Option<(Kind, FrameHeader)> {
+pub(crate) fn decode(b: &[u8; FRAME_LEN]) -> Option<(Kind, FrameHeader, Stripe)> {
     let u64at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
     if u32::from_le_bytes(b[0..4].try_into().unwrap()) != FRAME_MAGIC {
         return None;
@@ -43,27 +55,42 @@ pub(crate) fn decode(b: &[u8; FRAME_LEN]) -> Option<(Kind, FrameHeader)> {
         2 => Kind::Abort,
         _ => return None,
     };
+    let h = FrameHeader {
+        coll: b[5],
+        dtype: b[6],
+        op: b[7],
+        seq: u64at(8),
+        count: u64at(16),
+        len: u64at(24),
+    };
     Some((
         kind,
-        FrameHeader {
-            coll: b[5],
-            dtype: b[6],
-            op: b[7],
-            seq: u64at(8),
-            count: u64at(16),
-            len: u64at(24),
+        h,
+        Stripe {
+            msg_id: u64at(32),
+            off: u64at(40),
+            len: u64at(48),
         },
     ))
 }
 
-/// Connection hello: magic, version, rank, nranks, then the 16-byte job secret.
-pub(crate) fn hello(rank: u32, nranks: u32, secret: &[u8; 16]) -> [u8; HELLO_LEN] {
+/// Connection hello: magic, version, rank, nranks, stream index, stream count, then the
+/// 16-byte job secret.
+pub(crate) fn hello(
+    rank: u32,
+    nranks: u32,
+    stream: u32,
+    streams: u32,
+    secret: &[u8; 16],
+) -> [u8; HELLO_LEN] {
     let mut b = [0u8; HELLO_LEN];
-    b[0..4].copy_from_slice(&HELLO_MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    b[8..12].copy_from_slice(&rank.to_le_bytes());
-    b[12..16].copy_from_slice(&nranks.to_le_bytes());
-    b[16..32].copy_from_slice(secret);
+    for (i, v) in [HELLO_MAGIC, PROTOCOL_VERSION, rank, nranks, stream, streams]
+        .into_iter()
+        .enumerate()
+    {
+        b[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    b[24..40].copy_from_slice(secret);
     b
 }
 
@@ -71,6 +98,8 @@ pub(crate) struct Hello {
     pub(crate) rank: u32,
     pub(crate) nranks: u32,
     pub(crate) version: u32,
+    pub(crate) stream: u32,
+    pub(crate) streams: u32,
     pub(crate) secret: [u8; 16],
 }
 
@@ -80,7 +109,9 @@ pub(crate) fn parse_hello(b: &[u8; HELLO_LEN]) -> Option<Hello> {
         version: u32at(4),
         rank: u32at(8),
         nranks: u32at(12),
-        secret: b[16..32].try_into().unwrap(),
+        stream: u32at(16),
+        streams: u32at(20),
+        secret: b[24..40].try_into().unwrap(),
     })
 }
 
@@ -103,9 +134,17 @@ mod tests {
             count: 1 << 40,
             len: 12345,
         };
-        assert_eq!(decode(&encode(Kind::Data, &h)), Some((Kind::Data, h)));
+        let st = Stripe {
+            msg_id: 9,
+            off: 4096,
+            len: 8249,
+        };
+        assert_eq!(
+            decode(&encode(Kind::Data, &h, st)),
+            Some((Kind::Data, h, st))
+        );
         assert!(decode(&[0xAB; FRAME_LEN]).is_none());
-        let mut b = encode(Kind::Abort, &h);
+        let mut b = encode(Kind::Abort, &h, st);
         b[4] = 9;
         assert!(decode(&b).is_none());
     }
@@ -113,8 +152,11 @@ mod tests {
     #[test]
     fn hello_and_secret() {
         let s = [5u8; 16];
-        let h = parse_hello(&hello(3, 8, &s)).unwrap();
-        assert_eq!((h.rank, h.nranks, h.version), (3, 8, PROTOCOL_VERSION));
+        let h = parse_hello(&hello(3, 8, 1, 4, &s)).unwrap();
+        assert_eq!(
+            (h.rank, h.nranks, h.version, h.stream, h.streams),
+            (3, 8, PROTOCOL_VERSION, 1, 4)
+        );
         assert!(secrets_equal(&h.secret, &s));
         let mut t = s;
         t[15] ^= 1;
