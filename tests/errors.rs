@@ -194,11 +194,6 @@ fn strangers_on_the_listening_port_do_not_disturb_the_job() {
                         shm: false,
                         ..test_config(1 << 16, 4, 20)
                     };
-                    // TCP only: the stranger targets the TCP listener.
-                    let cfg = acspeed::Config {
-                        shm: false,
-                        ..test_config(1 << 16, 4, 20)
-                    };
                     let c = acspeed::init_with_store(
                         &*st,
                         "j",

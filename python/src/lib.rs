@@ -1,1 +1,70 @@
+//! # acspeed-python
+//!
+//! The PyO3 extension behind the `acspeed` Python package. It exposes a communicator whose
+//! collectives run on a Rust worker thread in issue order, with the GIL released while bytes
+//! move; completions reach Python as `torch.futures.Future` results set from that thread.
+//! The torch-facing `Backend` subclass lives in `acspeed/_torch.py`.
 
+mod comm;
+mod pystore;
+mod work;
+
+use pyo3::prelude::*;
+
+pyo3::create_exception!(
+    _acspeed,
+    AcspeedError,
+    pyo3::exceptions::PyRuntimeError,
+    "Any acspeed failure."
+);
+pyo3::create_exception!(
+    _acspeed,
+    AcspeedTimeoutError,
+    AcspeedError,
+    "A peer did not answer within the timeout."
+);
+pyo3::create_exception!(
+    _acspeed,
+    AcspeedRemoteError,
+    AcspeedError,
+    "A peer failed, aborted or went away."
+);
+pyo3::create_exception!(
+    _acspeed,
+    AcspeedMismatchError,
+    AcspeedError,
+    "Ranks disagree on the collective (op, count, dtype)."
+);
+
+/// Converts an acspeed error into the matching Python exception.
+pub(crate) fn to_py(e: &acspeed::Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        acspeed::Error::Timeout { .. } => AcspeedTimeoutError::new_err(msg),
+        acspeed::Error::Remote { .. } => AcspeedRemoteError::new_err(msg),
+        acspeed::Error::Mismatch { .. } => AcspeedMismatchError::new_err(msg),
+        acspeed::Error::InvalidArgument(_) => pyo3::exceptions::PyValueError::new_err(msg),
+        _ => AcspeedError::new_err(msg),
+    }
+}
+
+#[pymodule]
+fn _acspeed(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<comm::PyComm>()?;
+    m.add_class::<work::WorkHandle>()?;
+    m.add("AcspeedError", m.py().get_type::<AcspeedError>())?;
+    m.add(
+        "AcspeedTimeoutError",
+        m.py().get_type::<AcspeedTimeoutError>(),
+    )?;
+    m.add(
+        "AcspeedRemoteError",
+        m.py().get_type::<AcspeedRemoteError>(),
+    )?;
+    m.add(
+        "AcspeedMismatchError",
+        m.py().get_type::<AcspeedMismatchError>(),
+    )?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -187,15 +187,11 @@ impl Peer {
     fn pull(&mut self) -> bool {
         let mut moved = false;
         let idx = self.inc.index();
-        loop {
-            if let Some(r) = self.recvs.front() {
-                if r.started && r.off >= r.hdr.len as usize {
-                    let r = self.recvs.pop_front().unwrap();
-                    r.handle.complete(Ok(()));
-                    continue;
-                }
-            } else {
-                break;
+        while let Some(r) = self.recvs.front() {
+            if r.started && r.off >= r.hdr.len as usize {
+                let r = self.recvs.pop_front().unwrap();
+                r.handle.complete(Ok(()));
+                continue;
             }
             let Some(i) = idx.consumer_acquire() else {
                 break;

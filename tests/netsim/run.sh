@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Multi-host tests over emulated hosts (../shared/netsim/netsim.sh: network namespaces, a 2 Gbit/s
+# link per host and a 500 Mbit/s cap per TCP flow). Needs root. Every run is bounded in time.
+#   1. allreduce across 2 hosts, results checked, default transport settings
+#   2. the same with 1 and 8 sockets per peer (striping under the per-flow cap)
+#   3. 4 ranks on 2 hosts: shared memory inside a host, TCP between hosts, checked
+#   4. a host whose link is cut mid-collective: the other rank fails with a timeout naming it
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+BENCH="$PWD/target/release/acspeed-bench"
+[[ -x "$NETSIM" || -f "$NETSIM" ]] || { echo "netsim: $NETSIM not found" >&2; exit 1; }
+[[ "$(id -u)" == 0 ]] || { echo "netsim tests need root" >&2; exit 1; }
+cargo build --release -q --bin acspeed-bench
+
+OUT="$(mktemp -d)"
+cleanup() { bash "$NETSIM" down --kill >/dev/null 2>&1 || true; rm -rf "$OUT"; }
+trap cleanup EXIT
+pass=0; fail=0
+ok() { echo "PASS $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+
+bash "$NETSIM" down --kill >/dev/null 2>&1 || true
+bash "$NETSIM" up 2 --rate 2gbit --flow-rate 500mbit --flow-slots 256 >/dev/null
+
+# run_job NAME NRANKS_PER_HOST ENV... -- BENCH_ARGS...: ranks of host h are h*k..h*k+k-1.
+run_job() {
+  local name="$1" k="$2"; shift 2
+  local envs=() pids=() rc=0
+  while [[ "$1" != "--" ]]; do envs+=("$1"); shift; done
+  shift
+  local world=$((2 * k)) port=$((29600 + RANDOM % 300))
+  for h in 0 1; do
+    for ((l = 0; l < k; l++)); do
+      local r=$((h * k + l))
+      bash "$NETSIM" exec "$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=$k \
+        MASTER_ADDR=198.18.0.1 MASTER_PORT=$port ACSPEED_TIMEOUT_SECS=20 "${envs[@]}" \
+        timeout 120 "$BENCH" "$@" >"$OUT/$name.$r.out" 2>"$OUT/$name.$r.err" &
+      pids+=($!)
+    done
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  return $rc
+}
+
+check_job() {
+  local name="$1"; shift
+  if run_job "$name" "$@" && grep -q "Out of bounds values : 0 OK" "$OUT/$name.0.out"; then
+    ok "$name"; grep -E '^ +[0-9]' "$OUT/$name.0.out" | tail -2 | sed 's/^/    /'
+  else
+    bad "$name"; tail -n 5 "$OUT/$name".*.err "$OUT/$name.0.out" 2>/dev/null | sed 's/^/    /'
+  fi
+}
+
+check_job two-hosts-default 1 ACSPEED_DEBUG=INFO -- -b 4K -e 16M -f 8 --check --iters 3 -w 1
+if grep -q "1:tcp/4" "$OUT/two-hosts-default.0.err"; then ok "default-uses-4-streams-across-hosts"; else bad "default-uses-4-streams-across-hosts"; grep INFO "$OUT/two-hosts-default.0.err" | head -3; fi
+check_job one-stream 1 ACSPEED_NSTREAMS=1 -- -b 1M -e 8M -f 8 --check --iters 2 -w 1
+check_job eight-streams 1 ACSPEED_NSTREAMS=8 -- -b 1M -e 8M -f 8 --check --iters 2 -w 1 -d bf16
+check_job hybrid-2x2 2 ACSPEED_DEBUG=INFO -- -b 4K -e 8M -f 16 --check --iters 2 -w 1
+if grep -q "1:shm" "$OUT/hybrid-2x2.0.err" && grep -q "2:tcp" "$OUT/hybrid-2x2.0.err"; then ok "hybrid-picks-shm-inside-tcp-across"; else bad "hybrid-picks-shm-inside-tcp-across"; grep INFO "$OUT/hybrid-2x2.0.err" | head -3; fi
+
+# Link cut: a long sweep, then host 1 loses its link. Rank 0 must fail within the timeout
+# (5 s) plus slack, naming rank 1.
+start=$SECONDS
+( sleep 3; ip netns exec acs-h1 ip link set eth0 down ) &
+cutter=$!
+if run_job link-cut 1 ACSPEED_TIMEOUT_SECS=5 -- -b 64M -e 64M --iters 200 -w 0; then
+  bad "link-cut (job succeeded?)"
+else
+  took=$((SECONDS - start))
+  if grep -q "rank 1" "$OUT/link-cut.0.err" && grep -qi "timed out" "$OUT/link-cut.0.err" && ((took < 60)); then
+    ok "link-cut-names-rank-1 (${took}s)"; grep -m1 "rank 1" "$OUT/link-cut.0.err" | cut -c1-220 | sed 's/^/    /'
+  else
+    bad "link-cut-names-rank-1 (${took}s)"; tail -n 3 "$OUT/link-cut.0.err" | sed 's/^/    /'
+  fi
+fi
+wait "$cutter" || true
+
+echo "netsim: $pass passed, $fail failed"
+((fail == 0))
