@@ -7,24 +7,45 @@ LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 stage() { printf '\n=== %s  (%ss)\n' "$1" "$SECONDS"; }
 # Runs a test command, keeping its output for the final count.
-run() { "$@" 2>&1 | tee -a "$LOG"; }
+run() { "$@" 2>&1 | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
 
 stage "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+stage "GPU code compiles and its no-GPU paths pass (feature cuda, driver loaded at run time)"
+cargo clippy -p acspeed -p acspeed-python --features cuda --all-targets -- -D warnings
+run cargo test --release --features cuda --test tests staging
+
 stage "dependency direction"
 bash scripts/check-deps.sh
-
-stage "benchmarks compile and run once (criterion test mode)"
-cargo test --release --benches -q
 
 stage "rust tests (unit, property, matrix, multi-process)"
 run cargo test --workspace --release
 
-# One closing line for the whole run, summed over every test binary above.
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG" | awk '{s += $4} END {print s + 0}')
-failed=$(grep -Eo '[0-9]+ failed' "$LOG" | awk '{s += $1} END {print s + 0}')
+stage "benchmarks compile and run once (criterion test mode)"
+cargo test --release --benches -q
+
+stage "model check of the shared-memory ring (loom)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom run cargo test -p acspeed-transports --lib --release
+
+stage "python package and PyTorch backend tests"
+bash scripts/setup-python.sh
+run .venv/bin/python -m pytest -q python/tests
+
+stage "multi-host tests under netsim"
+if [[ "$(id -u)" == 0 ]]; then
+  run bash tests/netsim/run.sh
+else
+  echo "netsim tests need root (network namespaces); run as root to include them" | tee -a "$LOG"
+fi
+
+# One closing line for the whole run, summed over cargo, pytest and netsim.
+cargo_passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG" | awk '{s += $4} END {print s + 0}')
+cargo_failed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$LOG" | awk '{s += $6} END {print s + 0}')
+py_passed=$(grep -Eo '^[0-9]+ passed' "$LOG" | awk '{s += $1} END {print s + 0}')
+net_passed=$(grep -Eo '^netsim: [0-9]+ passed' "$LOG" | awk '{s += $2} END {print s + 0}')
+passed=$((cargo_passed + py_passed + net_passed))
 echo
 echo "all test stages done in ${SECONDS}s"
-echo "acspeed: ${passed} passed, ${failed} failed"
+echo "acspeed: ${passed} passed, ${cargo_failed} failed"

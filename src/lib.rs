@@ -16,9 +16,12 @@
 
 pub mod bench;
 pub mod comm;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod element;
 pub mod init;
 pub mod log;
+pub mod staging;
 pub mod store;
 
 pub use acspeed_core::{Config, DType, Error, LaunchEnv, ReduceOp, Result};

@@ -6,3 +6,4 @@ mod cli;
 mod errors;
 mod exec_props;
 mod matrix;
+mod staging;

@@ -67,17 +67,29 @@ def _dtype_code(t: torch.Tensor, what: str) -> int:
         raise TypeError(f"acspeed {what}: unsupported dtype {t.dtype} (supported: {sorted(str(d) for d in _DT)})") from None
 
 
+_CUDA = _acspeed.cuda_built()
+
+
 def _check_device(t: torch.Tensor, what: str) -> None:
-    if t.device.type != "cpu":
+    if t.device.type == "cpu" or (t.device.type == "cuda" and _CUDA):
+        return
+    if t.device.type == "cuda":
         raise RuntimeError(
-            f"acspeed {what}: tensor is on {t.device}; this build of acspeed handles CPU tensors "
-            f"(CUDA tensors need the package built with the 'cuda' feature)"
+            f"acspeed {what}: tensor is on {t.device}, but this acspeed was built without the 'cuda' feature "
+            f"(rebuild with MATURIN_PEP517_ARGS='--features cuda' pip install ./python)"
         )
+    raise RuntimeError(f"acspeed {what}: tensors on {t.device} are not supported (cpu{' and cuda' if _CUDA else ''} only)")
 
 
 def _staged(t: torch.Tensor, what: str):
-    """(contiguous tensor to hand to Rust, tensor to copy back into or None)."""
+    """(contiguous host tensor to hand to Rust, tensor to copy the result back into, or None).
+
+    CUDA tensors other than all_reduce's go through a host copy; all_reduce has a pipelined
+    device path (see AcspeedBackend.allreduce)."""
     _check_device(t, what)
+    if t.device.type == "cuda":
+        torch.cuda.current_stream(t.device).synchronize()
+        return t.detach().to("cpu"), t
     if t.is_contiguous():
         return t, None
     return t.contiguous(), t
@@ -186,13 +198,28 @@ class AcspeedBackend(C10dBackend):
     def allreduce(self, tensors, opts):
         t = tensors[0]
         op = opts.reduceOp
+        if t.device.type == "cuda" and _CUDA:
+            return self._allreduce_cuda(tensors, opts)
         c, orig = _staged(t, "all_reduce")
         code = _op_code(op, t, "all_reduce")
         if op.op == RedOpType.PREMUL_SUM:
-            factor = op.__getstate__()[1] if hasattr(op, "__getstate__") else None
             c = (c if orig is not None else c.clone()).mul_(_premul_factor(op))
             orig = t
         h = self._c.allreduce(c.data_ptr(), c.numel(), _dtype_code(c, "all_reduce"), code, c)
+        return self._finish(h, tensors, opts.asyncOp, [(orig, c)])
+
+    def _allreduce_cuda(self, tensors, opts):
+        # Device buffers stream through pinned host memory chunk by chunk (CPU-Reduce).
+        t = tensors[0]
+        op = opts.reduceOp
+        c = t if t.is_contiguous() else t.contiguous()
+        orig = None if c is t else t
+        code = _op_code(op, t, "all_reduce")
+        if op.op == RedOpType.PREMUL_SUM:
+            c = (c if orig is not None else c.clone()).mul_(_premul_factor(op))
+            orig = t
+        torch.cuda.current_stream(t.device).synchronize()
+        h = self._c.allreduce_cuda(c.data_ptr(), c.numel(), _dtype_code(c, "all_reduce"), code, t.device.index or 0, c)
         return self._finish(h, tensors, opts.asyncOp, [(orig, c)])
 
     def allreduce_coalesced(self, tensors, opts):
@@ -201,6 +228,8 @@ class AcspeedBackend(C10dBackend):
         t0 = tensors[0]
         for t in tensors:
             _check_device(t, "all_reduce_coalesced")
+            if t.device.type != "cpu":
+                raise RuntimeError("acspeed all_reduce_coalesced: CUDA tensors are not supported here; use all_reduce")
             if t.dtype != t0.dtype:
                 raise TypeError("acspeed all_reduce_coalesced: all tensors must have the same dtype")
         flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -257,7 +286,7 @@ class AcspeedBackend(C10dBackend):
 
     def reduce_scatter(self, outputs, inputs, opts):
         t = outputs[0]
-        flat = torch.cat([x.reshape(-1) for x in inputs[0]])
+        flat, _ = _staged(torch.cat([x.reshape(-1) for x in inputs[0]]), "reduce_scatter")
         c, orig = _staged(t, "reduce_scatter")
         code = _op_code(opts.reduceOp, t, "reduce_scatter")
         h = self._c.reduce_scatter(flat.data_ptr(), c.data_ptr(), c.numel(), _dtype_code(c, "reduce_scatter"), code, (flat, c))
@@ -300,7 +329,7 @@ class AcspeedBackend(C10dBackend):
         return self._finish(h, [output], opts.asyncOp, [(orig, o)])
 
     def alltoall(self, outputs, inputs, opts):
-        ins = [x.contiguous() for x in inputs]
+        ins = [_staged(x, "all_to_all")[0] for x in inputs]
         flat_in = torch.cat([x.reshape(-1) for x in ins])
         flat_out = torch.empty(sum(o.numel() for o in outputs), dtype=flat_in.dtype)
         es = flat_in.element_size()
@@ -342,7 +371,7 @@ class AcspeedBackend(C10dBackend):
             return self._finish(h, outputs, opts.asyncOp, [(orig, c)])
         works = []
         for r, x in enumerate(inputs[0]):
-            x = x.contiguous()
+            x, _ = _staged(x, "scatter")
             if r == root:
                 c.copy_(x)
                 continue
@@ -484,7 +513,7 @@ def register():
     if _registered or "acspeed" in dist.Backend.backend_list:
         _registered = True
         return
-    dist.Backend.register_backend("acspeed", _create, extended_api=True, devices=["cpu"])
+    dist.Backend.register_backend("acspeed", _create, extended_api=True, devices=["cpu", "cuda"] if _CUDA else ["cpu"])
     _registered = True
 
 

@@ -42,6 +42,8 @@ pub(crate) struct PyComm {
     jobs: Mutex<Option<Sender<Job>>>,
     waits: Mutex<Option<Sender<P2pWait>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    #[cfg(feature = "cuda")]
+    cuda: Mutex<Option<(usize, Arc<acspeed::cuda::CudaStaging>)>>,
 }
 
 fn dtype(code: u8) -> PyResult<DType> {
@@ -147,6 +149,8 @@ impl PyComm {
             jobs: Mutex::new(Some(jtx)),
             waits: Mutex::new(Some(wtx)),
             threads: Mutex::new(vec![worker, waiter]),
+            #[cfg(feature = "cuda")]
+            cuda: Mutex::new(None),
         })
     }
 
@@ -378,6 +382,44 @@ impl PyComm {
         )
     }
 
+    /// In-place allreduce of a CUDA buffer (device address `ptr` on device `ordinal`), staged
+    /// through pinned host memory in a pipeline. The caller synchronises torch's stream first.
+    #[pyo3(signature = (ptr, numel, dtype_code, op_code, ordinal, keep=None))]
+    fn allreduce_cuda(
+        &self,
+        ptr: u64,
+        numel: usize,
+        dtype_code: u8,
+        op_code: u8,
+        ordinal: usize,
+        keep: Option<Py<PyAny>>,
+    ) -> PyResult<WorkHandle> {
+        let (d, o) = (dtype(dtype_code)?, op(op_code)?);
+        #[cfg(feature = "cuda")]
+        {
+            let dev = self.cuda_device(ordinal).map_err(|e| to_py(&e))?;
+            self.enqueue(
+                keep,
+                Box::new(move |c| {
+                    acspeed::staging::staged_allreduce(
+                        c,
+                        &*dev,
+                        ptr,
+                        numel * d.size(),
+                        d,
+                        o,
+                        acspeed::staging::StagingParams::default(),
+                    )
+                }),
+            )
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (ptr, numel, d, o, ordinal, keep);
+            Err(crate::AcspeedError::new_err("this acspeed was built without the 'cuda' feature; rebuild with MATURIN_PEP517_ARGS='--features cuda' pip install ./python"))
+        }
+    }
+
     fn barrier(&self) -> PyResult<WorkHandle> {
         self.enqueue(None, Box::new(|c| c.barrier()))
     }
@@ -438,6 +480,19 @@ impl PyComm {
 }
 
 impl PyComm {
+    #[cfg(feature = "cuda")]
+    fn cuda_device(&self, ordinal: usize) -> acspeed::Result<Arc<acspeed::cuda::CudaStaging>> {
+        let mut devs = self.cuda.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((o, d)) = devs.as_ref() {
+            if *o == ordinal {
+                return Ok(d.clone());
+            }
+        }
+        let d = Arc::new(acspeed::cuda::CudaStaging::new(ordinal)?);
+        *devs = Some((ordinal, d.clone()));
+        Ok(d)
+    }
+
     fn track(
         &self,
         handles: Vec<acspeed_core::OpHandle>,

@@ -48,10 +48,31 @@ pub(crate) fn to_py(e: &acspeed::Error) -> PyErr {
     }
 }
 
+/// Whether this build handles CUDA tensors (feature `cuda`).
+#[pyfunction]
+fn cuda_built() -> bool {
+    cfg!(feature = "cuda")
+}
+
+/// Whether the CUDA driver library can be loaded here (always false without the feature).
+#[pyfunction]
+fn cuda_driver_present() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        acspeed::cuda::driver_present()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
 #[pymodule]
 fn _acspeed(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<comm::PyComm>()?;
     m.add_class::<work::WorkHandle>()?;
+    m.add_function(wrap_pyfunction!(cuda_built, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_driver_present, m)?)?;
     m.add("AcspeedError", m.py().get_type::<AcspeedError>())?;
     m.add(
         "AcspeedTimeoutError",

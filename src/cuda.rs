@@ -1,0 +1,114 @@
+//! CUDA device buffers through the staging pipeline (feature `cuda`). The driver library is
+//! loaded at run time (cudarc `dynamic-loading`), so this builds and links on machines
+//! without CUDA; there, [`CudaStaging::new`] returns a clear error instead of crashing.
+
+use crate::staging::{HostSlot, StagingDevice};
+use acspeed_core::{Error, Result};
+use cudarc::driver::{result, sys, CudaContext, CudaStream};
+use std::sync::Arc;
+
+/// A recorded CUDA event, owned by the pipeline until waited for.
+pub struct CudaEvent(sys::CUevent);
+
+// SAFETY: a CUevent handle may be used from any thread bound to its context.
+unsafe impl Send for CudaEvent {}
+
+/// Download and upload streams on one device, with pinned staging memory.
+pub struct CudaStaging {
+    ctx: Arc<CudaContext>,
+    down: Arc<CudaStream>,
+    up: Arc<CudaStream>,
+}
+
+fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("CUDA {what}: {e}"))
+}
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only probes for the shared library.
+    unsafe { sys::is_culib_present() }
+}
+
+impl CudaStaging {
+    /// Binds to device `ordinal` (the primary context torch uses).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::InvalidArgument(
+                "CUDA tensor given, but the CUDA driver library (libcuda.so) is not available on this machine".into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| cuda_err(&format!("opening device {ordinal}"), e))?;
+        ctx.bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        let down = ctx
+            .new_stream()
+            .map_err(|e| cuda_err("creating a stream", e))?;
+        let up = ctx
+            .new_stream()
+            .map_err(|e| cuda_err("creating a stream", e))?;
+        Ok(CudaStaging { ctx, down, up })
+    }
+
+    fn record(&self, stream: &CudaStream) -> Result<CudaEvent> {
+        let ev = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| cuda_err("creating an event", e))?;
+        // SAFETY: the event and stream are live.
+        unsafe { result::event::record(ev, stream.cu_stream()) }
+            .map_err(|e| cuda_err("recording an event", e))?;
+        Ok(CudaEvent(ev))
+    }
+}
+
+impl StagingDevice for CudaStaging {
+    type Event = CudaEvent;
+
+    unsafe fn download(&self, dst: *mut u8, src: u64, len: usize) -> Result<CudaEvent> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: caller guarantees both ranges; dst is pinned memory from alloc_host.
+        let host = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+        unsafe { result::memcpy_dtoh_async(host, src, self.down.cu_stream()) }
+            .map_err(|e| cuda_err("device-to-host copy", e))?;
+        self.record(&self.down)
+    }
+
+    unsafe fn upload(&self, dst: u64, src: *const u8, len: usize) -> Result<CudaEvent> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: as above.
+        let host = unsafe { std::slice::from_raw_parts(src, len) };
+        unsafe { result::memcpy_htod_async(dst, host, self.up.cu_stream()) }
+            .map_err(|e| cuda_err("host-to-device copy", e))?;
+        self.record(&self.up)
+    }
+
+    fn wait(&self, ev: CudaEvent) -> Result<()> {
+        let ev = ev.0;
+        // SAFETY: the event was created and recorded by us and is destroyed once, here.
+        let r = unsafe { result::event::synchronize(ev) }
+            .map_err(|e| cuda_err("waiting for a copy", e));
+        let _ = unsafe { result::event::destroy(ev) };
+        r
+    }
+
+    fn alloc_host(&self, bytes: usize) -> Result<HostSlot> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: allocation of pinned memory; freed by the slot's deallocator.
+        let p = unsafe { result::malloc_host(bytes.max(1), 0) }
+            .map_err(|e| cuda_err("allocating pinned memory", e))?;
+        Ok(HostSlot::new(
+            p as *mut u8,
+            bytes,
+            Box::new(|p| {
+                // SAFETY: p came from malloc_host.
+                let _ = unsafe { result::free_host(p as *mut std::ffi::c_void) };
+            }),
+        ))
+    }
+}

@@ -1,0 +1,303 @@
+//! Device buffers reduced on the host: the device side of CPU-Reduce.
+//!
+//! A device buffer is cut into chunks that flow through `depth` pinned host slots:
+//!
+//! ```text
+//!   download (D2H) chunk i+2 ──┐
+//!   allreduce on host  chunk i+1 ──┐        (the communicator, any transport)
+//!   upload (H2D)       chunk i ────┴──  all three overlap
+//! ```
+//!
+//! Each chunk is one ordinary host allreduce, so every rank makes the same calls in the same
+//! order and results stay bitwise identical. The device is behind [`StagingDevice`]: the CUDA
+//! implementation (feature `cuda`, cudarc with the driver loaded at run time) and
+//! [`HostStandIn`], which runs the same pipeline on plain memory with asynchronous copy
+//! queues, so the pipeline's logic is tested on machines without a GPU.
+
+use crate::comm::Communicator;
+use acspeed_core::{DType, Error, ReduceOp, Result};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// The operations the pipeline needs from a device.
+pub trait StagingDevice {
+    /// Completion of one queued copy.
+    type Event;
+
+    /// Queues a copy of `len` bytes from device address `src` to host `dst` (download queue).
+    ///
+    /// # Safety
+    /// `dst..dst+len` must stay valid and untouched until the event completes; `src` must be a
+    /// valid device range.
+    unsafe fn download(&self, dst: *mut u8, src: u64, len: usize) -> Result<Self::Event>;
+
+    /// Queues a copy of `len` bytes from host `src` to device address `dst` (upload queue).
+    ///
+    /// # Safety
+    /// As `download`, with the roles swapped.
+    unsafe fn upload(&self, dst: u64, src: *const u8, len: usize) -> Result<Self::Event>;
+
+    /// Blocks until the event's copy is complete.
+    fn wait(&self, ev: Self::Event) -> Result<()>;
+
+    /// Host memory the device can copy to and from asynchronously (pinned for CUDA).
+    fn alloc_host(&self, bytes: usize) -> Result<HostSlot>;
+}
+
+/// A host staging buffer; frees itself through its deallocator.
+pub struct HostSlot {
+    ptr: *mut u8,
+    len: usize,
+    free: Option<Box<dyn FnOnce(*mut u8) + Send>>,
+}
+
+// SAFETY: the slot owns its memory; the pipeline hands it to one copy or reduction at a time.
+unsafe impl Send for HostSlot {}
+
+impl HostSlot {
+    /// Wraps memory with its deallocator.
+    pub fn new(ptr: *mut u8, len: usize, free: Box<dyn FnOnce(*mut u8) + Send>) -> Self {
+        HostSlot {
+            ptr,
+            len,
+            free: Some(free),
+        }
+    }
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        if let Some(f) = self.free.take() {
+            f(self.ptr);
+        }
+    }
+}
+
+/// Pipeline shape: chunk size in bytes and number of staging slots (>= 2).
+#[derive(Clone, Copy, Debug)]
+pub struct StagingParams {
+    pub chunk_bytes: usize,
+    pub depth: usize,
+}
+
+impl Default for StagingParams {
+    fn default() -> Self {
+        StagingParams {
+            chunk_bytes: 4 << 20,
+            depth: 3,
+        }
+    }
+}
+
+/// In-place allreduce of `bytes` bytes of `dtype` at device address `dev`, staged through the
+/// host. On error nothing is left queued that still reads or writes the slots.
+pub fn staged_allreduce<D: StagingDevice>(
+    comm: &Communicator,
+    device: &D,
+    dev: u64,
+    bytes: usize,
+    dtype: DType,
+    op: ReduceOp,
+    p: StagingParams,
+) -> Result<()> {
+    let es = dtype.size();
+    if bytes % es != 0 {
+        return Err(Error::invalid(format!(
+            "staged allreduce: {bytes} bytes is not a whole number of {dtype} elements"
+        )));
+    }
+    if p.depth < 2 {
+        return Err(Error::invalid(
+            "staged allreduce needs at least 2 staging slots",
+        ));
+    }
+    let chunk = (p.chunk_bytes / es).max(1) * es;
+    let ranges: Vec<(usize, usize)> = (0..bytes)
+        .step_by(chunk)
+        .map(|o| (o, chunk.min(bytes - o)))
+        .collect();
+    if ranges.is_empty() {
+        // Zero elements: still one (synchronising, checked) collective, like host buffers.
+        return comm.allreduce_bytes(&mut [], dtype, op);
+    }
+    // One slot per chunk when there are fewer chunks than slots.
+    let depth = p.depth.min(ranges.len());
+    let slots: Vec<HostSlot> = (0..depth)
+        .map(|_| device.alloc_host(chunk))
+        .collect::<Result<_>>()?;
+    let mut downloads: std::collections::VecDeque<D::Event> = std::collections::VecDeque::new();
+    let mut last_upload: Option<D::Event> = None;
+    let mut result = Ok(());
+    let mut issued = 0;
+    // Prefetch into all but one slot (that one frees up when chunk 0 is uploaded); a single
+    // chunk has a single slot.
+    while issued < ranges.len() && issued < (depth - 1).max(1) {
+        let (off, len) = ranges[issued];
+        // SAFETY: slot `issued` is unused; the device range lies in the buffer.
+        downloads.push_back(unsafe {
+            device.download(slots[issued % depth].as_ptr(), dev + off as u64, len)?
+        });
+        issued += 1;
+    }
+    for (i, &(off, len)) in ranges.iter().enumerate() {
+        let slot = &slots[i % depth];
+        let ev = downloads.pop_front().expect("download issued ahead");
+        if let Err(e) = device.wait(ev) {
+            result = Err(e);
+            break;
+        }
+        // SAFETY: the download completed; the slot holds `len` valid bytes.
+        let host = unsafe { std::slice::from_raw_parts_mut(slot.as_ptr(), len) };
+        if let Err(e) = comm.allreduce_bytes(host, dtype, op) {
+            result = Err(e);
+            break;
+        }
+        // The previous upload read the slot we are about to refill: wait for it first.
+        if let Some(prev) = last_upload.take() {
+            if let Err(e) = device.wait(prev) {
+                result = Err(e);
+                break;
+            }
+        }
+        // SAFETY: the slot holds the reduced chunk and stays untouched until the upload ends.
+        match unsafe { device.upload(dev + off as u64, slot.as_ptr(), len) } {
+            Ok(ev) => last_upload = Some(ev),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        if issued < ranges.len() {
+            let (o2, l2) = ranges[issued];
+            // SAFETY: slot `issued % depth` is chunk i-1's (issued = i + depth - 1), whose
+            // upload was waited for above, or was never used.
+            match unsafe { device.download(slots[issued % depth].as_ptr(), dev + o2 as u64, l2) } {
+                Ok(ev) => downloads.push_back(ev),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            issued += 1;
+        }
+    }
+    // Drain whatever is still queued before the slots are freed.
+    for ev in downloads.drain(..) {
+        let _ = device.wait(ev);
+    }
+    if let Some(ev) = last_upload {
+        let r = device.wait(ev);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+/// A "device" whose memory is host memory and whose copy queues are threads: the pipeline's
+/// stand-in for tests on machines without a GPU. `delay` slows every copy down so tests see
+/// copies overlap with reductions and finish out of step with them.
+pub struct HostStandIn {
+    down: Queue,
+    up: Queue,
+}
+
+/// Completion of a stand-in copy.
+pub struct StandInEvent(Arc<(Mutex<bool>, Condvar)>);
+
+struct Queue {
+    tx: Option<std::sync::mpsc::Sender<(usize, usize, usize, StandInEvent)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Queue {
+    fn new(delay: std::time::Duration) -> Queue {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, usize, usize, StandInEvent)>();
+        let thread = std::thread::spawn(move || {
+            for (dst, src, len, ev) in rx {
+                std::thread::sleep(delay);
+                // SAFETY: the pipeline keeps both ranges valid until the event completes.
+                unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+                let (m, cv) = &*ev.0;
+                *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                cv.notify_all();
+            }
+        });
+        Queue {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn push(&self, dst: usize, src: usize, len: usize) -> Result<StandInEvent> {
+        let ev = Arc::new((Mutex::new(false), Condvar::new()));
+        self.tx
+            .as_ref()
+            .and_then(|t| t.send((dst, src, len, StandInEvent(ev.clone()))).ok())
+            .ok_or_else(|| Error::Aborted("stand-in copy queue closed".into()))?;
+        Ok(StandInEvent(ev))
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl HostStandIn {
+    pub fn new(delay: std::time::Duration) -> Self {
+        HostStandIn {
+            down: Queue::new(delay),
+            up: Queue::new(delay),
+        }
+    }
+}
+
+impl StagingDevice for HostStandIn {
+    type Event = StandInEvent;
+
+    unsafe fn download(&self, dst: *mut u8, src: u64, len: usize) -> Result<StandInEvent> {
+        self.down.push(dst as usize, src as usize, len)
+    }
+
+    unsafe fn upload(&self, dst: u64, src: *const u8, len: usize) -> Result<StandInEvent> {
+        self.up.push(dst as usize, src as usize, len)
+    }
+
+    fn wait(&self, ev: StandInEvent) -> Result<()> {
+        let (m, cv) = &*ev.0;
+        let mut done = m.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = cv.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(())
+    }
+
+    fn alloc_host(&self, bytes: usize) -> Result<HostSlot> {
+        let words = bytes.div_ceil(8).max(1);
+        let v: Box<[u64]> = vec![0u64; words].into_boxed_slice();
+        let ptr = Box::into_raw(v) as *mut u64 as *mut u8;
+        Ok(HostSlot::new(
+            ptr,
+            bytes,
+            Box::new(move |p| {
+                // SAFETY: p came from Box::into_raw of a [u64] of `words` elements above.
+                drop(unsafe {
+                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(p as *mut u64, words))
+                })
+            }),
+        ))
+    }
+}
