@@ -7,3 +7,4 @@ mod errors;
 mod exec_props;
 mod matrix;
 mod staging;
+mod topology;

@@ -19,6 +19,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
     ("ACSPEED_SOCKET_IFNAME", "(route to master)", "Interface to listen on, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker,lo`."),
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
+    ("ACSPEED_TOPO_FILE", "(probe)", "Load the topology from this JSON description instead of probing (VMs and containers that hide the real layout)."),
+    ("ACSPEED_TOPO_DUMP_FILE", "(off)", "Write the probed topology description to this JSON file."),
     ("ACSPEED_PLAN_DUMP_DIR", "(off)", "Write every plan this rank generates as JSON into this directory."),
     ("MASTER_ADDR / MASTER_PORT", "127.0.0.1 / -", "Where rank 0 hosts the rendezvous store (torchrun's convention)."),
     ("RANK / WORLD_SIZE", "-", "This process's rank and the number of ranks (torchrun's convention)."),
@@ -90,6 +92,8 @@ pub struct Config {
     /// TCP sockets per remote peer (`None` = automatic).
     pub nstreams: Option<u32>,
     pub ifname: Option<IfaceFilter>,
+    pub topo_file: Option<String>,
+    pub topo_dump_file: Option<String>,
 }
 
 impl Default for Config {
@@ -105,6 +109,8 @@ impl Default for Config {
             shm: true,
             nstreams: None,
             ifname: None,
+            topo_file: None,
+            topo_dump_file: None,
         }
     }
 }
@@ -215,6 +221,8 @@ impl Config {
             }
         }
         c.ifname = lookup(vars, "ACSPEED_SOCKET_IFNAME").map(IfaceFilter::parse);
+        c.topo_file = lookup(vars, "ACSPEED_TOPO_FILE").map(str::to_string);
+        c.topo_dump_file = lookup(vars, "ACSPEED_TOPO_DUMP_FILE").map(str::to_string);
         Ok(c)
     }
 }

@@ -20,6 +20,7 @@ pub mod executor;
 pub mod kernels;
 pub mod memory;
 pub mod plan;
+pub mod topology;
 pub mod transport;
 pub mod verify;
 

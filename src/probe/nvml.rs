@@ -1,0 +1,95 @@
+//! NVLink counts from NVML, loaded at run time (`libnvidia-ml.so.1`). Without the library,
+//! or with any NVML error, there is simply no NVLink information.
+
+use libloading::{Library, Symbol};
+use std::os::raw::{c_char, c_int, c_uint, c_void};
+
+type Device = *mut c_void;
+
+/// nvmlPciInfo_t (v3 layout).
+#[repr(C)]
+struct PciInfo {
+    bus_id_legacy: [c_char; 16],
+    domain: c_uint,
+    bus: c_uint,
+    device: c_uint,
+    pci_device_id: c_uint,
+    pci_sub_system_id: c_uint,
+    bus_id: [c_char; 32],
+}
+
+const MAX_LINKS: c_uint = 18;
+
+fn bus_id(p: &PciInfo) -> String {
+    // NVML prints "00000000:3B:00.0"; sysfs "0000:3b:00.0".
+    format!("{:04x}:{:02x}:{:02x}.0", p.domain, p.bus, p.device)
+}
+
+/// (bdf, bdf, links) for every GPU pair joined by NVLink, GPUs named by sysfs BDF.
+pub(super) fn nvlinks(gpus: &[String]) -> Vec<(String, String, u8)> {
+    // SAFETY: loading NVML runs its initialisers; it is the documented way to use it.
+    let Ok(lib) = (unsafe { Library::new("libnvidia-ml.so.1") }) else {
+        return Vec::new();
+    };
+    // SAFETY: symbol names and signatures follow nvml.h.
+    unsafe { query(&lib, gpus) }.unwrap_or_default()
+}
+
+unsafe fn query(lib: &Library, gpus: &[String]) -> Option<Vec<(String, String, u8)>> {
+    // SAFETY (whole function): every symbol is used with its nvml.h signature.
+    unsafe {
+        let init: Symbol<'_, unsafe extern "C" fn() -> c_int> = lib.get(b"nvmlInit_v2").ok()?;
+        let count: Symbol<'_, unsafe extern "C" fn(*mut c_uint) -> c_int> =
+            lib.get(b"nvmlDeviceGetCount_v2").ok()?;
+        let handle: Symbol<'_, unsafe extern "C" fn(c_uint, *mut Device) -> c_int> =
+            lib.get(b"nvmlDeviceGetHandleByIndex_v2").ok()?;
+        let pci: Symbol<'_, unsafe extern "C" fn(Device, *mut PciInfo) -> c_int> =
+            lib.get(b"nvmlDeviceGetPciInfo_v3").ok()?;
+        let state: Symbol<'_, unsafe extern "C" fn(Device, c_uint, *mut c_int) -> c_int> =
+            lib.get(b"nvmlDeviceGetNvLinkState").ok()?;
+        let remote: Symbol<'_, unsafe extern "C" fn(Device, c_uint, *mut PciInfo) -> c_int> =
+            lib.get(b"nvmlDeviceGetNvLinkRemotePciInfo_v2").ok()?;
+        let shutdown: Symbol<'_, unsafe extern "C" fn() -> c_int> =
+            lib.get(b"nvmlShutdown").ok()?;
+        if init() != 0 {
+            return None;
+        }
+        let mut n: c_uint = 0;
+        let mut out: std::collections::BTreeMap<(String, String), u8> = Default::default();
+        let mut to_switch: std::collections::BTreeMap<String, u8> = Default::default();
+        if count(&mut n) == 0 {
+            for i in 0..n {
+                let mut d: Device = std::ptr::null_mut();
+                let mut info: PciInfo = std::mem::zeroed();
+                if handle(i, &mut d) != 0 || pci(d, &mut info) != 0 {
+                    continue;
+                }
+                let me = bus_id(&info);
+                for l in 0..MAX_LINKS {
+                    let mut active: c_int = 0;
+                    let mut r: PciInfo = std::mem::zeroed();
+                    if state(d, l, &mut active) != 0 || active == 0 || remote(d, l, &mut r) != 0 {
+                        continue;
+                    }
+                    let peer = bus_id(&r);
+                    if gpus.contains(&peer) {
+                        if peer > me {
+                            *out.entry((me.clone(), peer)).or_default() += 1;
+                        }
+                    } else {
+                        // A link into the NVSwitch plane: it reaches every switched GPU.
+                        *to_switch.entry(me.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        shutdown();
+        let switched: Vec<(&String, &u8)> = to_switch.iter().collect();
+        for (i, (a, la)) in switched.iter().enumerate() {
+            for (b, lb) in &switched[i + 1..] {
+                *out.entry(((*a).clone(), (*b).clone())).or_default() += (**la).min(**lb);
+            }
+        }
+        Some(out.into_iter().map(|((a, b), n)| (a, b, n)).collect())
+    }
+}
