@@ -29,6 +29,14 @@ cargo test --release --benches -q
 stage "model check of the shared-memory ring (loom)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom run cargo test -p acspeed-transports --lib --release
 
+stage "fuzz the parsers (cargo fuzz, corpus in fuzz/corpus)"
+command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz --locked
+for t in nvsmi_parse topo_json plan_json; do
+  # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" -- -max_total_time="${FUZZ_SECONDS:-15}" 2>&1 | grep -E "^Done|SUMMARY|panicked" || true)
+  test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz target $t failed"; exit 1; }
+done
+
 stage "python package and PyTorch backend tests"
 bash scripts/setup-python.sh
 run .venv/bin/python -m pytest -q python/tests

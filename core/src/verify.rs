@@ -225,6 +225,25 @@ fn check_structure(p: &RankPlan) -> Result<()> {
             p.collective.name()
         )));
     }
+    // Chunk counts must fit the collective's buffer shapes (the postcondition indexes by them).
+    let (n, i, o) = (p.nranks.max(1), p.input_chunks, p.output_chunks);
+    let shape_ok = match p.collective {
+        Collective::AllGather => i >= 1 && o == n * i,
+        Collective::ReduceScatter => o >= 1 && i == n * o,
+        Collective::AllToAll => i >= n && i % n == 0 && o == i,
+        Collective::Barrier => o == n,
+        _ => o >= 1,
+    };
+    if !shape_ok || p.scratch_factor > 64 {
+        return Err(err(format!(
+            "rank {r}: {} input / {} output chunks (scratch x{}) do not fit {} on {} ranks",
+            i,
+            o,
+            p.scratch_factor,
+            p.collective.name(),
+            p.nranks
+        )));
+    }
     for (l, lane) in p.lanes.iter().enumerate() {
         for (i, s) in lane.steps.iter().enumerate() {
             for c in s.op.chunks() {
