@@ -33,9 +33,12 @@ stage "fuzz the parsers (cargo fuzz, corpus in fuzz/corpus)"
 command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz --locked
 for t in nvsmi_parse topo_json plan_json; do
   # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
-  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" -- -max_total_time="${FUZZ_SECONDS:-15}" 2>&1 | grep -E "^Done|SUMMARY|panicked" || true)
-  test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz target $t failed"; exit 1; }
+  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" -- -max_total_time="${FUZZ_SECONDS:-15}" >"$LOG.fuzz" 2>&1); then
+    tail -n 30 "$LOG.fuzz"; echo "fuzz target $t found a crash (see fuzz/artifacts/$t)"; exit 1
+  fi
+  grep -E "^Done" "$LOG.fuzz" | sed "s/^/$t: /"
 done
+rm -f "$LOG.fuzz"
 
 stage "python package and PyTorch backend tests"
 bash scripts/setup-python.sh
