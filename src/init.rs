@@ -6,6 +6,7 @@
 //! Everything is bounded by `ACSPEED_TIMEOUT_SECS`; every failure names what was wrong.
 
 use crate::comm::Communicator;
+use crate::paths::{choose_paths, interface_ip, Path};
 use crate::store::{resolve_master, Store, TcpStoreClient, TcpStoreServer};
 use acspeed_core::{Config, Error, LaunchEnv, Rank, Result};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -119,7 +120,13 @@ pub fn init_with_store(
         .map_err(|e| Error::io("reading the listener address", e))?;
     store.set(&key(&format!("addr/{rank}")), me.to_string().as_bytes())?;
     store.set(&key(&format!("host/{rank}")), host_id(&cfg).as_bytes())?;
-    let wants = format!("{} {}", u8::from(cfg.shm), cfg.nstreams.unwrap_or(0));
+    let rdma = crate::paths::open_rdma(&cfg)?;
+    let wants = format!(
+        "{} {} {}",
+        u8::from(cfg.shm),
+        cfg.nstreams.unwrap_or(0),
+        crate::paths::rdma_name_hex(&rdma)?
+    );
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
@@ -146,8 +153,7 @@ pub fn init_with_store(
             .push(String::from_utf8_lossy(&store.get(&key(&format!("host/{q}")), t)?).into_owned());
         let w =
             String::from_utf8_lossy(&store.get(&key(&format!("transport/{q}")), t)?).into_owned();
-        let mut it = w.split(' ').map(|x| x.parse::<u32>().unwrap_or(0));
-        wants.push((it.next() == Some(1), it.next().unwrap_or(0)));
+        wants.push(crate::paths::Wants::parse(&w));
     }
     let paths = choose_paths(rank, &hosts, &wants);
     let streams: Vec<u32> = paths
@@ -170,77 +176,20 @@ pub fn init_with_store(
         )?;
         parts.push(Arc::new(shm));
     }
+    let rdma_part = crate::paths::connect_rdma(Rank(rank), rdma, &paths, &wants)?;
+    let rdma_index = parts.len();
+    if let Some(r) = rdma_part {
+        parts.push(r);
+    }
     let route = paths
         .iter()
         .map(|p| match p {
             Path::Tcp(_) => Some(0),
             Path::Shm => Some(1),
+            Path::Rdma => Some(rdma_index),
             Path::Myself => None,
         })
         .collect();
     let transport = acspeed_transports::Multi::new(Rank(rank), parts, route)?;
     Communicator::from_transport(Arc::new(transport), cfg, hosts)
-}
-
-/// How this rank reaches a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    Myself,
-    Shm,
-    Tcp(u32),
-}
-
-/// Sockets per remote peer when nobody asked: one TCP flow rarely fills a cloud NIC (per-flow
-/// caps, single-core softirq), four usually do; on one host a single loopback flow is enough.
-const AUTO_STREAMS_REMOTE: u32 = 4;
-
-/// Picks the path to every peer from what all ranks published, so that both ends of every
-/// pair reach the same answer: shared memory when both share a host and allow it, else TCP
-/// with the larger of the two explicit stream counts (or the automatic one).
-pub fn choose_paths(rank: u32, hosts: &[String], wants: &[(bool, u32)]) -> Vec<Path> {
-    let me = rank as usize;
-    (0..hosts.len())
-        .map(|q| {
-            if q == me {
-                return Path::Myself;
-            }
-            let same = hosts[q] == hosts[me];
-            if same && wants[q].0 && wants[me].0 {
-                return Path::Shm;
-            }
-            let explicit = wants[q].1.max(wants[me].1);
-            Path::Tcp(if explicit > 0 {
-                explicit
-            } else if same {
-                1
-            } else {
-                AUTO_STREAMS_REMOTE
-            })
-        })
-        .collect()
-}
-
-/// First IPv4 address of an interface accepted by `ACSPEED_SOCKET_IFNAME`.
-fn interface_ip(f: &acspeed_core::config::IfaceFilter) -> Result<IpAddr> {
-    let addrs = nix::ifaddrs::getifaddrs()
-        .map_err(|e| Error::io("listing network interfaces", e.into()))?;
-    let mut seen = Vec::new();
-    for a in addrs {
-        let Some(ip) = a
-            .address
-            .as_ref()
-            .and_then(|s| s.as_sockaddr_in())
-            .map(|s| IpAddr::V4(s.ip()))
-        else {
-            continue;
-        };
-        seen.push(format!("{}={ip}", a.interface_name));
-        if f.matches(&a.interface_name) {
-            return Ok(ip);
-        }
-    }
-    Err(Error::invalid(format!(
-        "ACSPEED_SOCKET_IFNAME={f:?} matches no interface with an IPv4 address (have: {})",
-        seen.join(", ")
-    )))
 }

@@ -21,6 +21,7 @@ pub mod cuda;
 pub mod element;
 pub mod init;
 pub mod log;
+pub mod paths;
 pub mod probe;
 pub mod staging;
 pub mod store;

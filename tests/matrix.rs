@@ -260,6 +260,12 @@ fn matrix_shared_memory() {
     );
 }
 
+#[cfg(feature = "rdma")]
+#[test]
+fn matrix_rdma_libfabric() {
+    run_matrix(Fabric::Rdma, &COUNTS, &[DType::F32, DType::I8]);
+}
+
 #[test]
 fn results_are_bitwise_identical_on_every_rank() {
     // Non-integer floats: rounding depends on reduction order, so this catches any rank that

@@ -18,6 +18,9 @@ pub(crate) enum Fabric {
     TcpMulti,
     /// Shared memory (all ranks of a test share the host).
     Shm,
+    /// libfabric RDM endpoints on the tcp;ofi_rxm provider over loopback (feature `rdma`).
+    #[cfg(feature = "rdma")]
+    Rdma,
 }
 
 impl Fabric {
@@ -28,6 +31,8 @@ impl Fabric {
             Fabric::Tcp => "tcp",
             Fabric::TcpMulti => "tcp3",
             Fabric::Shm => "shm",
+            #[cfg(feature = "rdma")]
+            Fabric::Rdma => "rdma",
         }
     }
 }
@@ -55,7 +60,18 @@ pub(crate) fn run_group<T: Send>(
             .into_iter()
             .map(Some)
             .collect(),
-        Fabric::Tcp | Fabric::TcpMulti | Fabric::Shm => (0..n).map(|_| None).collect(),
+        _ => (0..n).map(|_| None).collect(),
+    };
+    #[cfg(feature = "rdma")]
+    let cfg = if fabric == Fabric::Rdma {
+        loopback_fabric();
+        Config {
+            rdma: acspeed_core::config::RdmaChoice::On,
+            rdma_provider: Some("tcp;ofi_rxm".into()),
+            ..cfg
+        }
+    } else {
+        cfg
     };
     let cfg = Config {
         shm: fabric == Fabric::Shm,
@@ -119,4 +135,12 @@ pub(crate) fn aligned_copy(bytes: &[u8]) -> acspeed::bench::Aligned {
     let mut a = acspeed::bench::aligned(bytes.len());
     a.copy_from_slice(bytes);
     a
+}
+
+/// libfabric's tcp provider binds to the first interface unless told; tests stay on loopback.
+#[cfg(feature = "rdma")]
+fn loopback_fabric() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY (set_var): done once, before any endpoint of this process exists.
+    ONCE.call_once(|| std::env::set_var("FI_TCP_IFACE", "lo"));
 }

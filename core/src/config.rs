@@ -17,6 +17,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
     ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
     ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
+    ("ACSPEED_RDMA", "auto", "RDMA through libfabric (builds with the rdma feature): auto = hardware providers only, 1 = any provider (also tcp;ofi_rxm), 0 = off."),
+    ("ACSPEED_RDMA_PROVIDER", "(libfabric's choice)", "libfabric provider for RDMA, e.g. verbs;ofi_rxm, efa, tcp;ofi_rxm."),
     ("ACSPEED_SOCKET_IFNAME", "(route to master)", "Interface to listen on, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker,lo`."),
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
     ("ACSPEED_TOPO_FILE", "(probe)", "Load the topology from this JSON description instead of probing (VMs and containers that hide the real layout)."),
@@ -77,6 +79,14 @@ impl IfaceFilter {
     }
 }
 
+/// RDMA use (`ACSPEED_RDMA`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RdmaChoice {
+    Auto,
+    On,
+    Off,
+}
+
 /// Library configuration (everything except the launcher's variables).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -94,6 +104,8 @@ pub struct Config {
     pub ifname: Option<IfaceFilter>,
     pub topo_file: Option<String>,
     pub topo_dump_file: Option<String>,
+    pub rdma: RdmaChoice,
+    pub rdma_provider: Option<String>,
 }
 
 impl Default for Config {
@@ -111,6 +123,8 @@ impl Default for Config {
             ifname: None,
             topo_file: None,
             topo_dump_file: None,
+            rdma: RdmaChoice::Auto,
+            rdma_provider: None,
         }
     }
 }
@@ -223,6 +237,15 @@ impl Config {
         c.ifname = lookup(vars, "ACSPEED_SOCKET_IFNAME").map(IfaceFilter::parse);
         c.topo_file = lookup(vars, "ACSPEED_TOPO_FILE").map(str::to_string);
         c.topo_dump_file = lookup(vars, "ACSPEED_TOPO_DUMP_FILE").map(str::to_string);
+        if let Some(v) = lookup(vars, "ACSPEED_RDMA") {
+            c.rdma = match v.to_ascii_lowercase().as_str() {
+                "auto" => RdmaChoice::Auto,
+                "1" | "on" | "true" => RdmaChoice::On,
+                "0" | "off" | "false" => RdmaChoice::Off,
+                _ => return Err(bad("ACSPEED_RDMA", v, "auto, 1 or 0")),
+            };
+        }
+        c.rdma_provider = lookup(vars, "ACSPEED_RDMA_PROVIDER").map(str::to_string);
         Ok(c)
     }
 }

@@ -13,6 +13,8 @@
 pub mod connect;
 #[cfg(not(loom))]
 pub mod multi;
+#[cfg(all(feature = "rdma", not(loom)))]
+pub mod rdma;
 pub mod shm;
 #[cfg(not(loom))]
 pub mod tcp;
