@@ -45,10 +45,13 @@ stage "fuzz the parsers (cargo fuzz, corpus in fuzz/corpus)"
 command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz --locked
 for t in nvsmi_parse topo_json plan_json; do
   # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
-  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" -- -max_total_time="${FUZZ_SECONDS:-15}" >"$LOG.fuzz" 2>&1); then
+  # New inputs go to a scratch directory; the committed corpus is only read.
+  scratch="$(mktemp -d)"
+  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$scratch" "corpus/$t" -- -max_total_time="${FUZZ_SECONDS:-15}" >"$LOG.fuzz" 2>&1); then
     tail -n 30 "$LOG.fuzz"; echo "fuzz target $t found a crash (see fuzz/artifacts/$t)"; exit 1
   fi
   grep -E "^Done" "$LOG.fuzz" | sed "s/^/$t: /"
+  rm -rf "$scratch"
 done
 rm -f "$LOG.fuzz"
 
