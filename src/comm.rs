@@ -209,17 +209,7 @@ impl Communicator {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<()> {
-        if let Some(why) = self
-            .poisoned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            return Err(Error::Aborted(format!(
-                "rank {}: communicator unusable after an earlier error: {why}",
-                self.rank
-            )));
-        }
+        self.check_usable()?;
         if let Some(op) = op {
             op.check_dtype(dtype)?;
         }

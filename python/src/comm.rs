@@ -33,6 +33,23 @@ struct P2pWait {
 #[derive(Clone, Copy)]
 struct Ptr(usize);
 
+impl Ptr {
+    /// # Safety
+    /// The caller (Python) keeps `len` bytes at this address alive and untouched by anyone
+    /// else until the operation completes.
+    unsafe fn bytes_mut<'a>(self, len: usize) -> &'a mut [u8] {
+        // SAFETY: per the function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0 as *mut u8, len) }
+    }
+
+    /// # Safety
+    /// As [`Ptr::bytes_mut`], for reading.
+    unsafe fn bytes<'a>(self, len: usize) -> &'a [u8] {
+        // SAFETY: per the function's contract.
+        unsafe { std::slice::from_raw_parts(self.0 as *const u8, len) }
+    }
+}
+
 #[pyclass(module = "acspeed._acspeed")]
 pub(crate) struct PyComm {
     rank: u32,
@@ -190,13 +207,7 @@ impl PyComm {
         // SAFETY: Python keeps the tensor (keep) alive and untouched until completion.
         self.enqueue(
             keep,
-            Box::new(move |c| {
-                c.allreduce_bytes(
-                    unsafe { std::slice::from_raw_parts_mut(p.0 as *mut u8, numel * d.size()) },
-                    d,
-                    o,
-                )
-            }),
+            Box::new(move |c| c.allreduce_bytes(unsafe { p.bytes_mut(numel * d.size()) }, d, o)),
         )
     }
 
@@ -213,13 +224,7 @@ impl PyComm {
         // SAFETY: as in allreduce.
         self.enqueue(
             keep,
-            Box::new(move |c| {
-                c.broadcast_bytes(
-                    unsafe { std::slice::from_raw_parts_mut(p.0 as *mut u8, numel * d.size()) },
-                    d,
-                    root,
-                )
-            }),
+            Box::new(move |c| c.broadcast_bytes(unsafe { p.bytes_mut(numel * d.size()) }, d, root)),
         )
     }
 
@@ -237,14 +242,7 @@ impl PyComm {
         // SAFETY: as in allreduce.
         self.enqueue(
             keep,
-            Box::new(move |c| {
-                c.reduce_bytes(
-                    unsafe { std::slice::from_raw_parts_mut(p.0 as *mut u8, numel * d.size()) },
-                    d,
-                    o,
-                    root,
-                )
-            }),
+            Box::new(move |c| c.reduce_bytes(unsafe { p.bytes_mut(numel * d.size()) }, d, o, root)),
         )
     }
 
@@ -264,8 +262,8 @@ impl PyComm {
             keep,
             Box::new(move |c| unsafe {
                 c.allgather_bytes(
-                    std::slice::from_raw_parts(i.0 as *const u8, numel * d.size()),
-                    std::slice::from_raw_parts_mut(o.0 as *mut u8, n * numel * d.size()),
+                    i.bytes(numel * d.size()),
+                    o.bytes_mut(n * numel * d.size()),
                     d,
                 )
             }),
@@ -295,8 +293,8 @@ impl PyComm {
             keep,
             Box::new(move |c| unsafe {
                 c.reduce_scatter_bytes(
-                    std::slice::from_raw_parts(i.0 as *const u8, n * numel * d.size()),
-                    std::slice::from_raw_parts_mut(o.0 as *mut u8, numel * d.size()),
+                    i.bytes(n * numel * d.size()),
+                    o.bytes_mut(numel * d.size()),
                     d,
                     r,
                 )
@@ -374,8 +372,8 @@ impl PyComm {
             keep,
             Box::new(move |c| unsafe {
                 c.alltoall_bytes(
-                    std::slice::from_raw_parts(i.0 as *const u8, numel_total * d.size()),
-                    std::slice::from_raw_parts_mut(o.0 as *mut u8, numel_total * d.size()),
+                    i.bytes(numel_total * d.size()),
+                    o.bytes_mut(numel_total * d.size()),
                     d,
                 )
             }),
