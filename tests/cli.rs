@@ -190,3 +190,13 @@ fn port_in_use_and_unreachable_master_fail_fast_and_clearly() {
     );
     assert!(t0.elapsed() < Duration::from_secs(15));
 }
+
+#[test]
+fn every_configuration_variable_is_documented_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for (name, _, _) in acspeed_core::config::VARS {
+        for v in name.split(" / ") {
+            assert!(readme.contains(&format!("`{v}`")), "README does not document {v}");
+        }
+    }
+}
