@@ -193,10 +193,96 @@ fn port_in_use_and_unreachable_master_fail_fast_and_clearly() {
 
 #[test]
 fn every_configuration_variable_is_documented_in_the_readme() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for (name, _, _) in acspeed_core::config::VARS {
         for v in name.split(" / ") {
-            assert!(readme.contains(&format!("`{v}`")), "README does not document {v}");
+            assert!(
+                readme.contains(&format!("`{v}`")),
+                "README does not document {v}"
+            );
         }
     }
+}
+
+fn dev_shm_entries() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn shared_memory_leaves_nothing_in_dev_shm_even_when_a_rank_is_killed() {
+    let before = dev_shm_entries();
+    // A clean run.
+    let o = bench(
+        &[
+            "-n", "3", "-b", "1M", "-e", "1M", "--iters", "2", "-w", "1", "--check",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    // A run whose rank 1 is killed mid-job (SIGKILL: no destructor runs).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let spawn = |r: &str| {
+        Command::new(env!("CARGO_BIN_EXE_acspeed-bench"))
+            .args(["-b", "64M", "-e", "64M", "--iters", "500", "-w", "0"])
+            .envs([
+                ("RANK", r),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", port.as_str()),
+                ("ACSPEED_TIMEOUT_SECS", "10"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let r0 = spawn("0");
+    let mut r1 = spawn("1");
+    std::thread::sleep(Duration::from_millis(1500));
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let out = r0.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rank 1"), "{err}");
+    let after = dev_shm_entries();
+    let new: Vec<&String> = after
+        .difference(&before)
+        .filter(|n| n.contains("acspeed"))
+        .collect();
+    assert!(new.is_empty(), "left in /dev/shm: {new:?}");
+}
+
+#[test]
+fn socket_interface_choice() {
+    let o = bench(
+        &[
+            "-n", "2", "-b", "4K", "-e", "4K", "--iters", "2", "-w", "1", "--check",
+        ],
+        &[("ACSPEED_SOCKET_IFNAME", "=lo"), ("ACSPEED_SHM", "0")],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = bench(
+        &["-n", "2", "-b", "4K", "-e", "4K", "--iters", "1"],
+        &[
+            ("ACSPEED_SOCKET_IFNAME", "=nosuchif9"),
+            ("ACSPEED_TIMEOUT_SECS", "5"),
+        ],
+    );
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("ACSPEED_SOCKET_IFNAME") && err.contains("nosuchif9"),
+        "{err}"
+    );
 }

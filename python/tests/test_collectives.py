@@ -201,3 +201,43 @@ def _cuda_tensor_error(rank, world):
 def test_non_cpu_tensor_gets_a_clear_error():
     for msg in run_ranks(_cuda_tensor_error, 2):
         assert "meta" in msg or "device" in msg, msg
+
+
+def _tcpstore(rank, world):
+    import os
+
+    import acspeed  # noqa: F401
+
+    store = dist.TCPStore("127.0.0.1", int(os.environ["MASTER_PORT"]), world, is_master=rank == 0)
+    dist.init_process_group("acspeed", store=store, rank=rank, world_size=world)
+    t = torch.ones(5) * (rank + 1)
+    dist.all_reduce(t)
+    dist.destroy_process_group()
+    return t.tolist()
+
+
+def test_init_with_a_tcpstore():
+    assert run_ranks(_tcpstore, 2) == [[3.0] * 5] * 2
+
+
+def _timeout(rank, world):
+    import time
+
+    import acspeed
+
+    dist.init_process_group("acspeed", timeout=datetime.timedelta(seconds=2))
+    if rank == 1:
+        time.sleep(6)  # never joins the collective in time
+        return "slept"
+    t0 = time.time()
+    try:
+        dist.all_reduce(torch.ones(3))
+    except acspeed.AcspeedTimeoutError as e:
+        return (time.time() - t0, str(e))
+    return "no error"
+
+
+def test_the_timeout_argument_is_honoured():
+    took, msg = run_ranks(_timeout, 2)[0]
+    assert took < 5, took
+    assert "rank 1" in msg and "allreduce" in msg, msg
