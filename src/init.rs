@@ -114,7 +114,7 @@ pub fn init_with_store(
         Some(f) => interface_ip(f)?,
         None => ip,
     };
-    let listener = acspeed_transports::listen(SocketAddr::new(ip, 0))?;
+    let listener = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.socket_buffer)?;
     let me = listener
         .local_addr()
         .map_err(|e| Error::io("reading the listener address", e))?;
@@ -160,7 +160,15 @@ pub fn init_with_store(
         .iter()
         .map(|p| if let Path::Tcp(k) = p { *k } else { 0 })
         .collect();
-    let tcp = acspeed_transports::establish(Rank(rank), listener, &addrs, &streams, &secret, t)?;
+    let tcp = acspeed_transports::establish(
+        Rank(rank),
+        listener,
+        &addrs,
+        &streams,
+        &secret,
+        t,
+        cfg.socket_buffer,
+    )?;
     let local: Vec<u32> = (0..nranks)
         .filter(|q| *q == rank || paths[*q as usize] == Path::Shm)
         .collect();

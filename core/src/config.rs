@@ -19,6 +19,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
     ("ACSPEED_RDMA", "auto", "RDMA through libfabric (builds with the rdma feature): auto = hardware providers only, 1 = any provider (also tcp;ofi_rxm), 0 = off."),
     ("ACSPEED_RDMA_PROVIDER", "(libfabric's choice)", "libfabric provider for RDMA, e.g. verbs;ofi_rxm, efa, tcp;ofi_rxm."),
+    ("ACSPEED_SOCKET_BUFFER", "(kernel autotuning)", "SO_SNDBUF/SO_RCVBUF for TCP sockets, e.g. 4M for long fat links; unset leaves Linux's autotuning on."),
     ("ACSPEED_SOCKET_IFNAME", "(route to master)", "Interface to listen on, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker,lo`."),
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
     ("ACSPEED_TOPO_FILE", "(probe)", "Load the topology from this JSON description instead of probing (VMs and containers that hide the real layout)."),
@@ -106,6 +107,8 @@ pub struct Config {
     pub topo_dump_file: Option<String>,
     pub rdma: RdmaChoice,
     pub rdma_provider: Option<String>,
+    /// TCP socket buffer size (`None`: kernel autotuning).
+    pub socket_buffer: Option<usize>,
 }
 
 impl Default for Config {
@@ -125,6 +128,7 @@ impl Default for Config {
             topo_dump_file: None,
             rdma: RdmaChoice::Auto,
             rdma_provider: None,
+            socket_buffer: None,
         }
     }
 }
@@ -246,6 +250,19 @@ impl Config {
             };
         }
         c.rdma_provider = lookup(vars, "ACSPEED_RDMA_PROVIDER").map(str::to_string);
+        if let Some(v) = lookup(vars, "ACSPEED_SOCKET_BUFFER") {
+            c.socket_buffer = Some(
+                parse_size(v)
+                    .filter(|s| ((4 << 10)..=(1 << 30)).contains(s))
+                    .ok_or_else(|| {
+                        bad(
+                            "ACSPEED_SOCKET_BUFFER",
+                            v,
+                            "a size between 4K and 1G, e.g. 4M",
+                        )
+                    })?,
+            );
+        }
         Ok(c)
     }
 }
