@@ -402,7 +402,7 @@ impl<'a> LaneCtx<'a> {
                 self.clear_hazard(dst.buf, &rd)?;
                 // SAFETY: both ranges lie in the caller's buffers (checked lengths in `run`).
                 unsafe {
-                    std::ptr::copy(
+                    kernels::copy::copy(
                         self.ptr(src.buf, rs.start),
                         self.ptr(dst.buf, rd.start),
                         rd.len().min(rs.len()),

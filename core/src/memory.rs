@@ -80,7 +80,9 @@ impl MemoryTransport {
 fn deliver(p: PostedRecv, hdr: &FrameHeader, bytes: &[u8], from: Rank) {
     let r = p.hdr.check(hdr, from).map(|()| match p.reduce {
         // SAFETY: post_recv's contract: p.data is valid for p.hdr.len == bytes.len() bytes.
-        None => unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.data.0, bytes.len()) },
+        None => unsafe {
+            crate::kernels::copy::copy_nonoverlapping(bytes.as_ptr(), p.data.0, bytes.len())
+        },
         Some((dtype, op)) => {
             // SAFETY: as above, and nobody else touches it until the handle completes.
             let dst = unsafe { std::slice::from_raw_parts_mut(p.data.0, bytes.len()) };

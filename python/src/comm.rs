@@ -327,7 +327,7 @@ impl PyComm {
             Box::new(move |c| {
                 // SAFETY: Python keeps both tensors alive; blocks are inside them (checked in Python).
                 unsafe {
-                    std::ptr::copy(
+                    acspeed_core::kernels::copy::copy(
                         (i.0 as *const u8).add(send[me].0),
                         (o.0 as *mut u8).add(recv[me].0),
                         send[me].1.min(recv[me].1),

@@ -6,6 +6,7 @@
 //! (the `half` crate uses F16C for that when present), combined in f32, and rounded back once
 //! per pairwise step, which is how NCCL and gloo accumulate half types.
 
+pub mod copy;
 mod halfconv;
 
 use crate::dtype::{DType, ReduceOp};
