@@ -179,9 +179,23 @@ pub fn init_with_store(
             nranks,
             &local,
             &secret,
-            acspeed_transports::ShmParams::default(),
+            acspeed_transports::ShmParams {
+                mode: cfg.shm_mode,
+                cma_min_collective: cfg.shm_cma_min,
+                // ACSPEED_SHM_CMA_MIN=0 sends every message by CMA (tests use it).
+                cma_min: cfg.shm_cma_min.clamp(1, 64 << 10),
+                ..Default::default()
+            },
             t,
         )?;
+        let (cma, copy): (Vec<_>, Vec<_>) = shm.cma_readable().into_iter().partition(|x| x.1);
+        let names = |v: &[(Rank, bool)]| v.iter().map(|x| x.0.to_string()).collect::<Vec<_>>();
+        crate::log::Logger::new(cfg.log, rank).info(&format!(
+            "shm large-message path (ACSPEED_SHM_MODE={:?}): cross-memory attach from ranks {:?}, slot copies from ranks {:?}",
+            cfg.shm_mode,
+            names(&cma),
+            names(&copy)
+        ));
         parts.push(Arc::new(shm));
     }
     let rdma_part = crate::paths::connect_rdma(Rank(rank), rdma, &paths, &wants)?;

@@ -251,6 +251,17 @@ fn matrix_tcp_multistream() {
     run_matrix(Fabric::TcpMulti, &COUNTS, &[DType::F32, DType::I64]);
 }
 
+/// The single-copy path: every message of 64 KiB or more (the large counts) is read by
+/// process_vm_readv, plain and reducing receives alike.
+#[test]
+fn matrix_shared_memory_cma() {
+    run_matrix(
+        Fabric::ShmCma,
+        &COUNTS,
+        &[DType::F32, DType::BF16, DType::I8],
+    );
+}
+
 #[test]
 fn matrix_shared_memory() {
     run_matrix(

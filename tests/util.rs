@@ -18,6 +18,8 @@ pub(crate) enum Fabric {
     TcpMulti,
     /// Shared memory (all ranks of a test share the host).
     Shm,
+    /// Shared memory with every message of 64 KiB or more read by cross-memory attach.
+    ShmCma,
     /// libfabric RDM endpoints on the tcp;ofi_rxm provider over loopback (feature `rdma`).
     #[cfg(feature = "rdma")]
     Rdma,
@@ -31,6 +33,7 @@ impl Fabric {
             Fabric::Tcp => "tcp",
             Fabric::TcpMulti => "tcp3",
             Fabric::Shm => "shm",
+            Fabric::ShmCma => "shm-cma",
             #[cfg(feature = "rdma")]
             Fabric::Rdma => "rdma",
         }
@@ -74,7 +77,17 @@ pub(crate) fn run_group<T: Send>(
         cfg
     };
     let cfg = Config {
-        shm: fabric == Fabric::Shm,
+        shm: matches!(fabric, Fabric::Shm | Fabric::ShmCma),
+        shm_mode: if fabric == Fabric::ShmCma {
+            acspeed_core::config::ShmMode::Cma
+        } else {
+            cfg.shm_mode
+        },
+        shm_cma_min: if fabric == Fabric::ShmCma {
+            0
+        } else {
+            cfg.shm_cma_min
+        },
         nstreams: (fabric == Fabric::TcpMulti).then_some(3),
         ..cfg
     };

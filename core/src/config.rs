@@ -16,6 +16,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_ALGO", "auto", "Algorithm for every collective: auto or ring."),
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
     ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
+    ("ACSPEED_SHM_CMA_MIN", "16M", "Collective size from which shared-memory messages of 64 KiB or more go by cross-memory attach (smaller collectives stay in cache through the slot rings, which is faster there)."),
+    ("ACSPEED_SHM_MODE", "auto", "Large shared-memory messages: cma = the receiver reads the sender's buffer directly (process_vm_readv, one copy), copy = through the slot rings (two copies), auto = cma where the kernel permits it."),
     ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
     ("ACSPEED_RDMA", "auto", "RDMA through libfabric (builds with the rdma feature): auto = hardware providers only, 1 = any provider (also tcp;ofi_rxm), 0 = off."),
     ("ACSPEED_RDMA_PROVIDER", "(libfabric's choice)", "libfabric provider for RDMA, e.g. verbs;ofi_rxm, efa, tcp;ofi_rxm."),
@@ -88,6 +90,17 @@ pub enum RdmaChoice {
     Off,
 }
 
+/// How large messages cross shared memory (`ACSPEED_SHM_MODE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShmMode {
+    /// Cross-memory attach where the kernel permits it, else the slot rings.
+    Auto,
+    /// Cross-memory attach; init fails if a local peer cannot be read.
+    Cma,
+    /// Always through the slot rings.
+    Copy,
+}
+
 /// Library configuration (everything except the launcher's variables).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -100,6 +113,9 @@ pub struct Config {
     pub plan_dump_dir: Option<String>,
     /// Shared memory between same-host ranks.
     pub shm: bool,
+    pub shm_mode: ShmMode,
+    /// Collective bytes from which large messages use cross-memory attach.
+    pub shm_cma_min: usize,
     /// TCP sockets per remote peer (`None` = automatic).
     pub nstreams: Option<u32>,
     pub ifname: Option<IfaceFilter>,
@@ -122,6 +138,8 @@ impl Default for Config {
             host_id: None,
             plan_dump_dir: None,
             shm: true,
+            shm_mode: ShmMode::Auto,
+            shm_cma_min: 16 << 20,
             nstreams: None,
             ifname: None,
             topo_file: None,
@@ -230,6 +248,18 @@ impl Config {
                 "0" | "off" | "false" | "no" => false,
                 _ => return Err(bad("ACSPEED_SHM", v, "1 or 0")),
             };
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_SHM_MODE") {
+            c.shm_mode = match v.to_ascii_lowercase().as_str() {
+                "auto" => ShmMode::Auto,
+                "cma" => ShmMode::Cma,
+                "copy" => ShmMode::Copy,
+                _ => return Err(bad("ACSPEED_SHM_MODE", v, "auto, cma or copy")),
+            };
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_SHM_CMA_MIN") {
+            c.shm_cma_min = parse_size(v)
+                .ok_or_else(|| bad("ACSPEED_SHM_CMA_MIN", v, "a size such as 0, 4M or 1G"))?;
         }
         if let Some(v) = lookup(vars, "ACSPEED_NSTREAMS") {
             if !v.eq_ignore_ascii_case("auto") {

@@ -2,6 +2,7 @@
 
 use super::ring::RingIndex;
 use super::segment::{self, Mapping};
+use acspeed_core::config::ShmMode;
 use acspeed_core::transport::{RecvPtr, SendPtr};
 use acspeed_core::{
     kernels, DType, Error, FrameHeader, OpHandle, Rank, ReduceOp, Result, Transport,
@@ -13,16 +14,28 @@ use std::time::{Duration, Instant};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"ACSPSHM1");
 const HEADER: usize = 4096;
-const COUNTERS: usize = 128;
+const PAGE: usize = 4096;
+/// head, tail, cma_done, cma_ok: one cache line each.
+const COUNTERS: usize = 256;
 const META: usize = 64;
 const KIND_DATA: u8 = 1;
 const KIND_ABORT: u8 = 2;
+/// A descriptor: the receiver reads `msg_len` bytes at `addr` in the sender's address space.
+const KIND_CMA: u8 = 3;
+/// Receive-reduce through CMA reads this much at a time into a bounce buffer that stays in
+/// L2, then reduces from it.
+const CMA_BOUNCE: usize = 64 << 10;
 
-/// Ring geometry (the same on every rank of a job).
+/// Ring geometry (the same on every rank of a job) and the large-message path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShmParams {
     pub slots: usize,
     pub slot_bytes: usize,
+    /// Whether large messages go by cross-memory attach: those of at least `cma_min` bytes
+    /// in collectives of at least `cma_min_collective` bytes.
+    pub mode: ShmMode,
+    pub cma_min: usize,
+    pub cma_min_collective: usize,
 }
 
 impl Default for ShmParams {
@@ -30,13 +43,30 @@ impl Default for ShmParams {
         ShmParams {
             slots: 16,
             slot_bytes: 128 << 10,
+            mode: ShmMode::Auto,
+            cma_min: 64 << 10,
+            // Measured (docs/PERFORMANCE.md): below this the slot copies stay in cache and
+            // run 2x faster than process_vm_readv; above it they collapse in some runs.
+            cma_min_collective: 16 << 20,
         }
     }
 }
 
 impl ShmParams {
+    /// Counters, then every slot's metadata, padded to a page; then the slots, each starting
+    /// on a page. Page-aligned slots matter: with slots packed back to back the consumer's
+    /// hardware prefetcher ran from the end of slot i into slot i+1 while the producer was
+    /// writing it, and slot starts sat a few hundred bytes (mod 4 KiB) from the sender's
+    /// source, a 4K-aliasing distance; either way the producer's copies stalled, and runs
+    /// fell into a mode 4-5x slower (docs/PERFORMANCE.md, "bimodal shared memory").
+    fn meta_bytes(&self) -> usize {
+        (COUNTERS + self.slots * META).next_multiple_of(PAGE)
+    }
+    fn slot_stride(&self) -> usize {
+        self.slot_bytes.next_multiple_of(PAGE)
+    }
     fn ring_bytes(&self) -> usize {
-        COUNTERS + self.slots * (META + self.slot_bytes)
+        self.meta_bytes() + self.slots * self.slot_stride()
     }
     fn region_bytes(&self, rings: usize) -> usize {
         HEADER + rings.max(1) * self.ring_bytes()
@@ -57,6 +87,8 @@ struct Meta {
     msg_len: u64,
     frag_off: u64,
     frag_len: u64,
+    /// KIND_CMA: the message's address in the sender.
+    addr: u64,
 }
 
 /// A ring inside some mapping.
@@ -77,10 +109,22 @@ impl Ring {
             }
         }
     }
+    /// CMA descriptors fully read by the consumer (written by the consumer only).
+    fn cma_done(&self) -> &AtomicU64 {
+        // SAFETY: third cache line of the counter block.
+        unsafe { &*(self.base.add(128) as *const AtomicU64) }
+    }
+    /// Set to 1 by the consumer once it has shown it can read the producer's memory.
+    fn cma_ok(&self) -> &AtomicU64 {
+        // SAFETY: fourth cache line of the counter block.
+        unsafe { &*(self.base.add(192) as *const AtomicU64) }
+    }
     fn slot(&self, i: u64) -> (*mut Meta, *mut u8) {
-        let off = COUNTERS + (i as usize % self.p.slots) * (META + self.p.slot_bytes);
+        let k = i as usize % self.p.slots;
+        let meta = COUNTERS + k * META;
+        let data = self.p.meta_bytes() + k * self.p.slot_stride();
         // SAFETY: within the ring's extent (ring_bytes).
-        unsafe { (self.base.add(off) as *mut Meta, self.base.add(off + META)) }
+        unsafe { (self.base.add(meta) as *mut Meta, self.base.add(data)) }
     }
 }
 
@@ -108,6 +152,13 @@ struct Peer {
     pid: i32,
     sends: VecDeque<PendingSend>,
     recvs: VecDeque<PendingRecv>,
+    /// CMA sends whose descriptor is published: (ticket, handle), done once the receiver's
+    /// `cma_done` reaches the ticket.
+    awaiting: VecDeque<(u64, OpHandle)>,
+    cma_posted: u64,
+    cma_min: usize,
+    cma_min_collective: usize,
+    bounce: Vec<u8>,
     broken: Option<Error>,
 }
 
@@ -139,12 +190,50 @@ fn fail_all(p: &mut Peer, e: &Error) {
     for r in p.recvs.drain(..) {
         r.handle.complete(Err(e.duplicate()));
     }
+    for (_, h) in p.awaiting.drain(..) {
+        h.complete(Err(e.duplicate()));
+    }
+}
+
+/// Reads `len` bytes at `addr` in process `pid` into `dst` (the whole range or an error).
+fn cma_read(pid: i32, addr: u64, dst: *mut u8, len: usize) -> std::result::Result<(), nix::Error> {
+    use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+    let mut done = 0;
+    while done < len {
+        // SAFETY: the local range is valid for writes (post_recv's contract); the kernel
+        // checks the remote range and fails with EFAULT rather than touching anything else.
+        let local = unsafe { std::slice::from_raw_parts_mut(dst.add(done), len - done) };
+        let remote = RemoteIoVec {
+            base: addr as usize + done,
+            len: len - done,
+        };
+        match process_vm_readv(
+            nix::unistd::Pid::from_raw(pid),
+            &mut [std::io::IoSliceMut::new(local)],
+            &[remote],
+        ) {
+            Ok(0) => return Err(nix::Error::EFAULT),
+            Ok(n) => done += n,
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Peer {
     /// Copies pending sends into free slots. Returns whether anything moved.
     fn push(&mut self) -> bool {
         let mut moved = false;
+        if !self.awaiting.is_empty() {
+            let done = self.out.cma_done().load(Ordering::Acquire);
+            while self.awaiting.front().is_some_and(|(t, _)| *t <= done) {
+                let (_, h) = self.awaiting.pop_front().unwrap();
+                h.complete(Ok(()));
+                moved = true;
+            }
+        }
+        let cma = self.cma_min > 0 && self.out.cma_ok().load(Ordering::Relaxed) == 1;
         let idx = self.out.index();
         while let Some(s) = self.sends.front_mut() {
             let len = s.hdr.len as usize;
@@ -156,6 +245,34 @@ impl Peer {
             let Some(i) = idx.producer_acquire() else {
                 break;
             };
+            let coll_bytes = (s.hdr.count as usize)
+                .saturating_mul(DType::from_code(s.hdr.dtype).map_or(1, DType::size));
+            if cma && !s.started && len >= self.cma_min && coll_bytes >= self.cma_min_collective {
+                // Single copy: publish where the bytes are; the receiver reads them itself.
+                let (meta, _) = self.out.slot(i);
+                // SAFETY: slot i is ours until published.
+                unsafe {
+                    meta.write(Meta {
+                        kind: KIND_CMA,
+                        coll: s.hdr.coll,
+                        dtype: s.hdr.dtype,
+                        op: s.hdr.op,
+                        _pad: 0,
+                        seq: s.hdr.seq,
+                        count: s.hdr.count,
+                        msg_len: len as u64,
+                        frag_off: 0,
+                        frag_len: len as u64,
+                        addr: s.data.0 as u64,
+                    });
+                }
+                idx.producer_publish(i);
+                self.cma_posted += 1;
+                let s = self.sends.pop_front().unwrap();
+                self.awaiting.push_back((self.cma_posted, s.handle));
+                moved = true;
+                continue;
+            }
             let frag = (len - s.off).min(self.out.p.slot_bytes);
             let (meta, data) = self.out.slot(i);
             // SAFETY: slot i is ours until published (ring protocol); the source range is
@@ -172,8 +289,9 @@ impl Peer {
                     msg_len: len as u64,
                     frag_off: s.off as u64,
                     frag_len: frag as u64,
+                    addr: 0,
                 });
-                std::ptr::copy_nonoverlapping(s.data.0.add(s.off), data, frag);
+                kernels::copy::copy_nonoverlapping(s.data.0.add(s.off), data, frag);
             }
             idx.producer_publish(i);
             s.off += frag;
@@ -186,7 +304,8 @@ impl Peer {
     /// Copies or reduces published slots into pending receives.
     fn pull(&mut self) -> bool {
         let mut moved = false;
-        let idx = self.inc.index();
+        let inc = self.inc;
+        let idx = inc.index();
         while let Some(r) = self.recvs.front() {
             if r.started && r.off >= r.hdr.len as usize {
                 let r = self.recvs.pop_front().unwrap();
@@ -236,13 +355,27 @@ impl Peer {
                 fail_all(self, &e);
                 return true;
             }
+            if m.kind == KIND_CMA {
+                if let Err(e) = self.read_cma(&m) {
+                    fail_all(self, &e);
+                    return true;
+                }
+                idx.consumer_release(i);
+                let done = inc.cma_done();
+                done.store(done.load(Ordering::Relaxed) + 1, Ordering::Release);
+                let r = self.recvs.front_mut().unwrap();
+                r.off = m.msg_len as usize;
+                r.started = true;
+                moved = true;
+                continue;
+            }
             let n = m.frag_len as usize;
             // SAFETY: the slot holds n valid bytes; the destination is valid for the message
             // length under post_recv's contract and n fits (checked above).
             unsafe {
                 let dst = r.data.0.add(r.off);
                 match r.reduce {
-                    None => std::ptr::copy_nonoverlapping(data, dst, n),
+                    None => kernels::copy::copy_nonoverlapping(data, dst, n),
                     Some((dt, op)) => kernels::reduce(
                         dt,
                         op,
@@ -257,6 +390,46 @@ impl Peer {
             moved = true;
         }
         moved
+    }
+}
+
+impl Peer {
+    /// Serves the front receive from a CMA descriptor (checked against it already).
+    fn read_cma(&mut self, m: &Meta) -> Result<()> {
+        let r = self.recvs.front().expect("a posted receive");
+        let len = m.msg_len as usize;
+        let fail = |e: nix::Error| Error::Remote {
+            rank: self.rank.0,
+            detail: format!(
+                "reading {len} bytes of its memory with process_vm_readv failed ({e}); \
+                 set ACSPEED_SHM_MODE=copy if the kernel forbids cross-memory attach"
+            ),
+        };
+        match r.reduce {
+            None => cma_read(self.pid, m.addr, r.data.0, len).map_err(fail),
+            Some((dt, op)) => {
+                // Pieces a multiple of the element size, so each reduces whole elements.
+                let piece = CMA_BOUNCE / dt.size() * dt.size();
+                self.bounce.resize(piece, 0);
+                let mut off = 0;
+                while off < len {
+                    let n = piece.min(len - off);
+                    cma_read(self.pid, m.addr + off as u64, self.bounce.as_mut_ptr(), n)
+                        .map_err(fail)?;
+                    // SAFETY: the destination is valid for the message (post_recv's contract).
+                    unsafe {
+                        kernels::reduce(
+                            dt,
+                            op,
+                            std::slice::from_raw_parts_mut(r.data.0.add(off), n),
+                            &self.bounce[..n],
+                        )
+                    };
+                    off += n;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -294,6 +467,9 @@ impl ShmTransport {
             h.write(MAGIC);
             h.add(1).write(std::process::id() as u64);
             h.add(2).write(pid_ns());
+            // Where our header lives in *our* address space: peers read MAGIC through it
+            // with process_vm_readv to find out whether cross-memory attach is permitted.
+            h.add(3).write(region.ptr() as u64);
         }
         let server = segment::serve(*secret, rank.0, fd, mine.len(), deadline)?;
         let mut maps = Vec::new();
@@ -307,9 +483,14 @@ impl ShmTransport {
                 deadline,
             )?;
             // SAFETY: the peer initialised its header before serving the descriptor.
-            let (magic, pid, ns) = unsafe {
+            let (magic, pid, ns, their_addr) = unsafe {
                 let h = theirs.ptr() as *const u64;
-                (h.read(), h.add(1).read() as i32, h.add(2).read())
+                (
+                    h.read(),
+                    h.add(1).read() as i32,
+                    h.add(2).read(),
+                    h.add(3).read(),
+                )
             };
             if magic != MAGIC {
                 return Err(Error::Remote {
@@ -332,6 +513,22 @@ impl ShmTransport {
                 p: params,
             };
             let pid = if ns == pid_ns() { pid } else { 0 };
+            if params.mode != ShmMode::Copy {
+                let mut probe = 0u64;
+                let can = pid > 0
+                    && cma_read(pid, their_addr, (&mut probe as *mut u64).cast(), 8).is_ok()
+                    && probe == MAGIC;
+                if can {
+                    // We read them: they may send us descriptors on the ring we consume.
+                    inc.cma_ok().store(1, Ordering::Release);
+                } else if params.mode == ShmMode::Cma {
+                    return Err(Error::invalid(format!(
+                        "ACSPEED_SHM_MODE=cma, but rank {} cannot read the memory of local rank {q} (pid {pid}) with process_vm_readv \
+                         (another pid namespace, or ptrace restrictions such as /proc/sys/kernel/yama/ptrace_scope); use auto or copy",
+                        rank.0
+                    )));
+                }
+            }
             peers[q as usize] = Some(Peer {
                 rank: Rank(q),
                 out,
@@ -339,6 +536,15 @@ impl ShmTransport {
                 pid,
                 sends: VecDeque::new(),
                 recvs: VecDeque::new(),
+                awaiting: VecDeque::new(),
+                cma_posted: 0,
+                cma_min: if params.mode == ShmMode::Copy {
+                    0
+                } else {
+                    params.cma_min.max(1)
+                },
+                cma_min_collective: params.cma_min_collective,
+                bounce: Vec::new(),
                 broken: None,
             });
             maps.push(theirs);
@@ -358,6 +564,21 @@ impl ShmTransport {
             pending: AtomicBool::new(false),
             _maps: maps,
         })
+    }
+
+    /// For each local peer: whether this rank reads its large messages by cross-memory attach.
+    pub fn cma_readable(&self) -> Vec<(Rank, bool)> {
+        self.lock()
+            .peers
+            .iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p.rank,
+                    p.cma_min > 0 && p.inc.cma_ok().load(Ordering::Relaxed) == 1,
+                )
+            })
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
@@ -482,7 +703,8 @@ impl Transport for ShmTransport {
         if !moved && e.last_liveness.elapsed() > Duration::from_millis(250) {
             e.last_liveness = Instant::now();
             for p in e.peers.iter_mut().flatten() {
-                if (!p.sends.is_empty() || !p.recvs.is_empty()) && !alive(p.pid) {
+                let busy = !p.sends.is_empty() || !p.recvs.is_empty() || !p.awaiting.is_empty();
+                if busy && !alive(p.pid) {
                     let err = Error::Remote {
                         rank: p.rank.0,
                         detail: format!("process {} exited (crashed or killed?)", p.pid),
@@ -537,6 +759,7 @@ impl ShmTransport {
                         msg_len: n as u64,
                         frag_off: 0,
                         frag_len: n as u64,
+                        addr: 0,
                     });
                     std::ptr::copy_nonoverlapping(why.as_ptr(), data, n);
                 }
