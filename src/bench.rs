@@ -2,12 +2,14 @@
 //!
 //! Per size: refill the buffer (untimed), barrier (untimed), time one allreduce; the
 //! iteration's time is the maximum over ranks and the reported time the median over
-//! iterations. algbw = bytes / time, busbw = algbw x 2(n-1)/n. With `check`, inputs are small
-//! integers chosen so that every reduction is exact in every dtype, and the result is compared
-//! bit for bit with a reference computed locally by the same kernels.
+//! iterations. algbw = bytes / time, busbw = algbw x 2(n-1)/n. With `check`, every rank's input
+//! is a hash of (rank, element), bounded so that sums of all ranks are exact where the dtype
+//! allows; the reference is folded element by element in f64/i128 scalar code (not the SIMD
+//! kernels under test) and compared bit for bit, or within a stated relative tolerance where
+//! the dtype cannot hold the exact result (AVG, or float sums of many ranks).
 
 use crate::comm::Communicator;
-use acspeed_core::{kernels, DType, ReduceOp, Result};
+use acspeed_core::{DType, ReduceOp, Result};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -21,6 +23,9 @@ pub struct BenchParams {
     pub warmup: usize,
     pub iters: usize,
     pub check: bool,
+    /// Self-test of `check`: this rank flips one element of every checked result, so the
+    /// run must report #wrong > 0 and exit 1. Off unless asked for.
+    pub corrupt_rank: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,57 +41,193 @@ pub struct Row {
     pub wrong: u64,
 }
 
-/// Deterministic input of `rank` at element `i`: small integers (exact in f16/bf16/i8 sums of
-/// many ranks), and for products mostly ones with a few twos.
-fn value(op: ReduceOp, rank: u32, i: usize) -> f64 {
-    match op {
-        ReduceOp::Prod => {
-            if (i + rank as usize) % 7 == 0 {
-                2.0
-            } else {
-                1.0
-            }
-        }
-        ReduceOp::BAnd | ReduceOp::BOr | ReduceOp::BXor => {
-            ((i * 7 + rank as usize * 3) % 64) as f64
-        }
-        _ => ((i % 13) + (rank as usize % 3)) as f64,
+/// An element value, exactly as the dtype stores it (integers wide, floats in f64).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Num {
+    F(f64),
+    I(i128),
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Largest integer magnitude the dtype holds exactly (floats); None for integers (their
+/// sums wrap, which is exact by definition).
+fn exact_limit(d: DType) -> Option<f64> {
+    match d {
+        DType::F32 => Some((1u64 << 24) as f64),
+        DType::F64 => Some((1u64 << 53) as f64),
+        DType::F16 => Some(2048.0),
+        DType::BF16 => Some(256.0),
+        _ => None,
     }
 }
 
-fn write_elem(d: DType, out: &mut [u8], v: f64) {
+/// Values drawn for `nranks` ranks stay below this, so that sums of all ranks are exact
+/// wherever the dtype allows (and at least 0..3 otherwise; then a tolerance applies).
+fn value_range(d: DType, nranks: u32) -> u64 {
+    match exact_limit(d) {
+        Some(l) => ((l / nranks.max(1) as f64) as u64).clamp(4, 1 << 20),
+        None => 1 << 20,
+    }
+}
+
+/// Input of `rank` at element `i`: a hash of both, so no two ranks and no two regions of
+/// the buffer look alike (swapped or double-counted ranks change the result).
+fn input(d: DType, op: ReduceOp, nranks: u32, rank: u32, i: usize) -> Num {
+    let h = splitmix(((rank as u64) << 40) ^ i as u64);
+    let raw: i128 = match op {
+        // Mostly ones, a few twos (on the first ranks only, so products stay in range).
+        ReduceOp::Prod => 1 + i128::from(h % 16 == 0 && rank < 10),
+        ReduceOp::BAnd | ReduceOp::BOr | ReduceOp::BXor => (h % 256) as i128,
+        _ => (h % value_range(d, nranks)) as i128,
+    };
     match d {
-        DType::F32 => out.copy_from_slice(&(v as f32).to_ne_bytes()),
-        DType::F64 => out.copy_from_slice(&v.to_ne_bytes()),
-        DType::F16 => out.copy_from_slice(&half::f16::from_f64(v).to_ne_bytes()),
-        DType::BF16 => out.copy_from_slice(&half::bf16::from_f64(v).to_ne_bytes()),
-        DType::I32 => out.copy_from_slice(&(v as i32).to_ne_bytes()),
-        DType::I64 => out.copy_from_slice(&(v as i64).to_ne_bytes()),
-        DType::I8 => out.copy_from_slice(&(v as i8).to_ne_bytes()),
-        DType::U8 => out.copy_from_slice(&(v as u8).to_ne_bytes()),
+        DType::I8 => Num::I(raw as i8 as i128),
+        DType::U8 => Num::I(raw as u8 as i128),
+        DType::I32 | DType::I64 => Num::I(raw),
+        _ => Num::F(raw as f64),
+    }
+}
+
+/// `x` wrapped into the range of integer dtype `d`.
+fn wrap(d: DType, x: i128) -> i128 {
+    match d {
+        DType::I8 => x as i8 as i128,
+        DType::U8 => x as u8 as i128,
+        DType::I32 => x as i32 as i128,
+        _ => x as i64 as i128,
+    }
+}
+
+fn write_elem(d: DType, out: &mut [u8], v: Num) {
+    let (f, i) = match v {
+        Num::F(f) => (f, f as i128),
+        Num::I(i) => (i as f64, i),
+    };
+    match d {
+        DType::F32 => out.copy_from_slice(&(f as f32).to_ne_bytes()),
+        DType::F64 => out.copy_from_slice(&f.to_ne_bytes()),
+        DType::F16 => out.copy_from_slice(&half::f16::from_f64(f).to_ne_bytes()),
+        DType::BF16 => out.copy_from_slice(&half::bf16::from_f64(f).to_ne_bytes()),
+        // Integers wrap like the kernels' wrapping arithmetic.
+        DType::I32 => out.copy_from_slice(&(i as i32).to_ne_bytes()),
+        DType::I64 => out.copy_from_slice(&(i as i64).to_ne_bytes()),
+        DType::I8 => out.copy_from_slice(&(i as i8).to_ne_bytes()),
+        DType::U8 => out.copy_from_slice(&(i as u8).to_ne_bytes()),
+    }
+}
+
+fn read_elem(d: DType, b: &[u8]) -> f64 {
+    match d {
+        DType::F32 => f32::from_ne_bytes(b.try_into().unwrap()) as f64,
+        DType::F64 => f64::from_ne_bytes(b.try_into().unwrap()),
+        DType::F16 => half::f16::from_ne_bytes(b.try_into().unwrap()).to_f64(),
+        DType::BF16 => half::bf16::from_ne_bytes(b.try_into().unwrap()).to_f64(),
+        DType::I32 => i32::from_ne_bytes(b.try_into().unwrap()) as f64,
+        DType::I64 => i64::from_ne_bytes(b.try_into().unwrap()) as f64,
+        DType::I8 => b[0] as i8 as f64,
+        DType::U8 => b[0] as f64,
     }
 }
 
 /// Fills `buf` with rank `rank`'s benchmark input.
-pub fn fill(buf: &mut [u8], d: DType, op: ReduceOp, rank: u32) {
+pub fn fill(buf: &mut [u8], d: DType, op: ReduceOp, nranks: u32, rank: u32) {
     for (i, e) in buf.chunks_exact_mut(d.size()).enumerate() {
-        write_elem(d, e, value(op, rank, i));
+        write_elem(d, e, input(d, op, nranks, rank, i));
     }
 }
 
-/// The expected allreduce result, computed with the same kernels in rank order.
+/// Folds two values with plain scalar arithmetic (deliberately not the kernels under test).
+fn fold(op: ReduceOp, a: Num, b: Num) -> Num {
+    use ReduceOp::*;
+    match (a, b) {
+        (Num::F(x), Num::F(y)) => Num::F(match op {
+            Sum | Avg => x + y,
+            Prod => x * y,
+            Min => x.min(y),
+            Max => x.max(y),
+            BAnd | BOr | BXor => unreachable!("bitwise op on a float (rejected before)"),
+        }),
+        (Num::I(x), Num::I(y)) => Num::I(match op {
+            Sum | Avg => x + y,
+            Prod => x * y,
+            Min => x.min(y),
+            Max => x.max(y),
+            BAnd => x & y,
+            BOr => x | y,
+            BXor => x ^ y,
+        }),
+        _ => unreachable!("one dtype per call"),
+    }
+}
+
+/// How results are compared: bit for bit, or within a relative tolerance where the dtype
+/// cannot hold the exact result (AVG on floats, float sums beyond the exact range).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Compare {
+    Exact,
+    Relative(f64),
+}
+
+pub fn comparison(d: DType, op: ReduceOp, nranks: u32) -> Compare {
+    let Some(limit) = exact_limit(d) else {
+        return Compare::Exact;
+    };
+    let eps = match d {
+        DType::F32 => f32::EPSILON as f64,
+        DType::F64 => f64::EPSILON,
+        DType::F16 => 1.0 / 1024.0,
+        _ => 1.0 / 128.0,
+    };
+    let max_sum = (value_range(d, nranks) - 1) as f64 * nranks as f64;
+    match op {
+        ReduceOp::Avg => Compare::Relative(2.0 * eps),
+        ReduceOp::Sum if max_sum > limit => Compare::Relative(nranks as f64 * eps),
+        _ => Compare::Exact,
+    }
+}
+
+/// The expected allreduce result, computed element by element in wide scalar arithmetic
+/// and rounded to the dtype once.
 pub fn expected(bytes: usize, d: DType, op: ReduceOp, nranks: u32) -> Vec<u8> {
-    let mut acc = aligned(bytes);
-    fill(&mut acc, d, op, 0);
-    let mut other = aligned(bytes);
-    for q in 1..nranks {
-        fill(&mut other, d, op, q);
-        kernels::reduce(d, op, &mut acc, &other);
+    let es = d.size();
+    let mut out = vec![0u8; bytes];
+    for (i, e) in out.chunks_exact_mut(es).enumerate() {
+        let mut acc = input(d, op, nranks, 0, i);
+        for q in 1..nranks {
+            acc = fold(op, acc, input(d, op, nranks, q, i));
+        }
+        if op == ReduceOp::Avg {
+            acc = match acc {
+                Num::F(x) => Num::F(x / nranks as f64),
+                // Integer AVG is the sum wrapped in the dtype (as the kernels add), divided.
+                Num::I(x) => Num::I(wrap(d, x) / nranks as i128),
+            };
+        }
+        write_elem(d, e, acc);
     }
-    if op == ReduceOp::Avg {
-        kernels::scale_avg(d, &mut acc, nranks as usize);
-    }
-    acc.to_vec()
+    out
+}
+
+/// Elements of `got` that differ from `want` under `cmp`.
+pub fn count_wrong(d: DType, cmp: Compare, got: &[u8], want: &[u8]) -> u64 {
+    let es = d.size();
+    got.chunks_exact(es)
+        .zip(want.chunks_exact(es))
+        .filter(|(a, b)| match cmp {
+            Compare::Exact => a != b,
+            Compare::Relative(tol) => {
+                let (x, y) = (read_elem(d, a), read_elem(d, b));
+                // NaN counts as wrong.
+                ((x - y).abs() <= tol * y.abs().max(1.0)).then_some(()).is_none()
+            }
+        })
+        .count() as u64
 }
 
 /// A zeroed byte buffer with 8-byte alignment (so kernels take their vector path).
@@ -136,12 +277,13 @@ pub fn run_sweep(comm: &Communicator, p: &BenchParams) -> Result<Vec<Row>> {
         let bytes = count * es;
         let mut buf = aligned(bytes);
         let mut input = aligned(bytes);
-        fill(&mut input, p.dtype, p.op, comm.rank());
+        fill(&mut input, p.dtype, p.op, n, comm.rank());
         let want = if p.check {
             Some(expected(bytes, p.dtype, p.op, n))
         } else {
             None
         };
+        let cmp = comparison(p.dtype, p.op, n);
         let mut times = Vec::with_capacity(p.iters);
         let mut wrong = 0u64;
         for it in 0..p.warmup + p.iters {
@@ -155,11 +297,11 @@ pub fn run_sweep(comm: &Communicator, p: &BenchParams) -> Result<Vec<Row>> {
             }
             if let Some(w) = &want {
                 if it == 0 || it + 1 == p.warmup + p.iters {
-                    wrong += buf
-                        .chunks_exact(es)
-                        .zip(w.chunks_exact(es))
-                        .filter(|(a, b)| a != b)
-                        .count() as u64;
+                    if p.corrupt_rank == Some(comm.rank()) && bytes > 0 {
+                        let k = (bytes / es / 2) * es;
+                        buf[k] ^= 0x40;
+                    }
+                    wrong += count_wrong(p.dtype, cmp, &buf, w);
                 }
             }
         }

@@ -51,9 +51,15 @@ struct Args {
     /// Timed iterations per size.
     #[arg(long = "iters", default_value_t = 20)]
     iters: usize,
-    /// Check every result bit for bit (counts go in #wrong).
+    /// Check every result against an independent reference (counts go in #wrong): bit for
+    /// bit where the arithmetic is exact, else within a relative tolerance (AVG, float sums
+    /// of many ranks).
     #[arg(short = 'c', long = "check")]
     check: bool,
+    /// Self-test of --check: rank R corrupts one element of each checked result, so the run
+    /// must report #wrong > 0 and exit 1.
+    #[arg(long = "corrupt-rank", value_name = "R", requires = "check")]
+    corrupt_rank: Option<u32>,
     /// Print one JSON array of rows instead of the table.
     #[arg(long = "json")]
     json: bool,
@@ -130,6 +136,7 @@ fn run(a: Args) -> Result<bool> {
         warmup: a.warmup,
         iters: a.iters,
         check: a.check,
+        corrupt_rank: a.corrupt_rank,
     };
     let rows = run_sweep(&comm, &params)?;
     let wrong: u64 = rows.iter().map(|r| r.wrong).sum();
