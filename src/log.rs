@@ -14,7 +14,11 @@ impl Logger {
     }
     fn emit(&self, at: LogLevel, tag: &str, msg: &str) {
         if self.level >= at {
-            eprintln!("acspeed[{}] {tag} {msg}", self.rank);
+            // One write per line: eprintln! may issue several, and ranks sharing a terminal
+            // then interleave character by character.
+            use std::io::Write;
+            let line = format!("acspeed[{}] {tag} {msg}\n", self.rank);
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
     }
     pub fn warn(&self, msg: &str) {

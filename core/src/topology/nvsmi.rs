@@ -53,6 +53,8 @@ fn header_devices(header: &str, labels: &[String]) -> Vec<String> {
 
 /// Parses `nvidia-smi topo -m` output into a description.
 pub fn parse(text: &str) -> Result<TopoDescription> {
+    let clean = strip_terminal_escapes(text);
+    let text = clean.as_str();
     let err =
         |line: usize, m: String| Error::invalid(format!("nvidia-smi topo text, line {line}: {m}"));
     let lines: Vec<&str> = text.lines().collect();
@@ -252,6 +254,52 @@ pub fn parse(text: &str) -> Result<TopoDescription> {
     Ok(d)
 }
 
+/// Removes terminal control sequences: `nvidia-smi topo -m` captured from a terminal (or
+/// through `script`) underlines the header with `ESC[4m` ... `ESC[0m`. CSI sequences
+/// (`ESC [` parameters, final byte `@`..`~`), OSC sequences (`ESC ]` ... BEL or `ESC \\`) and
+/// two-byte escapes are dropped; other control characters except tab and newline too.
+pub fn strip_terminal_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\u{1b}' => match it.next() {
+                Some('[') => {
+                    for d in it.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(d) = it.next() {
+                        if d == '\u{7}' || (d == '\u{1b}' && it.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                // Character-set designations carry one more byte: ESC ( B.
+                Some('(' | ')' | '*' | '+') => {
+                    it.next();
+                }
+                _ => {}
+            },
+            '\u{9b}' => {
+                // 8-bit CSI
+                for d in it.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+            '\t' | '\n' | '\r' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +331,30 @@ mod tests {
         assert!(e.contains("NV1") && e.contains("PIX"), "{e}");
         let e = parse("GPU0\t X\n").unwrap_err().to_string();
         assert!(e.contains("before any header"), "{e}");
+    }
+
+    /// The header as a terminal shows it: underlined, with the reset at its end.
+    #[test]
+    fn escape_sequences_of_a_captured_terminal_are_ignored() {
+        let plain = include_str!("../../../tests/fixtures/nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt");
+        let mut lines: Vec<String> = plain.lines().map(str::to_string).collect();
+        let h = lines
+            .iter()
+            .position(|l| l.contains("GPU0") && l.contains("GPU1"))
+            .unwrap();
+        lines[h] = format!("\u{1b}[4m{}\u{1b}[0m", lines[h]);
+        lines[h + 1] = format!("\u{1b}]0;title\u{7}{}\u{1b}[1;32m", lines[h + 1]);
+        let dirty = lines.join("\n");
+        assert_eq!(parse(&dirty).unwrap(), parse(plain).unwrap());
+    }
+
+    #[test]
+    fn stripper_keeps_text_tabs_and_newlines() {
+        assert_eq!(
+            strip_terminal_escapes("a\u{1b}[4mb\tc\u{1b}[0m\nd\u{1b}(B\u{9b}2Je"),
+            "ab\tc\nde"
+        );
+        assert_eq!(strip_terminal_escapes("x\u{1b}]8;;http://a\u{1b}\\y"), "xy");
+        assert_eq!(strip_terminal_escapes("\u{1b}"), "");
     }
 }
