@@ -136,7 +136,15 @@ class AcspeedBackend(C10dBackend):
     """``torch.distributed`` backend ``"acspeed"`` for CPU tensors."""
 
     def __init__(self, opts, backend_options=None):
-        super().__init__(opts.group_rank, opts.group_size)
+        try:
+            super().__init__(opts.group_rank, opts.group_size)
+        except TypeError as e:
+            # torch <= 2.11 binds no constructor for c10d.Backend (seen on a GPU machine with
+            # 2.11; a ProcessGroup subclass gets further there but fails in DeviceMesh and
+            # device routing). Say so instead of "No constructor defined".
+            raise RuntimeError(
+                f"acspeed needs torch >= 2.12 (this is {torch.__version__}: c10d.Backend cannot be subclassed from Python here)"
+            ) from e
         self._rank = opts.group_rank
         self._size = opts.group_size
         self._timeout = opts.timeout
@@ -277,8 +285,33 @@ class AcspeedBackend(C10dBackend):
         return self._finish(h, [output], opts.asyncOp, [(orig, o)])
 
     def allgather_coalesced(self, outputs, inputs, opts):
-        works = [self.allgather([o], [i], opts) for o, i in zip(outputs, inputs)]
-        return _chain(works, outputs, opts.asyncOp)
+        # torch's layout: outputs[r][k] receives input k of rank r (one list per *rank*, not
+        # per input). One allgather of every input packed end to end, then unpacked.
+        if len(outputs) != self._size:
+            raise ValueError(f"acspeed all_gather_coalesced: {len(outputs)} output lists, expected one per rank ({self._size})")
+        if not inputs:
+            return _chain([], outputs, opts.asyncOp)
+        dt = inputs[0].dtype
+        for r, lst in enumerate(outputs):
+            if len(lst) != len(inputs):
+                raise ValueError(f"acspeed all_gather_coalesced: output list {r} has {len(lst)} tensors, expected {len(inputs)} (one per input)")
+            for k, (o, i) in enumerate(zip(lst, inputs)):
+                if o.numel() != i.numel() or o.dtype != i.dtype or i.dtype != dt:
+                    raise ValueError(
+                        f"acspeed all_gather_coalesced: output [{r}][{k}] is {o.numel()} x {o.dtype}, input {k} is {i.numel()} x {i.dtype}; "
+                        f"sizes must match and all tensors must be {dt}"
+                    )
+        flat, _ = _staged(torch.cat([i.reshape(-1) for i in inputs]), "all_gather_coalesced")
+        n = flat.numel()
+        out = torch.empty((self._size * n,), dtype=flat.dtype)
+        h = self._c.allgather(flat.data_ptr(), out.data_ptr(), n, _dtype_code(flat, "all_gather_coalesced"), (flat, out))
+        backs = []
+        for r, lst in enumerate(outputs):
+            off = r * n
+            for o in lst:
+                backs.append((o, out[off : off + o.numel()].view(o.shape)))
+                off += o.numel()
+        return self._finish(h, [t for lst in outputs for t in lst], opts.asyncOp, backs)
 
     def all_gather_single_coalesced(self, outputs, inputs, opts):
         works = [self.all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)]
