@@ -9,7 +9,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-if ! .venv/bin/python -c "import torch, maturin, pytest, numpy" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, maturin, pytest, numpy, expecttest" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r python/requirements-dev.txt
 fi

@@ -241,3 +241,30 @@ def test_the_timeout_argument_is_honoured():
     took, msg = run_ranks(_timeout, 2)[0]
     assert took < 5, took
     assert "rank 1" in msg and "allreduce" in msg, msg
+
+
+def _allgather_coalesced(rank, world):
+    import acspeed  # noqa: F401
+
+    dist.init_process_group("acspeed")
+    try:
+        inputs = [torch.full((3,), float(rank)), torch.arange(4, dtype=torch.float32).reshape(2, 2) + 10 * rank]
+        # torch's layout: one list per *rank*, each with one tensor per input.
+        outputs = [[torch.empty_like(t) for t in inputs] for _ in range(world)]
+        dist.all_gather_coalesced(outputs, inputs)
+        for r in range(world):
+            assert torch.equal(outputs[r][0], torch.full((3,), float(r))), (r, outputs[r][0])
+            assert torch.equal(outputs[r][1], torch.arange(4, dtype=torch.float32).reshape(2, 2) + 10 * r)
+        bad = [[torch.empty(5)] for _ in range(world)]
+        try:
+            dist.all_gather_coalesced(bad, [torch.ones(3)])
+            return "no error"
+        except Exception as e:
+            return str(e)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_gather_coalesced_uses_torchs_per_rank_layout():
+    for msg in run_ranks(_allgather_coalesced, 3):
+        assert "output [0][0]" in msg and "sizes must match" in msg, msg
