@@ -224,7 +224,9 @@ pub fn count_wrong(d: DType, cmp: Compare, got: &[u8], want: &[u8]) -> u64 {
             Compare::Relative(tol) => {
                 let (x, y) = (read_elem(d, a), read_elem(d, b));
                 // NaN counts as wrong.
-                ((x - y).abs() <= tol * y.abs().max(1.0)).then_some(()).is_none()
+                ((x - y).abs() <= tol * y.abs().max(1.0))
+                    .then_some(())
+                    .is_none()
             }
         })
         .count() as u64
