@@ -91,6 +91,26 @@ struct Meta {
     addr: u64,
 }
 
+impl Meta {
+    /// Metadata of a data fragment or CMA descriptor of the message `hdr` (whose `len` is
+    /// the whole message).
+    fn frame(kind: u8, hdr: &FrameHeader, off: usize, frag: usize, addr: u64) -> Meta {
+        Meta {
+            kind,
+            coll: hdr.coll,
+            dtype: hdr.dtype,
+            op: hdr.op,
+            _pad: 0,
+            seq: hdr.seq,
+            count: hdr.count,
+            msg_len: hdr.len,
+            frag_off: off as u64,
+            frag_len: frag as u64,
+            addr,
+        }
+    }
+}
+
 /// A ring inside some mapping.
 #[derive(Clone, Copy)]
 struct Ring {
@@ -252,19 +272,7 @@ impl Peer {
                 let (meta, _) = self.out.slot(i);
                 // SAFETY: slot i is ours until published.
                 unsafe {
-                    meta.write(Meta {
-                        kind: KIND_CMA,
-                        coll: s.hdr.coll,
-                        dtype: s.hdr.dtype,
-                        op: s.hdr.op,
-                        _pad: 0,
-                        seq: s.hdr.seq,
-                        count: s.hdr.count,
-                        msg_len: len as u64,
-                        frag_off: 0,
-                        frag_len: len as u64,
-                        addr: s.data.0 as u64,
-                    });
+                    meta.write(Meta::frame(KIND_CMA, &s.hdr, 0, len, s.data.0 as u64));
                 }
                 idx.producer_publish(i);
                 self.cma_posted += 1;
@@ -278,19 +286,7 @@ impl Peer {
             // SAFETY: slot i is ours until published (ring protocol); the source range is
             // valid under post_send's contract.
             unsafe {
-                meta.write(Meta {
-                    kind: KIND_DATA,
-                    coll: s.hdr.coll,
-                    dtype: s.hdr.dtype,
-                    op: s.hdr.op,
-                    _pad: 0,
-                    seq: s.hdr.seq,
-                    count: s.hdr.count,
-                    msg_len: len as u64,
-                    frag_off: s.off as u64,
-                    frag_len: frag as u64,
-                    addr: 0,
-                });
+                meta.write(Meta::frame(KIND_DATA, &s.hdr, s.off, frag, 0));
                 kernels::copy::copy_nonoverlapping(s.data.0.add(s.off), data, frag);
             }
             idx.producer_publish(i);
