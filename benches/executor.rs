@@ -21,6 +21,7 @@ fn hdr(seq: u64, count: usize, len: usize) -> FrameHeader {
         coll: Collective::AllReduce.code(),
         dtype: DType::F32 as u8,
         op: ReduceOp::Sum as u8,
+        algo: acspeed_core::plan::algorithm_code("ring"),
         count: count as u64,
         len: len as u64,
     }

@@ -12,7 +12,8 @@ use acspeed_core::config::AlgoChoice;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
 use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{
-    kernels, Config, DType, Error, FrameHeader, OpHandle, Rank, ReduceOp, Result, Transport,
+    kernels, Config, DType, Error, FrameHeader, OpHandle, PlanContext, Rank, ReduceOp, Result,
+    Transport,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,8 @@ pub struct Communicator {
     state: Mutex<CallState>,
     poisoned: Mutex<Option<String>>,
     hosts: Vec<String>,
+    /// What plan generators know (host map), identical on every rank.
+    ctx: PlanContext,
     log: Logger,
 }
 
@@ -63,6 +66,7 @@ impl Communicator {
             timeout: cfg.timeout,
         });
         let log = Logger::new(cfg.log, rank);
+        let ctx = PlanContext::from_host_names(&hosts);
         let c = Communicator {
             rank,
             nranks,
@@ -76,6 +80,7 @@ impl Communicator {
             }),
             poisoned: Mutex::new(None),
             hosts,
+            ctx,
             log,
         };
         c.log_init();
@@ -105,10 +110,24 @@ impl Communicator {
         self.transport.name(Rank(peer))
     }
 
-    /// Algorithm a collective of `bytes` would run (the selector's answer).
-    pub fn algorithm_for(&self, _coll: Collective, _bytes: usize) -> Algorithm {
-        // Ring is the only algorithm until the selector issue adds trees, hybrid and CPU-Reduce.
-        self.algo.unwrap_or(Algorithm::Ring)
+    /// The job as plan generators see it (ranks per host).
+    pub fn plan_context(&self) -> &PlanContext {
+        &self.ctx
+    }
+
+    /// Algorithm a collective of `bytes` (output buffer size) runs.
+    ///
+    /// A forced algorithm (`ACSPEED_ALGO`) runs every collective it serves; the others fall
+    /// back to ring (logged at init). `auto` is a fixed rule until the simulator-driven
+    /// selector lands, measured on this project's 2-vCPU machines (docs/PERFORMANCE.md):
+    /// allreduce goes hybrid when ranks span several hosts and some host has more than one
+    /// (from 1 MiB), double binary tree for small messages on 4+ ranks (up to 64 KiB), and
+    /// ring otherwise; broadcast and reduce use the tree up to 64 KiB on 4+ ranks.
+    pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
+        if let Some(a) = self.algo {
+            return if a.serves(coll) { a } else { Algorithm::Ring };
+        }
+        auto_rule(&self.ctx, coll, bytes)
     }
 
     fn log_init(&self) {
@@ -136,14 +155,22 @@ impl Communicator {
         for coll in [
             Collective::AllReduce,
             Collective::Broadcast { root: Rank(0) },
+            Collective::Reduce { root: Rank(0) },
             Collective::AllGather,
             Collective::ReduceScatter,
             Collective::AllToAll,
         ] {
+            if let Some(a) = self.algo.filter(|a| !a.serves(coll)) {
+                self.log.info(&format!(
+                    "ACSPEED_ALGO={} does not serve {}: it runs ring",
+                    a.name(),
+                    coll.name()
+                ));
+            }
             self.log.info(&format!(
-                "algorithm table: {:<14} any size -> {}",
+                "algorithm table: {:<14} {}",
                 coll.name(),
-                self.algorithm_for(coll, 0).name()
+                table_row(|b| self.algorithm_for(coll, b))
             ));
         }
     }
@@ -152,14 +179,12 @@ impl Communicator {
         if let Some(p) = st.plans.get(&(coll, algo)) {
             return Ok(p.clone());
         }
-        let plan = Arc::new(algo.plan_for_rank(coll, Rank(self.rank), self.nranks));
-        // Verify every new plan against all ranks' plans while that is cheap.
+        let plan = Arc::new(algo.plan(coll, Rank(self.rank), &self.ctx)?);
+        // Verify every new plan against all ranks' plans while that is cheap, in both buffer
+        // models (a plan that needs unbounded transport buffers would hang at scale).
         if self.nranks <= 64 {
-            let all = acspeed_algorithms::all_plans(
-                |r| algo.plan_for_rank(coll, r, self.nranks),
-                self.nranks,
-            );
-            acspeed_core::verify::verify(&all, None)?;
+            let all = algo.all_plans(coll, &self.ctx)?;
+            acspeed_core::verify::verify_all_models(&all, None)?;
         }
         if let Some(dir) = &self.cfg.plan_dump_dir {
             let path = std::path::Path::new(dir).join(format!(
@@ -409,6 +434,7 @@ impl Communicator {
             coll: P2P_CODE,
             dtype: DType::U8 as u8,
             op: u8::MAX,
+            algo: 0,
             count: len as u64,
             len: len as u64,
         }
@@ -488,3 +514,81 @@ impl Communicator {
 
 /// Frame code of point-to-point messages (`Collective::name_of_code` knows it).
 const P2P_CODE: u8 = 8;
+
+/// Largest message the double binary tree takes in `auto` (latency-bound sizes).
+const TREE_MAX_BYTES: usize = 64 << 10;
+/// Smallest allreduce that goes hybrid in `auto` when ranks span hosts.
+const HYBRID_MIN_BYTES: usize = 1 << 20;
+
+/// `auto`'s rule (see `Communicator::algorithm_for`).
+fn auto_rule(ctx: &PlanContext, coll: Collective, bytes: usize) -> Algorithm {
+    let multi_host = ctx.nhosts() > 1 && ctx.shape().iter().any(|m| *m > 1);
+    let small = bytes <= TREE_MAX_BYTES && ctx.nranks >= 4;
+    match coll {
+        Collective::AllReduce if multi_host && bytes >= HYBRID_MIN_BYTES => {
+            Algorithm::Hybrid(acspeed_algorithms::InterHost::Ring)
+        }
+        Collective::AllReduce | Collective::Broadcast { .. } | Collective::Reduce { .. }
+            if small =>
+        {
+            Algorithm::Tree
+        }
+        _ => Algorithm::Ring,
+    }
+}
+
+/// One line of the algorithm table: which algorithm runs up to which power-of-two size.
+fn table_row(pick: impl Fn(usize) -> Algorithm) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = pick(1);
+    let mut last = 1usize;
+    for b in (1..=40).map(|k| 1usize << k) {
+        let a = pick(b);
+        if a != cur {
+            out.push(format!("{} to {}", cur.name(), human(last)));
+            cur = a;
+        }
+        last = b;
+    }
+    out.push(format!("{} beyond", cur.name()));
+    out.join("; ")
+}
+
+fn human(b: usize) -> String {
+    match b {
+        0 => "0".into(),
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => format!("{b}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_rule_by_shape_and_size() {
+        let one = PlanContext::single_host(4);
+        let two = PlanContext::from_shape(&[2, 2]).unwrap();
+        let flat = PlanContext::from_shape(&[1, 1, 1, 1]).unwrap();
+        let ar = Collective::AllReduce;
+        assert_eq!(auto_rule(&one, ar, 4 << 10), Algorithm::Tree);
+        assert_eq!(auto_rule(&one, ar, 4 << 20), Algorithm::Ring);
+        assert_eq!(
+            auto_rule(&PlanContext::single_host(2), ar, 64),
+            Algorithm::Ring
+        );
+        assert!(matches!(
+            auto_rule(&two, ar, 16 << 20),
+            Algorithm::Hybrid(_)
+        ));
+        assert_eq!(auto_rule(&flat, ar, 16 << 20), Algorithm::Ring);
+        assert_eq!(auto_rule(&one, Collective::AllGather, 64), Algorithm::Ring);
+        assert_eq!(
+            table_row(|b| auto_rule(&two, ar, b)),
+            "tree to 64K; ring to 512K; hybrid beyond"
+        );
+    }
+}

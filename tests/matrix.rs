@@ -4,8 +4,8 @@
 //! to a substring to run only matching cases. Small segments (and depth 2) force the
 //! multi-segment pipeline paths, as gloo's tests do with `setMaxSegmentSize`.
 
-use crate::util::{aligned_copy, encode, run_group, test_config, Fabric};
-use acspeed::{Communicator, DType, ReduceOp};
+use crate::util::{aligned_copy, encode, run_group_on_hosts, test_config, Fabric};
+use acspeed::{Communicator, Config, DType, ReduceOp};
 
 const NRANKS: [u32; 6] = [1, 2, 3, 4, 7, 8];
 const COUNTS: [usize; 4] = [0, 1, 1001, 20_011];
@@ -42,14 +42,68 @@ fn cases(n: u32) -> Vec<Case> {
     v
 }
 
-fn label(f: Fabric, n: u32, c: usize, case: Case, d: DType) -> String {
+/// Which algorithm a matrix run forces, and how its ranks sit on hosts.
+#[derive(Clone, Copy, Debug)]
+struct Algo {
+    /// `ACSPEED_ALGO` (`auto`, `ring`, `tree`, `hybrid`, `hybrid:tree`).
+    name: &'static str,
+    /// Hosts for `n` ranks.
+    shape: fn(u32) -> Vec<u32>,
+}
+
+fn one_host(n: u32) -> Vec<u32> {
+    vec![n]
+}
+
+/// Uneven hosts: 1 -> [1], 2 -> [1,1], 3 -> [2,1], 4 -> [2,2], 7 -> [3,1,2,1], 8 -> [3,1,2,2].
+fn uneven_hosts(n: u32) -> Vec<u32> {
+    let pattern = [3, 1, 2, 2];
+    match n {
+        1 => vec![1],
+        2 => vec![1, 1],
+        3 => vec![2, 1],
+        4 => vec![2, 2],
+        _ => {
+            let mut v = Vec::new();
+            let mut left = n;
+            for &p in pattern.iter().cycle() {
+                if left == 0 {
+                    break;
+                }
+                v.push(p.min(left));
+                left -= p.min(left);
+            }
+            v
+        }
+    }
+}
+
+const RING: Algo = Algo {
+    name: "ring",
+    shape: one_host,
+};
+
+fn label(a: Algo, f: Fabric, n: u32, c: usize, case: Case, d: DType) -> String {
     let what = match case {
         Case::AllReduce(op) => format!("allreduce.{op}"),
         Case::Broadcast(r) => format!("broadcast.root{r}"),
         Case::Reduce(r) => format!("reduce.root{r}"),
         other => format!("{other:?}").to_lowercase(),
     };
-    format!("{}-ring-n{n}-c{c}-{what}-{d:?}", f.name()).to_lowercase()
+    let hosts = (a.shape)(n);
+    let shape = if hosts.len() > 1 {
+        format!(
+            "-h{}",
+            hosts
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        )
+    } else {
+        String::new()
+    };
+    format!("{}-{}-n{n}{shape}-c{c}-{what}-{d:?}", f.name(), a.name).to_lowercase()
 }
 
 /// Input of rank r, element i (small integers: exact in every dtype for n <= 8).
@@ -89,9 +143,16 @@ fn pad(b: &[u8], d: DType) -> [u8; 8] {
 }
 
 /// Runs one case on this rank; returns an error string with the label on mismatch.
-fn run_case(comm: &Communicator, f: Fabric, c: usize, case: Case, d: DType) -> Result<(), String> {
+fn run_case(
+    comm: &Communicator,
+    a: Algo,
+    f: Fabric,
+    c: usize,
+    case: Case,
+    d: DType,
+) -> Result<(), String> {
     let (r, n) = (comm.rank(), comm.nranks());
-    let lbl = label(f, n, c, case, d);
+    let lbl = label(a, f, n, c, case, d);
     let fail = |e: String| Err(format!("{lbl}: {e}"));
     let input: Vec<f64> = match case {
         Case::AllReduce(ReduceOp::Prod) => (0..c)
@@ -194,6 +255,10 @@ fn run_case(comm: &Communicator, f: Fabric, c: usize, case: Case, d: DType) -> R
 }
 
 fn run_matrix(f: Fabric, counts: &[usize], dtypes: &[DType]) {
+    run_matrix_algo(RING, f, counts, dtypes)
+}
+
+fn run_matrix_algo(a: Algo, f: Fabric, counts: &[usize], dtypes: &[DType]) {
     let filter = std::env::var("ACSPEED_MATRIX_FILTER").unwrap_or_default();
     let mut ran = 0usize;
     for n in NRANKS {
@@ -204,13 +269,25 @@ fn run_matrix(f: Fabric, counts: &[usize], dtypes: &[DType]) {
                     .into_iter()
                     .flat_map(move |k| dtypes.iter().map(move |&d| (c, k, d)))
             })
-            .filter(|(c, k, d)| label(f, n, *c, *k, *d).contains(&filter))
+            .filter(|(c, k, d)| label(a, f, n, *c, *k, *d).contains(&filter))
             .collect();
         ran += plan.len();
-        let res = run_group(f, n, test_config(4096, 2, 30), |comm| {
+        let cfg = Config {
+            algo: acspeed_core::config::AlgoChoice::Named(a.name.into()),
+            ..test_config(4096, 2, 30)
+        };
+        let cfg = if a.name == "auto" {
+            Config {
+                algo: acspeed_core::config::AlgoChoice::Auto,
+                ..cfg
+            }
+        } else {
+            cfg
+        };
+        let res = run_group_on_hosts(f, &(a.shape)(n), cfg, |comm| {
             let mut errs = Vec::new();
             for (c, k, d) in &plan {
-                if let Err(e) = run_case(&comm, f, *c, *k, *d) {
+                if let Err(e) = run_case(&comm, a, f, *c, *k, *d) {
                     errs.push(e);
                     break; // the communicator is poisoned after a failure
                 }
@@ -277,32 +354,89 @@ fn matrix_rdma_libfabric() {
     run_matrix(Fabric::Rdma, &COUNTS, &[DType::F32, DType::I8]);
 }
 
+/// The double binary tree (allreduce, broadcast, reduce; the other collectives fall back to
+/// ring, which the matrix covers too).
+#[test]
+fn matrix_tree() {
+    let tree = Algo {
+        name: "tree",
+        shape: one_host,
+    };
+    run_matrix_algo(tree, Fabric::Memory, &COUNTS, &DType::ALL);
+    run_matrix_algo(tree, Fabric::MemoryFused, &COUNTS, &[DType::F32, DType::I8]);
+    run_matrix_algo(tree, Fabric::Tcp, &COUNTS, &[DType::F32, DType::BF16]);
+    run_matrix_algo(tree, Fabric::Shm, &COUNTS, &[DType::F32, DType::I64]);
+}
+
+/// Hybrid over uneven hosts (e.g. 3+1+2+1 for 7 ranks), with ring and tree between hosts.
+#[test]
+fn matrix_hybrid() {
+    for name in ["hybrid", "hybrid:tree"] {
+        let a = Algo {
+            name,
+            shape: uneven_hosts,
+        };
+        run_matrix_algo(a, Fabric::Memory, &COUNTS, &DType::ALL);
+        run_matrix_algo(a, Fabric::MemoryFused, &COUNTS, &[DType::F32, DType::U8]);
+        run_matrix_algo(a, Fabric::TcpMulti, &COUNTS, &[DType::F32]);
+    }
+    let a = Algo {
+        name: "hybrid",
+        shape: uneven_hosts,
+    };
+    // Shared memory inside each host, TCP between hosts.
+    run_matrix_algo(a, Fabric::Shm, &COUNTS, &[DType::F32, DType::BF16]);
+}
+
+/// `auto` switches algorithm by size and shape; every choice must be right.
+#[test]
+fn matrix_auto() {
+    let a = Algo {
+        name: "auto",
+        shape: uneven_hosts,
+    };
+    run_matrix_algo(
+        a,
+        Fabric::Memory,
+        &[0, 1, 1001, 300_007],
+        &[DType::F32, DType::I32],
+    );
+}
+
 #[test]
 fn results_are_bitwise_identical_on_every_rank() {
     // Non-integer floats: rounding depends on reduction order, so this catches any rank that
-    // reduces in its own order.
-    let outs = run_group(Fabric::Tcp, 5, test_config(4096, 3, 60), |comm| {
-        let r = comm.rank() as f32;
-        let mut v: Vec<f32> = (0..30_011)
-            .map(|i| ((i as f32 * 0.37 + r * 1.91).sin() * 1e3) / 7.0)
-            .collect();
-        comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
-        let mut h: Vec<half::bf16> = (0..5003)
-            .map(|i| half::bf16::from_f32((i as f32 * 0.11 + r).cos()))
-            .collect();
-        comm.allreduce(&mut h, ReduceOp::Avg).unwrap();
-        (v, h)
-    });
-    for o in &outs[1..] {
-        assert!(o
-            .0
-            .iter()
-            .zip(&outs[0].0)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
-        assert!(o
-            .1
-            .iter()
-            .zip(&outs[0].1)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    // reduces in its own order. Every algorithm, on two uneven hosts.
+    for algo in ["ring", "tree", "hybrid", "hybrid:tree"] {
+        let cfg = Config {
+            algo: acspeed_core::config::AlgoChoice::Named(algo.into()),
+            ..test_config(4096, 3, 60)
+        };
+        let outs = run_group_on_hosts(Fabric::Tcp, &[2, 3], cfg, |comm| {
+            let r = comm.rank() as f32;
+            let mut v: Vec<f32> = (0..30_011)
+                .map(|i| ((i as f32 * 0.37 + r * 1.91).sin() * 1e3) / 7.0)
+                .collect();
+            comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+            let mut h: Vec<half::bf16> = (0..5003)
+                .map(|i| half::bf16::from_f32((i as f32 * 0.11 + r).cos()))
+                .collect();
+            comm.allreduce(&mut h, ReduceOp::Avg).unwrap();
+            (v, h)
+        });
+        for (q, o) in outs.iter().enumerate().skip(1) {
+            let same_f32 =
+                o.0.iter()
+                    .zip(&outs[0].0)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            let same_bf16 =
+                o.1.iter()
+                    .zip(&outs[0].1)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same_f32 && same_bf16,
+                "{algo}: rank {q} differs from rank 0"
+            );
+        }
     }
 }

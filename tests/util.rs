@@ -56,6 +56,23 @@ pub(crate) fn run_group<T: Send>(
     cfg: Config,
     f: impl Fn(Communicator) -> T + Sync,
 ) -> Vec<T> {
+    run_group_on_hosts(fabric, &[n], cfg, f)
+}
+
+/// Like [`run_group`], with consecutive ranks grouped into hosts of the sizes in `shape`
+/// (host identities `h0`, `h1`, ...). Shared memory only connects ranks of one host.
+pub(crate) fn run_group_on_hosts<T: Send>(
+    fabric: Fabric,
+    shape: &[u32],
+    cfg: Config,
+    f: impl Fn(Communicator) -> T + Sync,
+) -> Vec<T> {
+    let n: u32 = shape.iter().sum();
+    let hosts: Vec<String> = shape
+        .iter()
+        .enumerate()
+        .flat_map(|(h, m)| std::iter::repeat_n(format!("h{h}"), *m as usize))
+        .collect();
     let store = MemStore::new();
     let mut mem: Vec<Option<MemoryTransport>> = match fabric {
         Fabric::Memory => MemoryTransport::fabric(n).into_iter().map(Some).collect(),
@@ -95,15 +112,16 @@ pub(crate) fn run_group<T: Send>(
         let handles: Vec<_> = (0..n)
             .map(|r| {
                 let m = mem[r as usize].take();
-                let (store, cfg, f) = (store.clone(), cfg.clone(), &f);
+                let (store, f, hosts) = (store.clone(), &f, &hosts);
+                let cfg = Config {
+                    host_id: Some(hosts[r as usize].clone()),
+                    ..cfg.clone()
+                };
                 s.spawn(move || {
                     let comm = match m {
-                        Some(t) => Communicator::from_transport(
-                            Arc::new(t),
-                            cfg,
-                            vec!["h".into(); n as usize],
-                        )
-                        .unwrap(),
+                        Some(t) => {
+                            Communicator::from_transport(Arc::new(t), cfg, hosts.clone()).unwrap()
+                        }
                         None => acspeed::init_with_store(
                             &*store,
                             "t",

@@ -6,33 +6,55 @@
 //! verified symbolically, cached, dumped, simulated over a topology model and executed over
 //! any transport. This crate depends on `acspeed-core` only, never on a transport.
 
+mod compose;
+pub mod hybrid;
 pub mod ring;
+pub mod tree;
 
 use acspeed_core::plan::{Collective, RankPlan};
-use acspeed_core::{Error, Rank, Result};
+use acspeed_core::{Error, PlanContext, Rank, Result};
 
+pub use hybrid::{Hybrid, InterHost};
 pub use ring::Ring;
+pub use tree::{BinaryTree, Tree};
 
 /// The algorithms acspeed can run, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     Ring,
+    /// Double binary tree.
+    Tree,
+    /// Intra-host reduce-scatter, inter-host allreduce per stripe, intra-host allgather.
+    Hybrid(InterHost),
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 1] = [Algorithm::Ring];
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::Ring,
+        Algorithm::Tree,
+        Algorithm::Hybrid(InterHost::Ring),
+        Algorithm::Hybrid(InterHost::Tree),
+    ];
 
+    /// The name `--algo` and `ACSPEED_ALGO` spell (`hybrid` alone means `hybrid:ring`).
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Ring => "ring",
+            Algorithm::Tree => "tree",
+            Algorithm::Hybrid(InterHost::Ring) => "hybrid",
+            Algorithm::Hybrid(InterHost::Tree) => "hybrid:tree",
         }
     }
 
     pub fn from_name(s: &str) -> Result<Algorithm> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "hybrid:ring" {
+            return Ok(Algorithm::Hybrid(InterHost::Ring));
+        }
         Algorithm::ALL
             .iter()
             .copied()
-            .find(|a| a.name() == s.to_ascii_lowercase())
+            .find(|a| a.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
                 Error::invalid(format!(
@@ -42,10 +64,46 @@ impl Algorithm {
             })
     }
 
-    pub fn plan_for_rank(self, coll: Collective, rank: Rank, nranks: u32) -> RankPlan {
+    /// Whether the algorithm has a plan for `coll` (ring serves every collective).
+    pub fn serves(self, coll: Collective) -> bool {
         match self {
-            Algorithm::Ring => Ring::default().plan_for_rank(coll, rank, nranks),
+            Algorithm::Ring => true,
+            Algorithm::Tree => Tree::serves(coll),
+            Algorithm::Hybrid(_) => Hybrid::serves(coll),
         }
+    }
+
+    /// Rank `rank`'s plan for `coll` in the job `ctx`.
+    pub fn plan(self, coll: Collective, rank: Rank, ctx: &PlanContext) -> Result<RankPlan> {
+        if rank.0 >= ctx.nranks {
+            return Err(Error::invalid(format!(
+                "rank {rank} is out of range for {} ranks",
+                ctx.nranks
+            )));
+        }
+        if !self.serves(coll) {
+            return Err(Error::invalid(format!(
+                "algorithm {} cannot run {} (it serves {})",
+                self.name(),
+                coll.name(),
+                match self {
+                    Algorithm::Tree => "allreduce, broadcast and reduce",
+                    _ => "allreduce only",
+                }
+            )));
+        }
+        Ok(match self {
+            Algorithm::Ring => Ring::default().plan_for_rank(coll, rank, ctx.nranks),
+            Algorithm::Tree => Tree.plan_for_rank(coll, rank, ctx.nranks),
+            Algorithm::Hybrid(inter) => Hybrid { inter }.plan_for_rank(coll, rank, ctx)?,
+        })
+    }
+
+    /// Plans of every rank (for verification and simulation).
+    pub fn all_plans(self, coll: Collective, ctx: &PlanContext) -> Result<Vec<RankPlan>> {
+        (0..ctx.nranks)
+            .map(|r| self.plan(coll, Rank(r), ctx))
+            .collect()
     }
 }
 

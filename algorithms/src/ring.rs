@@ -250,6 +250,7 @@ impl Ring {
             input_chunks,
             output_chunks,
             scratch_factor,
+            weights: Vec::new(),
             lanes: vec![Lane { steps: b.steps }],
         }
     }

@@ -1,8 +1,10 @@
-//! Property tests: every ring plan verifies symbolically for nranks 1..=17, several chunk
-//! counts and concrete element counts (including 0, 1 and odd ones).
+//! Property tests: every plan of every algorithm verifies symbolically (unbounded FIFOs and
+//! bounded buffers) for nranks 1..=17, uneven host shapes, several chunk counts and concrete
+//! element counts (including 0, 1 and odd ones).
 
 use super::*;
-use acspeed_core::verify::verify;
+use acspeed_core::plan::{ChunkRef, Op};
+use acspeed_core::verify::{verify, verify_all_models};
 use proptest::prelude::*;
 
 fn collectives(n: u32) -> Vec<Collective> {
@@ -20,6 +22,38 @@ fn collectives(n: u32) -> Vec<Collective> {
     v
 }
 
+/// Host shapes the tests always cover, besides random ones.
+const SHAPES: [&[u32]; 7] = [
+    &[1],
+    &[3, 1, 2],
+    &[4, 4],
+    &[2, 2, 2, 2, 1],
+    &[1, 1, 1],
+    &[5, 3],
+    &[2, 7, 1, 4],
+];
+
+fn check_all(ctx: &PlanContext, count: Option<usize>) -> std::result::Result<(), String> {
+    for algo in Algorithm::ALL {
+        for coll in collectives(ctx.nranks) {
+            if !algo.serves(coll) {
+                continue;
+            }
+            let plans = algo
+                .all_plans(coll, ctx)
+                .map_err(|e| format!("{} {coll:?} {:?}: {e}", algo.name(), ctx.shape()))?;
+            verify_all_models(&plans, count).map_err(|e| {
+                format!(
+                    "{} {coll:?} shape {:?} count {count:?}: {e}",
+                    algo.name(),
+                    ctx.shape()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
     #[test]
@@ -27,8 +61,35 @@ proptest! {
         for coll in collectives(n) {
             let ring = Ring { chunks_per_rank: k };
             let plans = all_plans(|r| ring.plan_for_rank(coll, r, n), n);
-            verify(&plans, Some(count)).map_err(|e| TestCaseError::fail(format!("{coll:?} n={n} k={k} count={count}: {e}")))?;
+            verify_all_models(&plans, Some(count)).map_err(|e| TestCaseError::fail(format!("{coll:?} n={n} k={k} count={count}: {e}")))?;
         }
+    }
+
+    #[test]
+    fn every_algorithm_verifies_on_random_host_shapes(
+        shape in proptest::collection::vec(1u32..=5, 1..=5),
+        count in prop_oneof![Just(0usize), Just(1), Just(7), 0usize..5000],
+    ) {
+        let ctx = PlanContext::from_shape(&shape).unwrap();
+        check_all(&ctx, Some(count)).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn every_algorithm_verifies_for_1_to_17_ranks_and_fixed_shapes() {
+    for n in 1..=17 {
+        // One host, and one rank per host.
+        check_all(&PlanContext::single_host(n), Some(1001)).unwrap();
+        check_all(
+            &PlanContext::from_shape(&vec![1; n as usize]).unwrap(),
+            Some(33),
+        )
+        .unwrap();
+    }
+    for shape in SHAPES {
+        let ctx = PlanContext::from_shape(shape).unwrap();
+        check_all(&ctx, None).unwrap();
+        check_all(&ctx, Some(12345)).unwrap();
     }
 }
 
@@ -36,35 +97,28 @@ proptest! {
 fn verifier_catches_a_broken_ring() {
     // Drop the last allgather step of rank 0: its last chunk stays partial.
     let n = 4;
-    let mut plans = all_plans(
-        |r| Algorithm::Ring.plan_for_rank(Collective::AllReduce, r, n),
-        n,
-    );
+    let ctx = PlanContext::single_host(n);
+    let ring = |coll| Algorithm::Ring.all_plans(coll, &ctx).unwrap();
+    let mut plans = ring(Collective::AllReduce);
     plans[0].lanes[0].steps.pop();
     let e = verify(&plans, None).unwrap_err().to_string();
     assert!(e.contains("never received") || e.contains("rank 0"), "{e}");
 
     // Double reduction: turn a copy into a reduce.
-    let mut plans = all_plans(
-        |r| Algorithm::Ring.plan_for_rank(Collective::AllReduce, r, n),
-        n,
-    );
+    let mut plans = ring(Collective::AllReduce);
     let s = plans[1].lanes[0]
         .steps
         .iter_mut()
-        .find(|s| matches!(s.op, acspeed_core::Op::RecvCopySend { .. }))
+        .find(|s| matches!(s.op, Op::RecvCopySend { .. }))
         .unwrap();
-    if let acspeed_core::Op::RecvCopySend { from, to, dst } = s.op {
-        s.op = acspeed_core::Op::RecvReduceSend { from, to, dst };
+    if let Op::RecvCopySend { from, to, dst } = s.op {
+        s.op = Op::RecvReduceSend { from, to, dst };
     }
     let e = verify(&plans, None).unwrap_err().to_string();
     assert!(e.contains("x2") || e.contains("must be"), "{e}");
 
-    // Swapped order of two receives: a deadlock or wrong data.
-    let mut plans = all_plans(
-        |r| Algorithm::Ring.plan_for_rank(Collective::Broadcast { root: Rank(0) }, r, n),
-        n,
-    );
+    // A rank that does nothing: a deadlock or wrong data.
+    let mut plans = ring(Collective::Broadcast { root: Rank(0) });
     plans[2].lanes[0].steps.clear();
     let e = verify(&plans, None).unwrap_err().to_string();
     assert!(
@@ -74,10 +128,124 @@ fn verifier_catches_a_broken_ring() {
 }
 
 #[test]
-fn algorithm_names() {
+fn bounded_model_catches_the_single_scratch_reduce_scatter() {
+    // ring.rs keeps partial sums in two scratch copies used in turn. With one, every rank
+    // overwrites the partial it is still sending before its neighbour has taken it: fine with
+    // unbounded FIFOs, a deadlock once transport buffers are finite.
+    let n = 4;
+    let mut plans = Algorithm::Ring
+        .all_plans(Collective::ReduceScatter, &PlanContext::single_host(n))
+        .unwrap();
+    for p in &mut plans {
+        p.scratch_factor = 1;
+        for s in &mut p.lanes[0].steps {
+            let fix = |c: ChunkRef| {
+                if c.buf == acspeed_core::Buf::Scratch {
+                    ChunkRef::scratch(0) // one chunk per rank: copy 0 only
+                } else {
+                    c
+                }
+            };
+            s.op = match s.op {
+                Op::Copy { src, dst } => Op::Copy { src, dst: fix(dst) },
+                Op::RecvReduceSend { from, to, dst } => Op::RecvReduceSend {
+                    from,
+                    to,
+                    dst: fix(dst),
+                },
+                op => op,
+            };
+        }
+    }
+    verify(&plans, Some(100)).expect("unbounded FIFOs hide the hazard");
+    let e = verify_all_models(&plans, Some(100))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bounded") && e.contains("not yet received"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fan_steps_and_weights_are_checked() {
+    let ctx = PlanContext::single_host(5);
+    let mut plans = Algorithm::Tree
+        .all_plans(Collective::AllReduce, &ctx)
+        .unwrap();
+    verify_all_models(&plans, Some(10)).unwrap();
+    // Uneven shares are fine when every rank agrees...
+    for p in &mut plans {
+        p.weights = vec![2, 1];
+    }
+    verify_all_models(&plans, Some(10)).unwrap();
+    // ...and an error naming the rank when one does not.
+    plans[3].weights = vec![1, 2];
+    let e = verify(&plans, Some(10)).unwrap_err().to_string();
+    assert!(e.contains("rank 3") && e.contains("same layout"), "{e}");
+    // A fan that reduces from nobody is malformed.
+    let mut plans = Algorithm::Tree
+        .all_plans(Collective::AllReduce, &ctx)
+        .unwrap();
+    let root = plans[0].lanes[0]
+        .steps
+        .iter_mut()
+        .find(|s| matches!(s.op, Op::Fan { .. }))
+        .unwrap();
+    if let Op::Fan { to, dst, .. } = root.op {
+        root.op = Op::Fan {
+            from: acspeed_core::Peers::none(),
+            to,
+            dst,
+            reduce: true,
+        };
+    }
+    let e = verify(&plans, None).unwrap_err().to_string();
+    assert!(e.contains("fan step"), "{e}");
+}
+
+#[test]
+fn algorithm_names_and_refusals() {
     assert_eq!(Algorithm::from_name("RING").unwrap(), Algorithm::Ring);
-    assert!(Algorithm::from_name("tree")
+    assert_eq!(Algorithm::from_name("tree").unwrap(), Algorithm::Tree);
+    assert_eq!(
+        Algorithm::from_name("hybrid:ring").unwrap(),
+        Algorithm::Hybrid(InterHost::Ring)
+    );
+    for a in Algorithm::ALL {
+        assert_eq!(Algorithm::from_name(a.name()).unwrap(), a);
+    }
+    assert!(Algorithm::from_name("bogus")
         .unwrap_err()
         .to_string()
-        .contains("available"));
+        .contains("available: auto, ring, tree, hybrid"));
+    let ctx = PlanContext::single_host(4);
+    let e = Algorithm::Tree
+        .plan(Collective::AllToAll, Rank(0), &ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tree cannot run alltoall"), "{e}");
+    assert!(Algorithm::Ring
+        .plan(Collective::AllReduce, Rank(4), &ctx)
+        .is_err());
+}
+
+#[test]
+fn hybrid_keeps_inter_host_traffic_to_stripe_owners() {
+    // 2 hosts x 2 ranks: each rank talks across hosts only with its counterpart.
+    let ctx = PlanContext::from_shape(&[2, 2]).unwrap();
+    for r in 0..4u32 {
+        let p = Algorithm::Hybrid(InterHost::Ring)
+            .plan(Collective::AllReduce, Rank(r), &ctx)
+            .unwrap();
+        let peers: std::collections::BTreeSet<u32> = p.lanes[0]
+            .steps
+            .iter()
+            .flat_map(|s| s.op.send_peers().into_iter().chain(s.op.recv_peers()))
+            .map(|r| r.0)
+            .collect();
+        let local = r ^ 1;
+        let remote = (r + 2) % 4;
+        assert_eq!(peers, [local, remote].into_iter().collect(), "rank {r}");
+    }
 }

@@ -129,8 +129,10 @@ impl Executor {
         let mut scratch = {
             let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<Vec<u64>> = (0..nl).map(|_| pool.pop().unwrap_or_default()).collect();
+            // One slot per posted-ahead segment per source of the widest fan-in step.
+            let sources = plan.max_fan_in().max(1);
             for s in &mut v {
-                s.resize(slot_words * self.params.depth, 0);
+                s.resize(slot_words * self.params.depth * sources, 0);
             }
             v
         };
@@ -286,6 +288,7 @@ impl<'a> LaneCtx<'a> {
             coll: self.plan.collective.code(),
             dtype: self.call.dtype as u8,
             op: self.call.op.map(|o| o as u8).unwrap_or(u8::MAX),
+            algo: crate::plan::algorithm_code(&self.plan.algorithm),
             count: self.call.count as u64,
             len: len as u64,
         }
@@ -389,37 +392,70 @@ impl<'a> LaneCtx<'a> {
                 }
                 Ok(())
             }
-            Op::Recv { from, dst } => self.recv_pipeline(from, None, dst, None),
-            Op::RecvCopySend { from, to, dst } => self.recv_pipeline(from, Some(to), dst, None),
+            Op::Recv { from, dst } => self.recv_pipeline(&[from], &[], dst, None),
+            Op::RecvCopySend { from, to, dst } => self.recv_pipeline(&[from], &[to], dst, None),
             Op::RecvReduce { from, dst } => {
-                self.recv_pipeline(from, None, dst, Some(self.reduce_op()?))
+                self.recv_pipeline(&[from], &[], dst, Some(self.reduce_op()?))
             }
             Op::RecvReduceSend { from, to, dst } => {
-                self.recv_pipeline(from, Some(to), dst, Some(self.reduce_op()?))
+                self.recv_pipeline(&[from], &[to], dst, Some(self.reduce_op()?))
             }
-            Op::Copy { src, dst } => {
+            Op::Fan {
+                from,
+                to,
+                dst,
+                reduce,
+            } => {
+                let op = if reduce {
+                    Some(self.reduce_op()?)
+                } else {
+                    None
+                };
+                if from.is_empty() {
+                    // A root's fan-out: each segment to every destination in turn.
+                    for s in self.segments(self.range(dst)) {
+                        for t in to.iter() {
+                            self.send(t, dst.buf, s.clone())?;
+                        }
+                    }
+                    return Ok(());
+                }
+                self.recv_pipeline(&from.to_vec(), &to.to_vec(), dst, op)
+            }
+            Op::Copy { src, dst } | Op::Reduce { src, dst } => {
                 let (rs, rd) = (self.range(src), self.range(dst));
                 self.clear_hazard(dst.buf, &rd)?;
-                // SAFETY: both ranges lie in the caller's buffers (checked lengths in `run`).
+                let len = rd.len().min(rs.len());
+                // SAFETY: both ranges lie in the caller's buffers (checked lengths in `run`)
+                // or in the plan's scratch, and no pending send reads the destination.
                 unsafe {
-                    kernels::copy::copy(
-                        self.ptr(src.buf, rs.start),
-                        self.ptr(dst.buf, rd.start),
-                        rd.len().min(rs.len()),
-                    )
-                };
+                    if let Op::Reduce { .. } = op {
+                        let d = std::slice::from_raw_parts_mut(self.ptr(dst.buf, rd.start), len);
+                        let s = std::slice::from_raw_parts(self.ptr(src.buf, rs.start), len);
+                        kernels::reduce(self.call.dtype, self.reduce_op()?, d, s);
+                    } else {
+                        kernels::copy::copy(
+                            self.ptr(src.buf, rs.start),
+                            self.ptr(dst.buf, rd.start),
+                            len,
+                        );
+                    }
+                }
                 Ok(())
             }
         }
     }
 
-    /// Receives a chunk segment by segment, keeping `depth` receives posted ahead, and
-    /// forwards each segment to `fwd` as soon as it is complete. `op` makes it a reducing
-    /// receive: through the transport's own buffers when it can, else through scratch slots.
+    /// Receives a chunk segment by segment from every rank in `from`, keeping `depth`
+    /// receives per source posted ahead, and forwards each segment to every rank in `fwd` as
+    /// soon as all sources' parts of it are in. `op` makes it a reducing receive: sources are
+    /// reduced into the destination in list order (so the result is the same on every run).
+    /// The first source reduces through the transport's own buffers when it can; the others
+    /// go through scratch slots. Without `op` there is exactly one source.
     fn recv_pipeline(
         &mut self,
-        from: crate::Rank,
-        fwd: Option<crate::Rank>,
+        from: &[crate::Rank],
+        fwd: &[crate::Rank],
         dst: ChunkRef,
         op: Option<ReduceOp>,
     ) -> Result<()> {
@@ -427,60 +463,66 @@ impl<'a> LaneCtx<'a> {
         self.clear_hazard(dst.buf, &whole)?;
         let segs = self.segments(whole);
         let depth = self.params.depth;
-        let fused = op.is_some() && self.t.can_recv_reduce(from);
-        let scratch_op = if fused { None } else { op };
+        let fused = op.is_some() && self.t.can_recv_reduce(from[0]);
         let slot_bytes = self.params.segment_bytes.div_ceil(8) * 8;
         let base = self.scratch.as_mut_ptr() as *mut u8;
-        let slot = |i: usize| base.wrapping_add((i % depth) * slot_bytes);
-        let mut posted: VecDeque<OpHandle> = VecDeque::new();
+        let nsrc = from.len();
+        let slot = |i: usize, k: usize| base.wrapping_add(((i % depth) * nsrc + k) * slot_bytes);
+        // Per segment, one handle per source.
+        let mut posted: VecDeque<Vec<OpHandle>> = VecDeque::new();
         let mut next = 0;
         for i in 0..segs.len() {
             while next < segs.len() && next < i + depth {
                 let s = &segs[next];
                 let hdr = self.header(s.len());
                 let into = self.ptr(dst.buf, s.start);
-                // SAFETY: the destination (or scratch slot `next % depth`, whose previous
-                // segment was already reduced) is not touched until the handle completes.
-                let h = unsafe {
-                    match (op, fused) {
-                        (Some(op), true) => {
-                            self.t
-                                .post_recv_reduce(from, hdr, into, self.call.dtype, op)?
+                let mut hs = Vec::with_capacity(nsrc);
+                for (k, &f) in from.iter().enumerate() {
+                    // SAFETY: the destination (or scratch slot (next % depth, k), whose
+                    // previous segment was already reduced) is not touched until the handle
+                    // completes.
+                    let h = unsafe {
+                        match op {
+                            Some(op) if k == 0 && fused => {
+                                self.t.post_recv_reduce(f, hdr, into, self.call.dtype, op)?
+                            }
+                            Some(_) => self.t.post_recv(f, hdr, slot(next, k))?,
+                            None => self.t.post_recv(f, hdr, into)?,
                         }
-                        (Some(_), false) => self.t.post_recv(from, hdr, slot(next))?,
-                        (None, _) => self.t.post_recv(from, hdr, into)?,
-                    }
-                };
-                posted.push_back(h);
+                    };
+                    hs.push(h);
+                }
+                posted.push_back(hs);
                 next += 1;
             }
-            let h = posted.pop_front().expect("posted ahead");
+            let hs = posted.pop_front().expect("posted ahead");
             let s = segs[i].clone();
-            self.wait(
-                &h,
-                if op.is_some() {
-                    "receive-reduce"
-                } else {
-                    "receive"
-                },
-                dst.buf,
-                &s,
-            )?;
-            if let Some(op) = scratch_op {
-                // SAFETY: the receive completed, so the slot holds s.len() valid bytes, and the
-                // destination range is inside the caller's buffer with no send pending on it.
+            let what = if op.is_some() {
+                "receive-reduce"
+            } else {
+                "receive"
+            };
+            for (k, h) in hs.iter().enumerate() {
+                self.wait(h, what, dst.buf, &s)?;
+                let Some(op) = op else { continue };
+                if k == 0 && fused {
+                    continue;
+                }
+                // SAFETY: the receive completed, so the slot holds s.len() valid bytes, and
+                // the destination range is inside the caller's buffer with no send pending
+                // on it. Sources are reduced in list order.
                 unsafe {
                     let d = std::slice::from_raw_parts_mut(self.ptr(dst.buf, s.start), s.len());
                     kernels::reduce(
                         self.call.dtype,
                         op,
                         d,
-                        std::slice::from_raw_parts(slot(i), s.len()),
+                        std::slice::from_raw_parts(slot(i, k), s.len()),
                     );
                 }
             }
-            if let Some(to) = fwd {
-                self.send(to, dst.buf, s)?;
+            for &to in fwd {
+                self.send(to, dst.buf, s.clone())?;
             }
         }
         Ok(())

@@ -14,6 +14,7 @@
 //! RDMA or the in-memory [`memory::MemoryTransport`] used by tests.
 
 pub mod config;
+pub mod context;
 pub mod dtype;
 pub mod error;
 pub mod executor;
@@ -25,7 +26,8 @@ pub mod transport;
 pub mod verify;
 
 pub use config::{Config, LaunchEnv};
+pub use context::PlanContext;
 pub use dtype::{DType, ReduceOp};
 pub use error::{Error, Result};
-pub use plan::{Buf, ChunkRef, Collective, Op, Rank, RankPlan};
+pub use plan::{Buf, ChunkRef, Collective, Op, Peers, Rank, RankPlan};
 pub use transport::{FrameHeader, OpHandle, Transport};

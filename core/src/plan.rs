@@ -107,6 +107,32 @@ impl Collective {
     }
 }
 
+/// Wire code of an algorithm name (frame headers carry it so that ranks running different
+/// algorithms fail with an error instead of exchanging mismatched data).
+pub fn algorithm_code(name: &str) -> u8 {
+    match name.split(':').next().unwrap_or(name) {
+        "ring" => 1,
+        "tree" => 2,
+        "hybrid" => 3,
+        "ntree" => 4,
+        "cpu_reduce" => 5,
+        _ => 255,
+    }
+}
+
+/// Name of an algorithm wire code (for error messages).
+pub fn algorithm_name_of_code(code: u8) -> &'static str {
+    match code {
+        0 => "none (point-to-point)",
+        1 => "ring",
+        2 => "tree",
+        3 => "hybrid",
+        4 => "ntree",
+        5 => "cpu_reduce",
+        _ => "unknown",
+    }
+}
+
 /// Which buffer a chunk lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Buf {
@@ -155,6 +181,82 @@ impl fmt::Display for ChunkRef {
     }
 }
 
+/// Up to [`Peers::MAX`] distinct ranks, in order: the sources or destinations of a [`Op::Fan`].
+/// A fixed array keeps [`Op`] `Copy`; eight covers binary trees (2), spanning trees on
+/// 8-GPU boxes (<= 7) and hierarchical fan-outs. Serialised as a list of ranks.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peers {
+    len: u8,
+    ranks: [u32; Peers::MAX],
+}
+
+impl Peers {
+    pub const MAX: usize = 8;
+
+    pub fn new(ranks: &[Rank]) -> Peers {
+        assert!(
+            ranks.len() <= Peers::MAX,
+            "a fan step has at most {} peers, got {}",
+            Peers::MAX,
+            ranks.len()
+        );
+        let mut p = Peers {
+            len: ranks.len() as u8,
+            ranks: [0; Peers::MAX],
+        };
+        for (i, r) in ranks.iter().enumerate() {
+            p.ranks[i] = r.0;
+        }
+        p
+    }
+
+    pub fn none() -> Peers {
+        Peers::new(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Rank> + '_ {
+        self.ranks[..self.len as usize].iter().map(|r| Rank(*r))
+    }
+
+    pub fn to_vec(&self) -> Vec<Rank> {
+        self.iter().collect()
+    }
+}
+
+impl fmt::Debug for Peers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter().map(|r| r.0)).finish()
+    }
+}
+
+impl Serialize for Peers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Peers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v: Vec<Rank> = Vec::deserialize(d)?;
+        if v.len() > Peers::MAX {
+            return Err(serde::de::Error::custom(format!(
+                "a fan step has at most {} peers, got {}",
+                Peers::MAX,
+                v.len()
+            )));
+        }
+        Ok(Peers::new(&v))
+    }
+}
+
 /// One step. Fused ops exist because pipelining them segment by segment is what lets a ring
 /// forward data while it is still arriving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,35 +273,79 @@ pub enum Op {
     RecvCopySend { from: Rank, to: Rank, dst: ChunkRef },
     /// Local copy.
     Copy { src: ChunkRef, dst: ChunkRef },
+    /// Local reduce: `dst = dst (op) src`.
+    Reduce { src: ChunkRef, dst: ChunkRef },
+    /// Multi-source reduce-and-forward, segment by segment: receive segment k from every rank
+    /// in `from` (reducing each into `dst` in list order when `reduce`, else overwriting `dst`
+    /// from the single source), then send segment k of `dst` to every rank in `to`. A tree
+    /// node forwards segment k upward as soon as every child's segment k is in; `from` empty
+    /// sends `dst` to every rank in `to` (a tree root's broadcast).
+    Fan {
+        from: Peers,
+        to: Peers,
+        dst: ChunkRef,
+        reduce: bool,
+    },
 }
 
 impl Op {
-    pub fn recv_from(&self) -> Option<Rank> {
+    /// Ranks the step receives from, in the order it reduces them.
+    pub fn recv_peers(&self) -> Vec<Rank> {
         match *self {
             Op::Recv { from, .. }
             | Op::RecvReduce { from, .. }
             | Op::RecvReduceSend { from, .. }
-            | Op::RecvCopySend { from, .. } => Some(from),
-            _ => None,
+            | Op::RecvCopySend { from, .. } => vec![from],
+            Op::Fan { from, .. } => from.to_vec(),
+            Op::Send { .. } | Op::Copy { .. } | Op::Reduce { .. } => Vec::new(),
         }
     }
-    pub fn send_to(&self) -> Option<Rank> {
+    /// Ranks the step sends to.
+    pub fn send_peers(&self) -> Vec<Rank> {
         match *self {
             Op::Send { to, .. } | Op::RecvReduceSend { to, .. } | Op::RecvCopySend { to, .. } => {
-                Some(to)
+                vec![to]
             }
-            _ => None,
+            Op::Fan { to, .. } => to.to_vec(),
+            _ => Vec::new(),
         }
     }
-    /// Chunks the step reads and writes (for bounds checks).
+    /// Whether received data is reduced into the destination (rather than overwriting it).
+    pub fn reduces(&self) -> bool {
+        matches!(
+            self,
+            Op::RecvReduce { .. }
+                | Op::RecvReduceSend { .. }
+                | Op::Reduce { .. }
+                | Op::Fan { reduce: true, .. }
+        )
+    }
+    /// Chunks the step reads and writes (for bounds checks); the written one is last.
     pub fn chunks(&self) -> Vec<ChunkRef> {
         match *self {
             Op::Send { src, .. } => vec![src],
             Op::Recv { dst, .. }
             | Op::RecvReduce { dst, .. }
             | Op::RecvReduceSend { dst, .. }
-            | Op::RecvCopySend { dst, .. } => vec![dst],
-            Op::Copy { src, dst } => vec![src, dst],
+            | Op::RecvCopySend { dst, .. }
+            | Op::Fan { dst, .. } => vec![dst],
+            Op::Copy { src, dst } | Op::Reduce { src, dst } => vec![src, dst],
+        }
+    }
+    /// The chunk the step writes, if any.
+    pub fn writes(&self) -> Option<ChunkRef> {
+        match *self {
+            Op::Send { .. } => None,
+            Op::Fan { from, dst, .. } => (!from.is_empty()).then_some(dst),
+            _ => self.chunks().last().copied(),
+        }
+    }
+    /// The chunk whose bytes the step sends, if it sends.
+    pub fn sent_chunk(&self) -> Option<ChunkRef> {
+        if self.send_peers().is_empty() {
+            None
+        } else {
+            self.chunks().first().copied()
         }
     }
 }
@@ -248,6 +394,11 @@ pub struct RankPlan {
     /// chunks (scratch chunk `c * output_chunks + m` is shaped like output chunk `m`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub scratch_factor: u32,
+    /// Relative sizes of the output chunks (empty: balanced). Lets a plan give a fast path a
+    /// larger share; scratch copies follow the same layout. Every rank must use the same
+    /// weights, which the verifier checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
     pub lanes: Vec<Lane>,
 }
 
@@ -275,16 +426,34 @@ impl RankPlan {
         let (i, o, _) = self.buffer_elems(count);
         match c.buf {
             Buf::Input => chunk_range(i, self.input_chunks, c.index),
-            Buf::Output => chunk_range(o, self.output_chunks, c.index),
+            Buf::Output => self.output_range(o, c.index),
             Buf::Scratch => {
                 let (copy, m) = (
                     c.index / self.output_chunks.max(1),
                     c.index % self.output_chunks.max(1),
                 );
-                let r = chunk_range(o, self.output_chunks, m);
+                let r = self.output_range(o, m);
                 (r.start + copy as usize * o)..(r.end + copy as usize * o)
             }
         }
+    }
+
+    fn output_range(&self, elems: usize, i: u32) -> Range<usize> {
+        if self.weights.is_empty() {
+            chunk_range(elems, self.output_chunks, i)
+        } else {
+            weighted_range(elems, &self.weights, i)
+        }
+    }
+
+    /// The most ranks any one step receives from (sizes the executor's receive slots).
+    pub fn max_fan_in(&self) -> usize {
+        self.lanes
+            .iter()
+            .flat_map(|l| &l.steps)
+            .map(|s| s.op.recv_peers().len())
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn step(&self, id: StepId) -> Option<&Step> {
@@ -316,6 +485,17 @@ pub fn chunk_range(elems: usize, chunks: u32, i: u32) -> Range<usize> {
     at(i)..at(i + 1)
 }
 
+/// Element range of chunk `i` when `elems` elements are split in proportion to `weights`
+/// (rounded down at each boundary, so the ranges tile the buffer exactly).
+pub fn weighted_range(elems: usize, weights: &[u32], i: u32) -> Range<usize> {
+    let total: u128 = weights.iter().map(|w| *w as u128).sum::<u128>().max(1);
+    let at = |k: usize| {
+        let w: u128 = weights[..k].iter().map(|w| *w as u128).sum();
+        ((elems as u128 * w) / total) as usize
+    };
+    at(i as usize)..at(i as usize + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +517,22 @@ mod tests {
     }
 
     #[test]
+    fn weighted_ranges_follow_the_weights() {
+        let w = [2u32, 1, 0, 1];
+        let rs: Vec<_> = (0..4).map(|i| weighted_range(100, &w, i)).collect();
+        assert_eq!(rs, vec![0..50, 50..75, 75..75, 75..100]);
+        for elems in [0usize, 1, 7, 1001] {
+            let mut next = 0;
+            for i in 0..4 {
+                let r = weighted_range(elems, &w, i);
+                assert_eq!(r.start, next);
+                next = r.end;
+            }
+            assert_eq!(next, elems);
+        }
+    }
+
+    #[test]
     fn plan_json_round_trip() {
         let p = RankPlan {
             collective: Collective::Broadcast { root: Rank(1) },
@@ -346,6 +542,7 @@ mod tests {
             input_chunks: 0,
             output_chunks: 1,
             scratch_factor: 0,
+            weights: vec![],
             lanes: vec![Lane {
                 steps: vec![Op::Recv {
                     from: Rank(1),
@@ -355,6 +552,26 @@ mod tests {
             }],
         };
         assert_eq!(RankPlan::from_json(&p.to_json()).unwrap(), p);
+        let mut q = p.clone();
+        q.weights = vec![3];
+        q.lanes[0].steps.push(
+            Op::Fan {
+                from: Peers::new(&[Rank(1)]),
+                to: Peers::none(),
+                dst: ChunkRef::out(0),
+                reduce: true,
+            }
+            .into(),
+        );
+        let json = q.to_json();
+        assert!(json.contains("\"weights\""), "{json}");
+        assert_eq!(RankPlan::from_json(&json).unwrap(), q);
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["lanes"][0]["steps"][1]["op"]["Fan"]["from"] = serde_json::json!(vec![1; 9]);
+        assert!(RankPlan::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string()
+            .contains("at most 8 peers"));
         assert!(RankPlan::from_json("{")
             .unwrap_err()
             .to_string()

@@ -27,6 +27,8 @@ pub struct FrameHeader {
     pub coll: u8,
     pub dtype: u8,
     pub op: u8,
+    /// Algorithm code of the plan that sent it (0 for point-to-point and control frames).
+    pub algo: u8,
     /// The caller's per-rank element count for the whole collective.
     pub count: u64,
     /// Payload bytes of this message.
@@ -85,6 +87,14 @@ impl FrameHeader {
                 Collective::name_of_code(self.coll),
                 name(self.op),
                 name(got.op)
+            ));
+        }
+        if got.algo != self.algo {
+            return mism(format!(
+                "{}: algorithm {} here but {} on rank {peer} (ACSPEED_ALGO or the algorithm table differ between ranks)",
+                Collective::name_of_code(self.coll),
+                crate::plan::algorithm_name_of_code(self.algo),
+                crate::plan::algorithm_name_of_code(got.algo)
             ));
         }
         if got.len != self.len {

@@ -18,6 +18,7 @@ type Value = BTreeMap<(u32, u32), u32>;
 struct Msg {
     value: Value,
     elems: Option<usize>,
+    id: usize,
 }
 
 struct RankState {
@@ -44,13 +45,49 @@ fn single(r: u32, c: u32) -> Value {
     BTreeMap::from([((r, c), 1)])
 }
 
-/// Verifies `plans` (index = rank). `count` enables the concrete size check for that per-rank
-/// element count.
+/// How [`verify_with`] models the machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyOptions {
+    /// Per-rank element count for the concrete size check (`None`: symbolic only).
+    pub count: Option<usize>,
+    /// Bounded buffers: a send completes only once its receiver has taken the message, and a
+    /// step that overwrites a chunk waits for every earlier send of that chunk to complete
+    /// (what the executor's hazard check does). Catches plans that need unbounded transport
+    /// buffers, e.g. a ring reduce-scatter with one scratch copy (see algorithms' ring.rs).
+    pub bounded: bool,
+}
+
+/// Verifies `plans` (index = rank) with unbounded FIFOs. `count` enables the concrete size
+/// check for that per-rank element count.
 pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
+    verify_with(
+        plans,
+        VerifyOptions {
+            count,
+            bounded: false,
+        },
+    )
+}
+
+/// Verifies `plans` in both models: unbounded FIFOs and bounded buffers.
+pub fn verify_all_models(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
+    verify(plans, count)?;
+    verify_with(
+        plans,
+        VerifyOptions {
+            count,
+            bounded: true,
+        },
+    )
+    .map_err(|e| err(format!("bounded-buffer model: {e}")))
+}
+
+pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
     let n = plans.len();
     if n == 0 {
         return Err(err("no plans".into()));
     }
+    let count = opts.count;
     let coll = plans[0].collective;
     for (r, p) in plans.iter().enumerate() {
         if p.rank.idx() != r || p.nranks as usize != n || p.collective != coll {
@@ -63,6 +100,12 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
             )));
         }
         check_structure(p)?;
+        if p.weights != plans[0].weights || p.output_chunks != plans[0].output_chunks {
+            return Err(err(format!(
+                "rank {r} splits its output as {} chunks weighted {:?} but rank 0 as {} weighted {:?}; every rank must use the same layout",
+                p.output_chunks, p.weights, plans[0].output_chunks, plans[0].weights
+            )));
+        }
     }
     check_lane_rule(plans)?;
 
@@ -85,6 +128,9 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
         .collect();
 
     let mut queues: HashMap<(usize, usize), VecDeque<Msg>> = HashMap::new();
+    // Bounded model: messages sent but not yet taken, per sending rank: (chunk, id, to).
+    let mut in_flight: Vec<Vec<(ChunkRef, usize, usize)>> = vec![Vec::new(); n];
+    let mut next_id = 0usize;
     let mut pc: Vec<Vec<usize>> = plans.iter().map(|p| vec![0; p.lanes.len()]).collect();
     let done =
         |pc: &Vec<Vec<usize>>, r: usize, id: StepId| pc[r][id.lane as usize] > id.step as usize;
@@ -92,6 +138,7 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
     loop {
         let mut progressed = false;
         let mut all_done = true;
+        let mut hazards: Vec<String> = Vec::new();
         for r in 0..n {
             for l in 0..plans[r].lanes.len() {
                 loop {
@@ -104,28 +151,52 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
                         break;
                     }
                     let here = format!("rank {r} lane {l} step {}", pc[r][l]);
-                    let incoming = match step.op.recv_from() {
-                        Some(from) => {
-                            match queues.get_mut(&(from.idx(), r)).and_then(|q| q.pop_front()) {
-                                Some(m) => Some(m),
-                                None => break,
+                    let from = step.op.recv_peers();
+                    if !from
+                        .iter()
+                        .all(|f| queues.get(&(f.idx(), r)).is_some_and(|q| !q.is_empty()))
+                    {
+                        break;
+                    }
+                    if opts.bounded {
+                        if let Some(w) = step.op.writes() {
+                            if let Some((_, _, to)) = in_flight[r].iter().find(|(c, _, _)| *c == w)
+                            {
+                                hazards.push(format!(
+                                    "{here} must overwrite chunk {w} while its send to rank {to} is not yet received"
+                                ));
+                                break;
                             }
                         }
-                        None => None,
-                    };
-                    let out_value = execute(
-                        &mut st[r],
-                        &step.op,
-                        incoming,
-                        elems_of(&plans[r], step.op.chunks()[0]),
-                        &here,
-                    )?;
-                    if let (Some(to), Some(value)) = (step.op.send_to(), out_value) {
-                        let elems = elems_of(&plans[r], step.op.chunks()[0]);
-                        queues
-                            .entry((r, to.idx()))
-                            .or_default()
-                            .push_back(Msg { value, elems });
+                    }
+                    let incoming: Vec<Msg> = from
+                        .iter()
+                        .map(|f| {
+                            queues
+                                .get_mut(&(f.idx(), r))
+                                .and_then(|q| q.pop_front())
+                                .expect("checked non-empty")
+                        })
+                        .collect();
+                    for (f, m) in from.iter().zip(&incoming) {
+                        in_flight[f.idx()].retain(|(_, id, _)| *id != m.id);
+                    }
+                    let mine = step.op.writes().and_then(|c| elems_of(&plans[r], c));
+                    let out_value = execute(&mut st[r], &step.op, incoming, mine, &here)?;
+                    if let Some(value) = out_value {
+                        let sent = step.op.sent_chunk().expect("a sending step");
+                        let elems = elems_of(&plans[r], sent);
+                        for to in step.op.send_peers() {
+                            queues.entry((r, to.idx())).or_default().push_back(Msg {
+                                value: value.clone(),
+                                elems,
+                                id: next_id,
+                            });
+                            if opts.bounded {
+                                in_flight[r].push((sent, next_id, to.idx()));
+                            }
+                            next_id += 1;
+                        }
                     }
                     pc[r][l] += 1;
                     progressed = true;
@@ -151,8 +222,13 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
                 })
                 .take(6)
                 .collect();
+            let why = if hazards.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", hazards[..hazards.len().min(3)].join("; "))
+            };
             return Err(err(format!(
-                "deadlock: no rank can progress; stuck: {}",
+                "deadlock: no rank can progress{why}; stuck: {}",
                 stuck.join("; ")
             )));
         }
@@ -170,16 +246,18 @@ pub fn verify(plans: &[RankPlan], count: Option<usize>) -> Result<()> {
 fn execute(
     s: &mut RankState,
     op: &Op,
-    incoming: Option<Msg>,
+    incoming: Vec<Msg>,
     my_elems: Option<usize>,
     here: &str,
 ) -> Result<Option<Value>> {
-    if let (Some(m), Some(mine)) = (&incoming, my_elems) {
-        if m.elems != Some(mine) {
-            return Err(err(format!(
-                "{here}: receives {:?} elements into a chunk of {mine}",
-                m.elems
-            )));
+    if let Some(mine) = my_elems {
+        for m in &incoming {
+            if m.elems != Some(mine) {
+                return Err(err(format!(
+                    "{here}: receives {:?} elements into a chunk of {mine}",
+                    m.elems
+                )));
+            }
         }
     }
     let read = |s: &mut RankState, c: ChunkRef| -> Result<Value> {
@@ -187,29 +265,40 @@ fn execute(
             .clone()
             .ok_or_else(|| err(format!("{here}: reads uninitialised chunk {c}")))
     };
+    let add = |v: &mut Value, from: &Value| {
+        for (k, c) in from {
+            *v.entry(*k).or_default() += c;
+        }
+    };
+    let sends = !op.send_peers().is_empty();
+    let mut incoming = incoming.into_iter().map(|m| m.value);
     Ok(match *op {
         Op::Send { src, .. } => Some(read(s, src)?),
-        Op::Recv { dst, .. } => {
-            *s.slot(dst) = Some(incoming.expect("recv has a message").value);
-            None
-        }
-        Op::RecvCopySend { dst, .. } => {
-            let v = incoming.expect("recv has a message").value;
-            *s.slot(dst) = Some(v.clone());
-            Some(v)
-        }
-        Op::RecvReduce { dst, .. } | Op::RecvReduceSend { dst, .. } => {
-            let mut v = read(s, dst)?;
-            for (k, c) in incoming.expect("recv has a message").value {
-                *v.entry(k).or_default() += c;
-            }
-            *s.slot(dst) = Some(v.clone());
-            matches!(op, Op::RecvReduceSend { .. }).then_some(v)
-        }
         Op::Copy { src, dst } => {
             let v = read(s, src)?;
             *s.slot(dst) = Some(v);
             None
+        }
+        Op::Reduce { src, dst } => {
+            let mut v = read(s, dst)?;
+            add(&mut v, &read(s, src)?);
+            *s.slot(dst) = Some(v);
+            None
+        }
+        _ => {
+            let dst = op.chunks()[0];
+            let v = if op.reduces() {
+                let mut v = read(s, dst)?;
+                incoming.for_each(|m| add(&mut v, &m));
+                v
+            } else {
+                match incoming.next() {
+                    Some(m) => m,
+                    None => read(s, dst)?,
+                }
+            };
+            *s.slot(dst) = Some(v.clone());
+            sends.then_some(v)
         }
     })
 }
@@ -234,6 +323,13 @@ fn check_structure(p: &RankPlan) -> Result<()> {
         Collective::Barrier => o == n,
         _ => o >= 1,
     };
+    if !p.weights.is_empty() && (p.weights.len() != o as usize || p.weights.iter().all(|w| *w == 0))
+    {
+        return Err(err(format!(
+            "rank {r}: {} chunk weights for {o} output chunks (need one each, not all zero)",
+            p.weights.len()
+        )));
+    }
     if !shape_ok || p.scratch_factor > 64 {
         return Err(err(format!(
             "rank {r}: {} input / {} output chunks (scratch x{}) do not fit {} on {} ranks",
@@ -254,9 +350,28 @@ fn check_structure(p: &RankPlan) -> Result<()> {
                     )));
                 }
             }
-            for peer in [s.op.recv_from(), s.op.send_to()].into_iter().flatten() {
-                if peer.0 >= p.nranks || peer == r {
+            let (from, to) = (s.op.recv_peers(), s.op.send_peers());
+            for peer in from.iter().chain(&to) {
+                if peer.0 >= p.nranks || *peer == r {
                     return Err(err(format!("rank {r} lane {l} step {i}: bad peer {peer}")));
+                }
+            }
+            let dup = |v: &[crate::Rank]| (1..v.len()).any(|k| v[..k].contains(&v[k]));
+            if dup(&from) || dup(&to) {
+                return Err(err(format!(
+                    "rank {r} lane {l} step {i}: a peer appears twice in {:?}",
+                    s.op
+                )));
+            }
+            if let Op::Fan { reduce, .. } = s.op {
+                if (reduce && from.is_empty()) || (!reduce && from.len() > 1) {
+                    return Err(err(format!(
+                        "rank {r} lane {l} step {i}: a fan step reduces from one or more ranks or copies from at most one ({:?})",
+                        s.op
+                    )));
+                }
+                if from.is_empty() && to.is_empty() {
+                    return Err(err(format!("rank {r} lane {l} step {i}: empty fan step")));
                 }
             }
             for d in &s.deps {
@@ -327,11 +442,11 @@ fn check_lane_rule(plans: &[RankPlan]) -> Result<()> {
         let mut recv_lane: HashMap<u32, usize> = HashMap::new();
         for (l, lane) in p.lanes.iter().enumerate() {
             for s in &lane.steps {
-                for (peer, map, what) in [
-                    (s.op.send_to(), &mut send_lane, "sends to"),
-                    (s.op.recv_from(), &mut recv_lane, "receives from"),
+                for (peers, map, what) in [
+                    (s.op.send_peers(), &mut send_lane, "sends to"),
+                    (s.op.recv_peers(), &mut recv_lane, "receives from"),
                 ] {
-                    if let Some(peer) = peer {
+                    for peer in peers {
                         let prev = *map.entry(peer.0).or_insert(l);
                         if prev != l {
                             return Err(err(format!("rank {} {what} rank {peer} from lanes {prev} and {l}; one lane per peer and direction", p.rank)));

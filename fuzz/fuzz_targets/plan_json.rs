@@ -18,6 +18,6 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .all(|p| p.nranks <= 32 && p.num_steps() <= 4096)
     {
-        let _ = acspeed_core::verify::verify(&plans, Some(7));
+        let _ = acspeed_core::verify::verify_all_models(&plans, Some(7));
     }
 });

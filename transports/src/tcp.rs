@@ -496,6 +496,7 @@ impl Transport for TcpTransport {
                         coll: 0,
                         dtype: 0,
                         op: 0,
+                        algo: 0,
                         count: 0,
                         len: why.len() as u64,
                     };

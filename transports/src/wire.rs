@@ -7,8 +7,8 @@ use acspeed_core::FrameHeader;
 pub(crate) const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"ACSP");
 pub(crate) const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ACSH");
 pub(crate) const ACK_MAGIC: u32 = u32::from_le_bytes(*b"ACSA");
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
-pub(crate) const FRAME_LEN: usize = 56;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const FRAME_LEN: usize = 64;
 pub(crate) const HELLO_LEN: usize = 24 + 16;
 /// Longest abort reason we accept.
 pub(crate) const MAX_ABORT_LEN: u64 = 64 << 10;
@@ -41,6 +41,7 @@ pub(crate) fn encode(kind: Kind, h: &FrameHeader, st: Stripe) -> [u8; FRAME_LEN]
     {
         b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
+    b[56] = h.algo;
     b
 }
 
@@ -59,6 +60,7 @@ pub(crate) fn decode(b: &[u8; FRAME_LEN]) -> Option<(Kind, FrameHeader, Stripe)>
         coll: b[5],
         dtype: b[6],
         op: b[7],
+        algo: b[56],
         seq: u64at(8),
         count: u64at(16),
         len: u64at(24),
@@ -131,6 +133,7 @@ mod tests {
             coll: 1,
             dtype: 2,
             op: 3,
+            algo: 4,
             count: 1 << 40,
             len: 12345,
         };

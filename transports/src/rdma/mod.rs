@@ -194,6 +194,7 @@ fn fingerprint(h: &FrameHeader) -> u64 {
         h.coll as u64,
         h.dtype as u64,
         h.op as u64,
+        h.algo as u64,
         h.count,
         h.len,
     ] {

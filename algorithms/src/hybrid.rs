@@ -1,0 +1,157 @@
+//! Hybrid hierarchical allreduce: reduce-scatter inside each host, one allreduce per stripe
+//! across hosts, allgather inside each host.
+//!
+//! The buffer is cut into `C x H` chunks (`H` hosts; `C` = the least common multiple of the
+//! hosts' rank counts, capped): chunk `(c, s)` is index `c*H + s`. On a host with `m` ranks,
+//! local rank `q` owns the stripes `c` with `c % m == q`. Phase 1 reduce-scatters the host's
+//! stripes among its ranks (ring); phase 2 allreduces each stripe `c` among its owners, one
+//! per host (ring or double binary tree over hosts; the `s` index splits the stripe); phase 3
+//! allgathers the stripes inside the host. Every local rank drives its own stripes over its
+//! own connections, so there is no leader and no single socket carries a host's traffic;
+//! hosts with different rank counts (3+1+2) work because stripes are assigned per host.
+//!
+//! Each rank runs the phases in the same order (its stripes ascending), so every wait is on a
+//! step of the same phase and stripe elsewhere: no deadlock, which the verifier checks in the
+//! bounded-buffer model as well.
+
+use crate::compose::{ring_allgather, ring_allreduce, ring_reduce_scatter, tree_allreduce, Steps};
+use acspeed_core::plan::{ChunkRef, Collective, Lane, RankPlan};
+use acspeed_core::{Error, PlanContext, Rank, Result};
+
+/// How stripes are allreduced across hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InterHost {
+    Ring,
+    Tree,
+}
+
+impl InterHost {
+    pub fn name(self) -> &'static str {
+        match self {
+            InterHost::Ring => "ring",
+            InterHost::Tree => "tree",
+        }
+    }
+}
+
+/// Most stripes per host (bounds plan size when host sizes share no small multiple).
+const MAX_STRIPES: u32 = 64;
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Stripes per host: a common multiple of every host's rank count so each local rank owns
+/// the same share, or (if that is too large) the largest host's count.
+pub fn stripes(shape: &[u32]) -> u32 {
+    let lcm = shape
+        .iter()
+        .try_fold(1u32, |acc, &m| {
+            let l = acc / gcd(acc, m) * m;
+            (l <= MAX_STRIPES).then_some(l)
+        })
+        .unwrap_or(0);
+    if lcm > 0 {
+        lcm
+    } else {
+        shape.iter().copied().max().unwrap_or(1)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Hybrid {
+    pub inter: InterHost,
+}
+
+impl Hybrid {
+    pub fn serves(coll: Collective) -> bool {
+        coll == Collective::AllReduce
+    }
+
+    pub fn plan_for_rank(
+        &self,
+        coll: Collective,
+        rank: Rank,
+        ctx: &PlanContext,
+    ) -> Result<RankPlan> {
+        ctx.check()?;
+        if !Hybrid::serves(coll) {
+            return Err(Error::invalid(format!(
+                "hybrid serves allreduce only, not {}",
+                coll.name()
+            )));
+        }
+        let hosts = ctx.hosts();
+        let shape = ctx.shape();
+        let h_count = hosts.len() as u32;
+        let c_count = stripes(&shape);
+        let me_host = ctx.host_of[rank.idx()] as usize;
+        let local = &hosts[me_host];
+        let m = local.len() as u32;
+        let q = local
+            .iter()
+            .position(|r| *r == rank)
+            .expect("rank on its host") as u32;
+        let chunk = |c: u32, s: u32| ChunkRef::out(c * h_count + s);
+        // Chunks of the stripes local rank `p` owns on a host of `m` ranks.
+        let local_groups = |m: u32| -> Vec<Vec<ChunkRef>> {
+            (0..m)
+                .map(|p| {
+                    (0..c_count)
+                        .filter(|c| c % m == p)
+                        .flat_map(|c| (0..h_count).map(move |s| chunk(c, s)))
+                        .collect()
+                })
+                .collect()
+        };
+        let groups = local_groups(m);
+        let mut s = Steps::default();
+        ring_reduce_scatter(&mut s, local, rank, &groups, false);
+        for c in (0..c_count).filter(|c| c % m == q) {
+            let owners: Vec<Rank> = hosts
+                .iter()
+                .map(|h| h[(c % h.len() as u32) as usize])
+                .collect();
+            let parts: Vec<ChunkRef> = (0..h_count).map(|s| chunk(c, s)).collect();
+            match self.inter {
+                InterHost::Ring => {
+                    let g: Vec<Vec<ChunkRef>> = parts.iter().map(|c| vec![*c]).collect();
+                    ring_allreduce(&mut s, &owners, rank, &g);
+                }
+                InterHost::Tree => {
+                    let half = parts.len().div_ceil(2);
+                    tree_allreduce(&mut s, &owners, rank, [&parts[..half], &parts[half..]]);
+                }
+            }
+        }
+        ring_allgather(&mut s, local, rank, &groups, false);
+        Ok(RankPlan {
+            collective: coll,
+            algorithm: format!("hybrid:{}", self.inter.name()),
+            rank,
+            nranks: ctx.nranks,
+            input_chunks: 0,
+            output_chunks: c_count * h_count,
+            scratch_factor: 0,
+            weights: Vec::new(),
+            lanes: vec![Lane { steps: s.0 }],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_are_common_multiples_when_small() {
+        assert_eq!(stripes(&[3, 1, 2]), 6);
+        assert_eq!(stripes(&[4, 4]), 4);
+        assert_eq!(stripes(&[1]), 1);
+        assert_eq!(stripes(&[7, 8, 9]), 9); // lcm 504 is over the cap
+    }
+}
