@@ -57,7 +57,10 @@ impl Communicator {
     ) -> Result<Communicator> {
         let algo = match &cfg.algo {
             AlgoChoice::Auto => None,
-            AlgoChoice::Named(n) => Some(Algorithm::from_name(n)?),
+            AlgoChoice::Named(n) => Some(Algorithm::from_name(n).map_err(|e| match e {
+                Error::InvalidArgument(m) => Error::invalid(format!("ACSPEED_ALGO: {m}")),
+                e => e,
+            })?),
         };
         let (rank, nranks) = (transport.rank().0, transport.nranks());
         let exec = Executor::new(ExecParams {
@@ -121,8 +124,9 @@ impl Communicator {
     /// back to ring (logged at init). `auto` is a fixed rule until the simulator-driven
     /// selector lands, measured on this project's 2-vCPU machines (docs/PERFORMANCE.md):
     /// allreduce goes hybrid when ranks span several hosts and some host has more than one
-    /// (from 1 MiB), double binary tree for small messages on 4+ ranks (up to 64 KiB), and
-    /// ring otherwise; broadcast and reduce use the tree up to 64 KiB on 4+ ranks.
+    /// (from 1 MiB), double binary tree for small messages on 8+ ranks (up to 16 KiB: at 4
+    /// ranks it measured no faster than ring here), and ring otherwise; broadcast and reduce
+    /// follow the same tree rule.
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
         if let Some(a) = self.algo {
             return if a.serves(coll) { a } else { Algorithm::Ring };
@@ -516,14 +520,16 @@ impl Communicator {
 const P2P_CODE: u8 = 8;
 
 /// Largest message the double binary tree takes in `auto` (latency-bound sizes).
-const TREE_MAX_BYTES: usize = 64 << 10;
+const TREE_MAX_BYTES: usize = 16 << 10;
+/// Fewest ranks for which `auto` uses the tree (2 log2(n) hops against the ring's 2(n-1)).
+const TREE_MIN_RANKS: u32 = 8;
 /// Smallest allreduce that goes hybrid in `auto` when ranks span hosts.
 const HYBRID_MIN_BYTES: usize = 1 << 20;
 
 /// `auto`'s rule (see `Communicator::algorithm_for`).
 fn auto_rule(ctx: &PlanContext, coll: Collective, bytes: usize) -> Algorithm {
     let multi_host = ctx.nhosts() > 1 && ctx.shape().iter().any(|m| *m > 1);
-    let small = bytes <= TREE_MAX_BYTES && ctx.nranks >= 4;
+    let small = bytes <= TREE_MAX_BYTES && ctx.nranks >= TREE_MIN_RANKS;
     match coll {
         Collective::AllReduce if multi_host && bytes >= HYBRID_MIN_BYTES => {
             Algorithm::Hybrid(acspeed_algorithms::InterHost::Ring)
@@ -574,8 +580,10 @@ mod tests {
         let two = PlanContext::from_shape(&[2, 2]).unwrap();
         let flat = PlanContext::from_shape(&[1, 1, 1, 1]).unwrap();
         let ar = Collective::AllReduce;
-        assert_eq!(auto_rule(&one, ar, 4 << 10), Algorithm::Tree);
-        assert_eq!(auto_rule(&one, ar, 4 << 20), Algorithm::Ring);
+        let eight = PlanContext::single_host(8);
+        assert_eq!(auto_rule(&eight, ar, 4 << 10), Algorithm::Tree);
+        assert_eq!(auto_rule(&eight, ar, 4 << 20), Algorithm::Ring);
+        assert_eq!(auto_rule(&one, ar, 4 << 10), Algorithm::Ring);
         assert_eq!(
             auto_rule(&PlanContext::single_host(2), ar, 64),
             Algorithm::Ring
@@ -588,7 +596,11 @@ mod tests {
         assert_eq!(auto_rule(&one, Collective::AllGather, 64), Algorithm::Ring);
         assert_eq!(
             table_row(|b| auto_rule(&two, ar, b)),
-            "tree to 64K; ring to 512K; hybrid beyond"
+            "ring to 512K; hybrid beyond"
+        );
+        assert_eq!(
+            table_row(|b| auto_rule(&eight, Collective::Broadcast { root: Rank(0) }, b)),
+            "tree to 16K; ring beyond"
         );
     }
 }

@@ -115,55 +115,74 @@ pub(crate) fn ring_allreduce(s: &mut Steps, members: &[Rank], me: Rank, groups: 
 }
 
 /// Double binary tree allreduce among `members`: tree `t` reduces `halves[t]` up to its root
-/// and broadcasts it back down. Stages run in the order up 0, up 1, down 0, down 1 on every
+/// and broadcasts it back down. All upward steps come before all downward steps on every
 /// member, and every send happens in the stage its receiver expects it, so messages between
-/// two ranks match in FIFO order and a step only waits on the same stage elsewhere (no
-/// deadlock). That is why a root does not turn segments around inside its upward step: its
-/// downward sends would overtake the other tree's upward messages to the same rank. (Per-tree
-/// channels would allow that; segments still pipeline along each path.)
+/// two ranks match in FIFO order and a step only waits on its own stage elsewhere (no
+/// deadlock). Within a stage the two trees' steps run leaf work first on the way up (a leaf's
+/// send never waits) and inner work first on the way down (forwarding before a leaf's final
+/// receive), so the trees progress concurrently; the order stays the trees' order when both
+/// steps talk to the same rank, where reordering would break FIFO matching. A root does not
+/// turn segments around inside its upward step for the same reason: its downward sends would
+/// overtake the other tree's upward messages to the same rank. (Per-tree channels would
+/// allow both; segments still pipeline along every path.)
 pub(crate) fn tree_allreduce(s: &mut Steps, members: &[Rank], me: Rank, halves: [&[ChunkRef]; 2]) {
     if members.len() < 2 || !members.contains(&me) {
         return;
     }
     let trees = BinaryTree::double(members);
+    // (is leaf work, parent, ops) per tree, for each stage.
+    type Stage = Vec<(bool, Option<Rank>, Vec<Op>)>;
+    let mut up: Stage = Vec::new();
+    let mut down: Stage = Vec::new();
     for (t, tree) in trees.iter().enumerate() {
-        let ch = Peers::new(&tree.children(me));
-        let to = match tree.parent(me) {
+        let children = tree.children(me);
+        let ch = Peers::new(&children);
+        let parent = tree.parent(me);
+        let to = match parent {
             Some(p) => Peers::new(&[p]),
             None => Peers::none(),
         };
+        let mut u = Vec::new();
+        let mut d = Vec::new();
         for &c in halves[t] {
-            if let (true, Some(p)) = (ch.is_empty(), tree.parent(me)) {
-                s.push(Op::Send { to: p, src: c });
-            } else if !ch.is_empty() {
-                s.push(Op::Fan {
-                    from: ch,
-                    to,
-                    dst: c,
-                    reduce: true,
-                });
+            match (parent, ch.is_empty()) {
+                (Some(p), true) => {
+                    u.push(Op::Send { to: p, src: c });
+                    d.push(Op::Recv { from: p, dst: c });
+                }
+                (_, false) => {
+                    u.push(Op::Fan {
+                        from: ch,
+                        to,
+                        dst: c,
+                        reduce: true,
+                    });
+                    d.push(Op::Fan {
+                        from: match parent {
+                            Some(p) => Peers::new(&[p]),
+                            None => Peers::none(),
+                        },
+                        to: ch,
+                        dst: c,
+                        reduce: false,
+                    });
+                }
+                (None, true) => {}
             }
         }
+        let leaf = ch.is_empty();
+        up.push((leaf, parent, u));
+        down.push((leaf, parent, d));
     }
-    for (t, tree) in trees.iter().enumerate() {
-        let ch = Peers::new(&tree.children(me));
-        for &c in halves[t] {
-            match tree.parent(me) {
-                None if !ch.is_empty() => s.push(Op::Fan {
-                    from: Peers::none(),
-                    to: ch,
-                    dst: c,
-                    reduce: false,
-                }),
-                None => {}
-                Some(p) if ch.is_empty() => s.push(Op::Recv { from: p, dst: c }),
-                Some(p) => s.push(Op::Fan {
-                    from: Peers::new(&[p]),
-                    to: ch,
-                    dst: c,
-                    reduce: false,
-                }),
-            }
+    // Reordered steps of one stage talk to their children and parent in the same directions
+    // as before; only a parent shared by both trees would see two messages swap.
+    if up[0].1.is_none() || up[0].1 != up[1].1 {
+        up.sort_by_key(|(leaf, _, _)| !*leaf);
+        down.sort_by_key(|(leaf, _, _)| *leaf);
+    }
+    for (_, _, ops) in up.into_iter().chain(down) {
+        for op in ops {
+            s.push(op);
         }
     }
 }

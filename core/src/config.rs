@@ -13,7 +13,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_TIMEOUT_SECS", "300", "Seconds without progress before an operation fails with a timeout naming the peer (also bounds rendezvous)."),
     ("ACSPEED_SEGMENT_BYTES", "256K", "Pipeline segment size: each chunk moves in segments of this many bytes."),
     ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
-    ("ACSPEED_ALGO", "auto", "Algorithm for every collective: auto or ring."),
+    ("ACSPEED_ALGO", "auto", "auto, ring, tree, hybrid or hybrid:tree (a forced algorithm runs the collectives it serves; the others run ring)."),
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
     ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
     ("ACSPEED_SHM_CMA_MIN", "16M", "Collective size from which shared-memory messages of 64 KiB or more go by cross-memory attach (smaller collectives stay in cache through the slot rings, which is faster there)."),

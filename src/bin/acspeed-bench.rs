@@ -42,9 +42,15 @@ struct Args {
     /// Reduction: sum, prod, min, max, avg (band, bor, bxor for integers).
     #[arg(short = 'o', long = "op", default_value = "sum")]
     op: ReduceOp,
-    /// Algorithm (auto, ring); same as ACSPEED_ALGO.
+    /// Algorithm: auto, ring, tree, hybrid, hybrid:tree; same as ACSPEED_ALGO. With auto
+    /// the algo column says which one ran at each size.
     #[arg(long = "algo", default_value = "auto")]
     algo: String,
+    /// With -n: group the local ranks into emulated hosts of these sizes, e.g. 3,1,2 (each
+    /// gets its own ACSPEED_HOST_ID, so ranks of different "hosts" talk over TCP loopback
+    /// instead of shared memory). Lets hybrid plans run on one machine.
+    #[arg(long = "hosts", value_name = "SHAPE", requires = "nranks")]
+    hosts: Option<String>,
     /// Untimed iterations per size.
     #[arg(short = 'w', long = "warmup", default_value_t = 5)]
     warmup: usize,
@@ -109,6 +115,15 @@ fn validate(a: &Args) -> Result<()> {
         bail!("-n/--nranks must be at least 1");
     }
     a.op.check_dtype(a.dtype)?;
+    if let (Some(shape), Some(n)) = (&a.hosts, a.nranks) {
+        let sizes = host_shape(shape)?;
+        if sizes.iter().sum::<u32>() != n {
+            bail!(
+                "--hosts {shape} places {} ranks but -n is {n}",
+                sizes.iter().sum::<u32>()
+            );
+        }
+    }
     acspeed_algorithms::Algorithm::from_name(&a.algo)
         .map(|_| ())
         .or_else(|e| if a.algo == "auto" { Ok(()) } else { Err(e) })?;
@@ -221,6 +236,19 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `3,1,2` -> [3, 1, 2]; every host needs at least one rank.
+fn host_shape(s: &str) -> Result<Vec<u32>> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--hosts '{s}': expected rank counts like 3,1,2"))?;
+    if v.is_empty() || v.contains(&0) {
+        bail!("--hosts '{s}': every host needs at least one rank");
+    }
+    Ok(v)
+}
+
 /// Starts `n` ranks of this binary on this host and waits for them.
 fn spawn_local(a: &Args, n: u32) -> Result<bool> {
     let exe = std::env::current_exe().context("locating acspeed-bench")?;
@@ -230,9 +258,10 @@ fn spawn_local(a: &Args, n: u32) -> Result<bool> {
     let mut i = 0;
     while i < args.len() {
         let s = args[i].as_str();
-        if s == "-n" || s == "--nranks" {
+        if s == "-n" || s == "--nranks" || s == "--hosts" {
             args.drain(i..(i + 2).min(args.len()));
         } else if s.starts_with("--nranks=")
+            || s.starts_with("--hosts=")
             || (s.starts_with("-n") && s.len() > 2 && !s.starts_with("--"))
         {
             args.remove(i);
@@ -240,9 +269,24 @@ fn spawn_local(a: &Args, n: u32) -> Result<bool> {
             i += 1;
         }
     }
+    let host_of: Vec<usize> = match &a.hosts {
+        Some(shape) => host_shape(shape)?
+            .iter()
+            .enumerate()
+            .flat_map(|(h, m)| std::iter::repeat_n(h, *m as usize))
+            .collect(),
+        None => vec![0; n as usize],
+    };
     let mut children: Vec<(u32, Child)> = Vec::new();
     for r in 0..n {
-        let c = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        if a.hosts.is_some() {
+            cmd.env(
+                "ACSPEED_HOST_ID",
+                format!("bench-host{}", host_of[r as usize]),
+            );
+        }
+        let c = cmd
             .args(&args)
             .env("RANK", r.to_string())
             .env("WORLD_SIZE", n.to_string())

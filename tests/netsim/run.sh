@@ -4,7 +4,8 @@
 #   1. allreduce across 2 hosts, results checked, default transport settings
 #   2. the same with 1 and 8 sockets per peer (striping under the per-flow cap)
 #   3. 4 ranks on 2 hosts: shared memory inside a host, TCP between hosts, checked
-#   4. a host whose link is cut mid-collective: the other rank fails with a timeout naming it
+#   4. hybrid and tree plans across hosts: 2 hosts x 2 ranks and 3 uneven hosts (3+1+2), checked
+#   5. a host whose link is cut mid-collective: the other rank fails with a timeout naming it
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
@@ -21,22 +22,27 @@ ok() { echo "PASS $1"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1"; fail=$((fail + 1)); }
 
 bash "$NETSIM" down --kill >/dev/null 2>&1 || true
-bash "$NETSIM" up 2 --rate 2gbit --flow-rate 500mbit --flow-slots 256 >/dev/null
+bash "$NETSIM" up 3 --rate 2gbit --flow-rate 500mbit --flow-slots 256 >/dev/null
 
-# run_job NAME NRANKS_PER_HOST ENV... -- BENCH_ARGS...: ranks of host h are h*k..h*k+k-1.
+# run_job NAME SHAPE ENV... -- BENCH_ARGS...: SHAPE is ranks per host, a single number k for
+# 2 hosts of k ranks or a list like 3,1,2; ranks are numbered host by host.
 run_job() {
-  local name="$1" k="$2"; shift 2
+  local name="$1" shape="$2"; shift 2
   local envs=() pids=() rc=0
   while [[ "$1" != "--" ]]; do envs+=("$1"); shift; done
   shift
-  local world=$((2 * k)) port=$((29600 + RANDOM % 300))
-  for h in 0 1; do
+  [[ "$shape" == *,* ]] || shape="$shape,$shape"
+  local sizes world=0 port=$((29600 + RANDOM % 300)) r=0
+  IFS=, read -ra sizes <<<"$shape"
+  for k in "${sizes[@]}"; do world=$((world + k)); done
+  for h in "${!sizes[@]}"; do
+    local k=${sizes[$h]}
     for ((l = 0; l < k; l++)); do
-      local r=$((h * k + l))
       bash "$NETSIM" exec "$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=$k \
         MASTER_ADDR=198.18.0.1 MASTER_PORT=$port ACSPEED_TIMEOUT_SECS=20 "${envs[@]}" \
         timeout 120 "$BENCH" "$@" >"$OUT/$name.$r.out" 2>"$OUT/$name.$r.err" &
       pids+=($!)
+      r=$((r + 1))
     done
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
@@ -58,6 +64,18 @@ check_job one-stream 1 ACSPEED_NSTREAMS=1 -- -b 1M -e 8M -f 8 --check --iters 2 
 check_job eight-streams 1 ACSPEED_NSTREAMS=8 -- -b 1M -e 8M -f 8 --check --iters 2 -w 1 -d bf16
 check_job hybrid-2x2 2 ACSPEED_DEBUG=INFO -- -b 4K -e 8M -f 16 --check --iters 2 -w 1
 if grep -q "1:shm" "$OUT/hybrid-2x2.0.err" && grep -q "2:tcp" "$OUT/hybrid-2x2.0.err"; then ok "hybrid-picks-shm-inside-tcp-across"; else bad "hybrid-picks-shm-inside-tcp-across"; grep INFO "$OUT/hybrid-2x2.0.err" | head -3; fi
+
+# The algorithm layer across real (emulated) hosts: every plan checked element by element.
+check_job hybrid-2x2-forced 2 -- -b 4K -e 16M -f 64 --check --iters 2 -w 1 --algo hybrid
+check_job hybrid-uneven-3+1+2 3,1,2 -- -b 4K -e 16M -f 64 --check --iters 2 -w 1 --algo hybrid
+check_job hybrid-tree-uneven-3+1+2 3,1,2 -- -b 4K -e 4M -f 32 --check --iters 2 -w 1 --algo hybrid:tree
+check_job tree-uneven-3+1+2 3,1,2 -- -b 4K -e 1M -f 16 --check --iters 2 -w 1 --algo tree
+check_job auto-uneven-3+1+2 3,1,2 ACSPEED_DEBUG=INFO -- -b 4K -e 4M -f 32 --check --iters 2 -w 1
+if grep -q "hybrid beyond" "$OUT/auto-uneven-3+1+2.0.err" && grep -Eq "^ +4194304 .* hybrid " "$OUT/auto-uneven-3+1+2.0.out"; then
+  ok "auto-picks-hybrid-across-uneven-hosts"
+else
+  bad "auto-picks-hybrid-across-uneven-hosts"; grep "algorithm table" "$OUT/auto-uneven-3+1+2.0.err" | head -2
+fi
 
 # Link cut: a long sweep, then host 1 loses its link. Rank 0 must fail within the timeout
 # (5 s) plus slack, naming rank 1.

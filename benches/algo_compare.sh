@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Algorithms against ring in the same run (issue "Algorithms", item 8). Prints markdown.
+#   A. netsim (../shared/netsim: 2 Gbit/s per host, 500 Mbit/s per TCP flow): hybrid vs flat
+#      ring with 2 hosts x 2 ranks and 3 uneven hosts (3+1+2). Needs root.
+#   B. one host, 4 ranks over shared memory: double binary tree vs ring at 4 KiB-256 KiB.
+# Every configuration runs RUNS times (alternating algorithms, so drift hits both); each cell is
+# min / median / max over runs of acspeed-bench's per-run time (median of --iters iterations
+# of the slowest rank). The ratio compares medians: ring time / algorithm time (> 1: faster).
+#   RUNS=5 bash benches/algo_compare.sh [netsim|local|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+BENCH="$PWD/target/release/acspeed-bench"
+RUNS="${RUNS:-5}"
+WHAT="${1:-all}"
+cargo build --release -q --bin acspeed-bench
+RAW="$(mktemp -d)"
+trap 'bash "$NETSIM" down --kill >/dev/null 2>&1 || true; rm -rf "$RAW"' EXIT
+
+# netsim_job SHAPE ALGO ARGS...: runs the bench on emulated hosts, prints rank 0's JSON.
+netsim_job() {
+  local shape="$1" algo="$2"; shift 2
+  local sizes world=0 port=$((31000 + RANDOM % 2000)) r=0 pids=()
+  IFS=, read -ra sizes <<<"$shape"
+  for k in "${sizes[@]}"; do world=$((world + k)); done
+  for h in "${!sizes[@]}"; do
+    for ((l = 0; l < sizes[h]; l++)); do
+      bash "$NETSIM" exec "$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=${sizes[$h]} \
+        MASTER_ADDR=198.18.0.1 MASTER_PORT=$port ACSPEED_TIMEOUT_SECS=60 \
+        timeout 600 "$BENCH" --algo "$algo" --json "$@" >"$RAW/job.$r" 2>"$RAW/job.$r.err" &
+      pids+=($!)
+      r=$((r + 1))
+    done
+  done
+  for p in "${pids[@]}"; do wait "$p" || { cat "$RAW"/job.*.err >&2; return 1; }; done
+  cat "$RAW/job.0"
+}
+
+# table TITLE FILE BASE ALGO...: FILE holds lines "algo run json".
+table() {
+  python3 - "$@" <<'PY'
+import json, sys, statistics as st
+title, path, base, algos = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+t = {}  # (algo, bytes) -> [time_us]
+bw = {}
+for line in open(path):
+    algo, _run, js = line.split(" ", 2)
+    for r in json.loads(js):
+        assert r["wrong"] == 0, r
+        t.setdefault((algo, r["bytes"]), []).append(r["time_us"])
+        bw.setdefault((algo, r["bytes"]), []).append(r["busbw_gbps"])
+sizes = sorted({b for (_, b) in t})
+def fmt(b):
+    for u, s in ((1 << 20, "MiB"), (1 << 10, "KiB")):
+        if b >= u: return f"{b // u} {s}"
+    return f"{b} B"
+print(f"**{title}**\n")
+head = "| size | " + " | ".join(f"{a} time us (min/med/max)" for a in algos) + " | " + " | ".join(f"{a} busbw GB/s (med)" for a in algos) + " | " + " | ".join(f"{a} vs {base}" for a in algos if a != base) + " |"
+print(head)
+print("|" + "---|" * (1 + 2 * len(algos) + len(algos) - 1))
+for b in sizes:
+    cells = []
+    for a in algos:
+        v = sorted(t[(a, b)])
+        cells.append(f"{v[0]:.0f} / {st.median(v):.0f} / {v[-1]:.0f}")
+    for a in algos:
+        cells.append(f"{st.median(bw[(a, b)]):.3f}")
+    for a in algos:
+        if a != base:
+            cells.append(f"{st.median(t[(base, b)]) / st.median(t[(a, b)]):.2f}x")
+    print(f"| {fmt(b)} | " + " | ".join(cells) + " |")
+print()
+PY
+}
+
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), RUNS=$RUNS"
+echo
+if [[ "$WHAT" == all || "$WHAT" == netsim ]]; then
+  bash "$NETSIM" down --kill >/dev/null 2>&1 || true
+  bash "$NETSIM" up 3 --rate 2gbit --flow-rate 500mbit --flow-slots 256 >/dev/null
+  for shape in 2,2 3,1,2; do
+    f="$RAW/netsim-$shape"
+    for ((i = 0; i < RUNS; i++)); do
+      for algo in ring hybrid hybrid:tree; do
+        echo "$algo $i $(netsim_job "$shape" "$algo" -b 1M -e 64M -f 4 --iters 3 -w 1 --check)" >>"$f"
+      done
+    done
+    table "netsim, hosts $shape (2 Gbit/s per host, 500 Mbit/s per flow), allreduce f32" "$f" ring ring hybrid hybrid:tree
+  done
+  bash "$NETSIM" down --kill >/dev/null 2>&1 || true
+fi
+if [[ "$WHAT" == all || "$WHAT" == local ]]; then
+  f="$RAW/local"
+  for ((i = 0; i < RUNS; i++)); do
+    for algo in ring tree; do
+      echo "$algo $i $(timeout 600 "$BENCH" -n 4 --algo "$algo" --json -b 4K -e 256K -f 4 --iters 50 -w 10 --check)" >>"$f"
+    done
+  done
+  table "one host, 4 ranks, shared memory, allreduce f32" "$f" ring ring tree
+fi
