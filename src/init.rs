@@ -60,6 +60,18 @@ pub fn route_ip(target: SocketAddr) -> Result<IpAddr> {
         .ip())
 }
 
+/// The settings every rank's plans depend on, as exchanged at rendezvous.
+fn plan_facts(cfg: &Config) -> String {
+    let algo = match &cfg.algo {
+        acspeed_core::config::AlgoChoice::Auto => "auto".to_string(),
+        acspeed_core::config::AlgoChoice::Named(n) => n.to_ascii_lowercase(),
+    };
+    format!(
+        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={}",
+        cfg.segment_bytes
+    )
+}
+
 /// The host identity used to group ranks: `ACSPEED_HOST_ID`, else the (UTS namespace's)
 /// hostname. Never derived from shared memory, which separate hosts may share under netsim.
 pub fn host_id(cfg: &Config) -> String {
@@ -128,6 +140,10 @@ pub fn init_with_store(
         crate::paths::rdma_name_hex(&rdma)?
     );
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
+    // Agreement: plans must be derived from the same settings everywhere. The host map comes
+    // from the store itself, so only the settings each rank reads locally are compared.
+    let facts = plan_facts(&cfg);
+    store.set(&key(&format!("plan/{rank}")), facts.as_bytes())?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
         .try_into()
@@ -154,6 +170,15 @@ pub fn init_with_store(
         let w =
             String::from_utf8_lossy(&store.get(&key(&format!("transport/{q}")), t)?).into_owned();
         wants.push(crate::paths::Wants::parse(&w));
+        let f = String::from_utf8_lossy(&store.get(&key(&format!("plan/{q}")), t)?).into_owned();
+        if f != facts {
+            return Err(Error::Mismatch {
+                peer: q,
+                detail: format!(
+                    "rank {q} plans with {f} but rank {rank} with {facts}: ACSPEED_ALGO and ACSPEED_SEGMENT_BYTES must be the same on every rank"
+                ),
+            });
+        }
     }
     let paths = choose_paths(rank, &hosts, &wants);
     let streams: Vec<u32> = paths

@@ -23,6 +23,7 @@ pub mod init;
 pub mod log;
 pub mod paths;
 pub mod probe;
+pub mod simulate;
 pub mod staging;
 pub mod store;
 

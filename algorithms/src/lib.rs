@@ -9,6 +9,7 @@
 mod compose;
 pub mod hybrid;
 pub mod ring;
+pub mod select;
 pub mod tree;
 
 use acspeed_core::plan::{Collective, RankPlan};

@@ -115,7 +115,7 @@ impl Executor {
                 plan.nranks
             )));
         }
-        let seg = (self.params.segment_bytes / es).max(1) * es;
+        let seg = crate::schedule::segment_bytes(self.params.segment_bytes, es);
         let slot_words = seg.div_ceil(8);
         // The plan's own temporary buffer (e.g. double-buffered partial sums).
         let mut tmp: Vec<u64> = {
@@ -296,21 +296,12 @@ impl<'a> LaneCtx<'a> {
 
     /// Byte range of a chunk.
     fn range(&self, c: ChunkRef) -> Range<usize> {
-        let es = self.call.dtype.size();
-        let r = self.plan.chunk_elems(c, self.call.count);
-        r.start * es..r.end * es
+        crate::schedule::chunk_bytes(self.plan, c, self.call.count, self.call.dtype.size())
     }
 
-    /// Segments of a byte range; an empty range still gives one (empty) message.
+    /// Segments of a byte range (the rule the simulator shares, in `schedule`).
     fn segments(&self, r: Range<usize>) -> Vec<Range<usize>> {
-        if r.is_empty() {
-            return vec![r];
-        }
-        let seg = self.params.segment_bytes;
-        (r.start..r.end)
-            .step_by(seg)
-            .map(|s| s..(s + seg).min(r.end))
-            .collect()
+        crate::schedule::segments(r, self.params.segment_bytes)
     }
 
     fn ptr(&self, buf: Buf, off: usize) -> *mut u8 {

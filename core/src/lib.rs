@@ -21,6 +21,8 @@ pub mod executor;
 pub mod kernels;
 pub mod memory;
 pub mod plan;
+pub mod schedule;
+pub mod sim;
 pub mod topology;
 pub mod transport;
 pub mod verify;

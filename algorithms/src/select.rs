@@ -1,0 +1,193 @@
+//! The selector: predicts each candidate algorithm's time with the simulator, on the very
+//! plans the executor would run, and picks the fastest per size.
+//!
+//! No correction factors: what the simulator predicts is what the table holds. Overrides sit
+//! above it (`ACSPEED_ALGO`, handled by the communicator).
+
+use crate::{Algorithm, InterHost};
+use acspeed_core::plan::Collective;
+use acspeed_core::sim::{simulate, Cluster, SimParams};
+use acspeed_core::{PlanContext, Result};
+
+/// One candidate's prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    pub algo: Algorithm,
+    pub time_us: f64,
+}
+
+/// Algorithms worth predicting for `coll` on `ctx`: those that serve it, with hybrid only
+/// when ranks span several hosts and some host has more than one (otherwise hybrid's plan is
+/// a ring).
+pub fn candidates(coll: Collective, ctx: &PlanContext) -> Vec<Algorithm> {
+    let hierarchical = ctx.nhosts() > 1 && ctx.shape().iter().any(|m| *m > 1);
+    Algorithm::ALL
+        .into_iter()
+        .filter(|a| a.serves(coll))
+        .filter(|a| !matches!(a, Algorithm::Hybrid(_)) || hierarchical)
+        .filter(|a| *a != Algorithm::Tree || ctx.nranks > 2)
+        .collect()
+}
+
+/// The context a cluster model describes (ranks numbered host by host).
+pub fn context_of(cluster: &Cluster) -> PlanContext {
+    PlanContext {
+        nranks: cluster.nranks() as u32,
+        host_of: cluster.host_of.clone(),
+    }
+}
+
+/// Predicted time of `algo` for `coll` with `bytes` of output per rank.
+pub fn predict(
+    algo: Algorithm,
+    coll: Collective,
+    cluster: &Cluster,
+    bytes: usize,
+    elem_bytes: usize,
+    segment_bytes: usize,
+) -> Result<f64> {
+    let ctx = context_of(cluster);
+    let plans = algo.all_plans(coll, &ctx)?;
+    let count = bytes / elem_bytes;
+    Ok(simulate(
+        &plans,
+        cluster,
+        SimParams {
+            count,
+            elem_bytes,
+            segment_bytes,
+        },
+    )?
+    .time_us)
+}
+
+/// Every candidate's prediction at one size, fastest first (ties keep the candidates' order,
+/// so every rank breaks them the same way).
+pub fn rank_candidates(
+    coll: Collective,
+    cluster: &Cluster,
+    cands: &[Algorithm],
+    bytes: usize,
+    elem_bytes: usize,
+    segment_bytes: usize,
+) -> Result<Vec<Prediction>> {
+    let mut v = cands
+        .iter()
+        .map(|&algo| {
+            Ok(Prediction {
+                algo,
+                time_us: predict(algo, coll, cluster, bytes, elem_bytes, segment_bytes)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    v.sort_by(|a, b| a.time_us.total_cmp(&b.time_us));
+    Ok(v)
+}
+
+/// The algorithm table for one collective: a choice per power-of-two size class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    pub coll: Collective,
+    /// (size class upper bound in bytes, predictions fastest first).
+    pub rows: Vec<(usize, Vec<Prediction>)>,
+}
+
+impl Table {
+    /// Predicts every candidate at 4 KiB, 16 KiB, ... up to `max_bytes`.
+    pub fn build(
+        coll: Collective,
+        cluster: &Cluster,
+        max_bytes: usize,
+        elem_bytes: usize,
+        segment_bytes: usize,
+    ) -> Result<Table> {
+        let cands = candidates(coll, &context_of(cluster));
+        let mut rows = Vec::new();
+        let mut b = 4usize << 10;
+        while b <= max_bytes.max(4 << 10) {
+            rows.push((
+                b,
+                rank_candidates(coll, cluster, &cands, b, elem_bytes, segment_bytes)?,
+            ));
+            b *= 4;
+        }
+        Ok(Table { coll, rows })
+    }
+
+    /// The choice for a message of `bytes`: the row of the nearest size class (log scale).
+    pub fn choose(&self, bytes: usize) -> Algorithm {
+        let Some(first) = self.rows.first() else {
+            return Algorithm::Ring;
+        };
+        let lb = (bytes.max(1) as f64).log2();
+        let best = self
+            .rows
+            .iter()
+            .min_by(|a, b| {
+                ((a.0 as f64).log2() - lb)
+                    .abs()
+                    .total_cmp(&((b.0 as f64).log2() - lb).abs())
+            })
+            .unwrap_or(first);
+        best.1.first().map(|p| p.algo).unwrap_or(Algorithm::Ring)
+    }
+}
+
+/// Spelling used by `--algo` and JSON rows (`hybrid:ring` for the default hybrid).
+pub fn row_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::Hybrid(InterHost::Ring) => "hybrid:ring",
+        a => a.name(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acspeed_core::sim::{HostModel, NetModel};
+
+    fn cluster(shape: &[u32], gbit: f64) -> Cluster {
+        Cluster::new(
+            vec![HostModel::cpu(8.0, 8.0, 6.0, 3.0); shape.len()],
+            shape,
+            NetModel {
+                nic_gbit: gbit,
+                flow_gbit: Some(gbit / 4.0),
+                streams: 4,
+                latency_us: 30.0,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hybrid_wins_large_messages_across_hosts() {
+        let cl = cluster(&[4, 4], 10.0);
+        let v = rank_candidates(
+            Collective::AllReduce,
+            &cl,
+            &candidates(Collective::AllReduce, &context_of(&cl)),
+            64 << 20,
+            4,
+            256 << 10,
+        )
+        .unwrap();
+        assert!(matches!(v[0].algo, Algorithm::Hybrid(_)), "{v:?}");
+        let ring = v.iter().find(|p| p.algo == Algorithm::Ring).unwrap();
+        assert!(ring.time_us > 1.3 * v[0].time_us, "{v:?}");
+    }
+
+    #[test]
+    fn tables_are_deterministic_and_choose_by_size() {
+        let cl = cluster(&[2, 2], 2.0);
+        let a = Table::build(Collective::AllReduce, &cl, 64 << 20, 4, 256 << 10).unwrap();
+        let b = Table::build(Collective::AllReduce, &cl, 64 << 20, 4, 256 << 10).unwrap();
+        assert_eq!(a, b);
+        assert!(matches!(a.choose(64 << 20), Algorithm::Hybrid(_)));
+        // Flat hosts: hybrid is not a candidate.
+        let flat = cluster(&[1, 1, 1], 2.0);
+        assert!(!candidates(Collective::AllReduce, &context_of(&flat))
+            .iter()
+            .any(|a| matches!(a, Algorithm::Hybrid(_))));
+    }
+}

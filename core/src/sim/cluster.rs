@@ -1,0 +1,167 @@
+//! The cluster model the simulator runs plans over: hosts (CPU cores and their copy/reduce
+//! rates, or GPUs and the links between them from a topology description), and the network
+//! between hosts (NIC rate, per-flow cap, streams per peer, latency).
+//!
+//! Rates are GB/s (10^9 bytes per second = 1000 bytes per microsecond), latencies
+//! microseconds. Link-class figures come from the one table in `crate::topology::LINK_TABLE`.
+
+use crate::error::{Error, Result};
+use crate::topology::{PathClass, TopoDescription, TopoModel};
+use serde::{Deserialize, Serialize};
+
+/// Bytes per microsecond in one GB/s.
+pub const GBPS: f64 = 1000.0;
+
+/// How the ranks of one host move and reduce data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HostKind {
+    /// Host-memory buffers: every intra-host message is a copy (into a shared slot, or by
+    /// cross-memory attach) and every reduction runs on a core.
+    Cpu,
+    /// Device buffers: ranks are GPUs; messages between them use the path of the topology
+    /// (NVLink pairs, PCIe uplinks, the inter-socket link), reductions run on the device.
+    Gpu { model: TopoModel },
+}
+
+/// One host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostModel {
+    pub kind: HostKind,
+    /// Cores available to the job's ranks (CPU work of all local ranks shares them).
+    pub cores: f64,
+    /// One core's copy rate, GB/s.
+    pub copy_gbps: f64,
+    /// One core's reduce rate (bytes of one input per second), GB/s.
+    pub reduce_gbps: f64,
+    /// One intra-host message's fixed cost, microseconds.
+    pub latency_us: f64,
+}
+
+impl HostModel {
+    /// A CPU host with these measured rates.
+    pub fn cpu(cores: f64, copy_gbps: f64, reduce_gbps: f64, latency_us: f64) -> HostModel {
+        HostModel {
+            kind: HostKind::Cpu,
+            cores,
+            copy_gbps,
+            reduce_gbps,
+            latency_us,
+        }
+    }
+
+    /// A GPU host from a topology description (ranks = its GPUs, in index order).
+    pub fn gpu(d: &TopoDescription) -> Result<HostModel> {
+        if d.gpus.is_empty() {
+            return Err(Error::invalid(
+                "topology has no GPU: use a CPU host model (--here) for CPU-only machines",
+            ));
+        }
+        let model = TopoModel::from_description(d)?;
+        Ok(HostModel {
+            kind: HostKind::Gpu { model },
+            cores: d.cores.max(1) as f64,
+            copy_gbps: 10.0,
+            reduce_gbps: 8.0,
+            latency_us: 5.0,
+        })
+    }
+
+    /// Ranks this host can hold (GPUs for a GPU host; unbounded for CPU hosts).
+    pub fn max_ranks(&self) -> Option<usize> {
+        match &self.kind {
+            HostKind::Cpu => None,
+            HostKind::Gpu { model } => Some(
+                model
+                    .devices
+                    .iter()
+                    .filter(|d| d.starts_with("GPU"))
+                    .count(),
+            ),
+        }
+    }
+}
+
+/// The network between hosts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetModel {
+    /// Each host's NIC rate, Gbit/s, per direction.
+    pub nic_gbit: f64,
+    /// Per-flow cap (one TCP stream), Gbit/s; `None`: uncapped.
+    pub flow_gbit: Option<f64>,
+    /// Sockets per peer a message is striped over.
+    pub streams: u32,
+    /// One message's fixed cost, microseconds.
+    pub latency_us: f64,
+}
+
+/// Everything the simulator knows about where ranks run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Host of each rank.
+    pub host_of: Vec<u32>,
+    /// Each rank's index among its host's ranks (its GPU on a GPU host).
+    pub local_of: Vec<u32>,
+    pub hosts: Vec<HostModel>,
+    pub net: NetModel,
+}
+
+impl Cluster {
+    /// `hosts.len()` hosts, each with `ranks_per_host[h]` ranks numbered host by host.
+    pub fn new(hosts: Vec<HostModel>, ranks_per_host: &[u32], net: NetModel) -> Result<Cluster> {
+        if hosts.len() != ranks_per_host.len() || hosts.is_empty() {
+            return Err(Error::invalid(format!(
+                "cluster: {} host models for {} host sizes",
+                hosts.len(),
+                ranks_per_host.len()
+            )));
+        }
+        let mut host_of = Vec::new();
+        let mut local_of = Vec::new();
+        for (h, (&m, model)) in ranks_per_host.iter().zip(&hosts).enumerate() {
+            if m == 0 {
+                return Err(Error::invalid(format!("cluster: host {h} has no rank")));
+            }
+            if let Some(max) = model.max_ranks() {
+                if m as usize > max {
+                    return Err(Error::invalid(format!(
+                        "cluster: host {h} has {max} GPUs but {m} ranks were asked for"
+                    )));
+                }
+            }
+            for l in 0..m {
+                host_of.push(h as u32);
+                local_of.push(l);
+            }
+        }
+        if net.streams == 0 || net.nic_gbit <= 0.0 || net.flow_gbit.is_some_and(|f| f <= 0.0) {
+            return Err(Error::invalid(
+                "cluster: network rates and stream count must be positive",
+            ));
+        }
+        Ok(Cluster {
+            host_of,
+            local_of,
+            hosts,
+            net,
+        })
+    }
+
+    pub fn nranks(&self) -> usize {
+        self.host_of.len()
+    }
+
+    /// Ranks per host.
+    pub fn shape(&self) -> Vec<u32> {
+        let mut v = vec![0; self.hosts.len()];
+        for h in &self.host_of {
+            v[*h as usize] += 1;
+        }
+        v
+    }
+
+    /// Bandwidth (GB/s) and path class between two GPUs of a GPU host.
+    pub(crate) fn gpu_path(model: &TopoModel, a: u32, b: u32) -> (f64, PathClass) {
+        let (a, b) = (a as usize, b as usize);
+        (model.bandwidth[a][b], model.classes[a][b])
+    }
+}

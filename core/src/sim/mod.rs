@@ -1,0 +1,465 @@
+//! Discrete-event simulator: times the very plans the executor runs over a cluster model.
+//!
+//! Each rank's lanes advance through their steps as the executor's do; chunks become
+//! messages by the executor's own segmentation rule ([`crate::schedule`]). A message between
+//! two ranks is a fluid flow over the resources of its path ([`fluid`]): on a CPU host one
+//! core's copy into the shared slot (the host's cores are one shared resource), between
+//! hosts the sender's NIC egress and the receiver's ingress with the per-flow cap times the
+//! streams, between GPUs the NVLink pair or the PCIe uplinks (and the inter-socket link for
+//! SYS paths). Messages of one ordered pair go one at a time in FIFO order, as the
+//! transports send them; each arrives one latency after its last byte left. A receiving
+//! step takes segment `i` once it is in from every source, then spends CPU on it (the copy
+//! out of the slot, or the reduction), then forwards it. Concurrent flows share every
+//! resource max-min fairly, so contention (incast, a NIC shared by a host's ranks, cores
+//! shared by more ranks than there are) shows up in the prediction.
+
+pub mod cluster;
+pub mod fluid;
+
+pub use cluster::{Cluster, HostKind, HostModel, NetModel, GBPS};
+
+use crate::error::{Error, Result};
+use crate::plan::{Op, RankPlan};
+use crate::schedule::segment_lengths;
+use crate::topology::PathClass;
+use fluid::{Fluid, ResId};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// What a simulation needs beyond plans and cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct SimParams {
+    /// Per-rank element count (as the collective's API defines it).
+    pub count: usize,
+    pub elem_bytes: usize,
+    /// The executor's segment size.
+    pub segment_bytes: usize,
+}
+
+/// The prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimResult {
+    /// When the last rank finished, microseconds.
+    pub time_us: f64,
+    /// Messages simulated.
+    pub messages: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Time(f64);
+impl Eq for Time {}
+impl PartialOrd for Time {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Time {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.0.total_cmp(&self.0) // min-heap
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The next message of pair (a, b) has arrived.
+    Arrive(usize, usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Token {
+    /// A message of pair (a, b) has left the sender.
+    Transfer(usize, usize),
+    /// CPU work of rank r, lane l finished.
+    Work(usize, usize),
+}
+
+#[derive(Default)]
+struct Pair {
+    queue: VecDeque<usize>,
+    active: bool,
+    arrived: usize,
+    consumed: usize,
+}
+
+#[derive(Default, Clone)]
+struct LaneState {
+    step: usize,
+    seg: usize,
+    busy: bool,
+    started: bool,
+}
+
+struct Sim<'a> {
+    plans: &'a [RankPlan],
+    cl: &'a Cluster,
+    p: SimParams,
+    fluid: Fluid,
+    tokens: Vec<Token>,
+    events: BinaryHeap<(Time, u64, Event)>,
+    seq: u64,
+    now: f64,
+    pairs: HashMap<(usize, usize), Pair>,
+    lanes: Vec<Vec<LaneState>>,
+    cpu: Vec<ResId>,
+    nic_out: Vec<ResId>,
+    nic_in: Vec<ResId>,
+    /// GPU hosts: per (host, local) PCIe out/in; per host the inter-socket link; NVLink
+    /// pair directions created on first use.
+    pcie: HashMap<(usize, u32), (ResId, ResId)>,
+    sys: HashMap<usize, ResId>,
+    nv: HashMap<(usize, u32, u32), ResId>,
+    messages: usize,
+}
+
+/// Predicts how long `plans` (one per rank) take on `cluster`.
+pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<SimResult> {
+    if plans.len() != cluster.nranks() {
+        return Err(Error::invalid(format!(
+            "simulate: {} plans for a cluster of {} ranks",
+            plans.len(),
+            cluster.nranks()
+        )));
+    }
+    let mut fluid = Fluid::new();
+    let mut cpu = Vec::new();
+    let (mut nic_out, mut nic_in) = (Vec::new(), Vec::new());
+    for h in &cluster.hosts {
+        cpu.push(fluid.add_resource(h.cores * h.copy_gbps * GBPS));
+        nic_out.push(fluid.add_resource(cluster.net.nic_gbit / 8.0 * GBPS));
+        nic_in.push(fluid.add_resource(cluster.net.nic_gbit / 8.0 * GBPS));
+    }
+    let mut sim = Sim {
+        plans,
+        cl: cluster,
+        p,
+        fluid,
+        tokens: Vec::new(),
+        events: BinaryHeap::new(),
+        seq: 0,
+        now: 0.0,
+        pairs: HashMap::new(),
+        lanes: plans
+            .iter()
+            .map(|pl| vec![LaneState::default(); pl.lanes.len()])
+            .collect(),
+        cpu,
+        nic_out,
+        nic_in,
+        pcie: HashMap::new(),
+        sys: HashMap::new(),
+        nv: HashMap::new(),
+        messages: 0,
+    };
+    for r in 0..plans.len() {
+        sim.pump_rank(r);
+    }
+    loop {
+        let flow_dt = sim.fluid.next_finish();
+        let ev_t = sim.events.peek().map(|(t, _, _)| t.0);
+        let t_flow = flow_dt.map(|d| sim.now + d);
+        let next = match (t_flow, ev_t) {
+            (None, None) => break,
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (Some(a), Some(b)) => a.min(b),
+        };
+        if !next.is_finite() {
+            return Err(Error::Plan(
+                "simulate: flows that can never finish (a zero-capacity resource)".into(),
+            ));
+        }
+        let done = sim.fluid.advance(next - sim.now);
+        sim.now = next;
+        for tok in done {
+            sim.finish(tok);
+        }
+        while sim.events.peek().is_some_and(|(t, _, _)| t.0 <= sim.now) {
+            let (_, _, Event::Arrive(a, b)) = sim.events.pop().expect("peeked");
+            sim.pairs.get_mut(&(a, b)).expect("pair").arrived += 1;
+            sim.pump_rank(b);
+        }
+    }
+    // Every lane must have finished; otherwise the plans deadlock (the verifier says why).
+    for (r, ls) in sim.lanes.iter().enumerate() {
+        for (l, st) in ls.iter().enumerate() {
+            if st.step < plans[r].lanes[l].steps.len() {
+                return Err(Error::Plan(format!(
+                    "simulate: rank {r} lane {l} stuck at step {} (verify the plans)",
+                    st.step
+                )));
+            }
+        }
+    }
+    Ok(SimResult {
+        time_us: sim.now,
+        messages: sim.messages,
+    })
+}
+
+impl Sim<'_> {
+    fn token(&mut self, t: Token) -> usize {
+        self.tokens.push(t);
+        self.tokens.len() - 1
+    }
+
+    fn host(&self, r: usize) -> &HostModel {
+        &self.cl.hosts[self.cl.host_of[r] as usize]
+    }
+
+    /// Starts CPU work for rank `r`, lane `l`: `bytes` processed at `gbps` by one core.
+    fn work(&mut self, r: usize, l: usize, bytes: usize, gbps: f64) {
+        let h = self.cl.host_of[r] as usize;
+        let host = &self.cl.hosts[h];
+        self.lanes[r][l].busy = true;
+        let tok = self.token(Token::Work(r, l));
+        if matches!(host.kind, HostKind::Gpu { .. }) {
+            // Device kernels: fast and off the CPU; model as one pass at device memory speed.
+            self.fluid.start(bytes as f64, vec![], 500.0 * GBPS, tok);
+            return;
+        }
+        // CPU work is counted in copy-equivalent bytes on the host's shared cores.
+        let work = bytes as f64 * host.copy_gbps / gbps;
+        self.fluid
+            .start(work, vec![self.cpu[h]], host.copy_gbps * GBPS, tok);
+    }
+
+    fn send(&mut self, a: usize, b: usize, len: usize) {
+        self.messages += 1;
+        self.pairs.entry((a, b)).or_default().queue.push_back(len);
+        self.kick(a, b);
+    }
+
+    /// Starts the next queued message of pair (a, b) if none is on the wire.
+    fn kick(&mut self, a: usize, b: usize) {
+        let pair = self.pairs.get_mut(&(a, b)).expect("pair");
+        if pair.active {
+            return;
+        }
+        let Some(len) = pair.queue.pop_front() else {
+            return;
+        };
+        pair.active = true;
+        let (res, cap) = self.path(a, b);
+        let tok = self.token(Token::Transfer(a, b));
+        self.fluid.start(len as f64, res, cap, tok);
+    }
+
+    /// Resources and per-flow cap (bytes/us) of a message from a to b.
+    fn path(&mut self, a: usize, b: usize) -> (Vec<ResId>, f64) {
+        let (ha, hb) = (self.cl.host_of[a] as usize, self.cl.host_of[b] as usize);
+        if ha != hb {
+            let net = &self.cl.net;
+            let cap = net
+                .flow_gbit
+                .map(|f| f / 8.0 * GBPS * net.streams as f64)
+                .unwrap_or(f64::INFINITY);
+            return (vec![self.nic_out[ha], self.nic_in[hb]], cap);
+        }
+        let host = &self.cl.hosts[ha];
+        match &host.kind {
+            HostKind::Cpu => (vec![self.cpu[ha]], host.copy_gbps * GBPS),
+            HostKind::Gpu { model } => {
+                let (la, lb) = (self.cl.local_of[a], self.cl.local_of[b]);
+                let (bw, class) = Cluster::gpu_path(model, la, lb);
+                if let PathClass::NV(_) = class {
+                    let fl = &mut self.fluid;
+                    let r = *self
+                        .nv
+                        .entry((ha, la, lb))
+                        .or_insert_with(|| fl.add_resource(bw * GBPS));
+                    return (vec![r], f64::INFINITY);
+                }
+                let mut res = Vec::new();
+                for (g, out) in [(la, true), (lb, false)] {
+                    let fl = &mut self.fluid;
+                    let (o, i) = *self.pcie.entry((ha, g)).or_insert_with(|| {
+                        // A GPU's own PCIe link: the fastest PCIe class (PIX) at its width.
+                        (
+                            fl.add_resource(bw.max(1.0) * GBPS),
+                            fl.add_resource(bw.max(1.0) * GBPS),
+                        )
+                    });
+                    res.push(if out { o } else { i });
+                }
+                if class == PathClass::SYS {
+                    let fl = &mut self.fluid;
+                    res.push(
+                        *self
+                            .sys
+                            .entry(ha)
+                            .or_insert_with(|| fl.add_resource(bw * GBPS)),
+                    );
+                }
+                (res, bw * GBPS)
+            }
+        }
+    }
+
+    fn finish(&mut self, tok: usize) {
+        match self.tokens[tok] {
+            Token::Transfer(a, b) => {
+                let lat = if self.cl.host_of[a] == self.cl.host_of[b] {
+                    self.host(b).latency_us
+                } else {
+                    self.cl.net.latency_us
+                };
+                self.seq += 1;
+                self.events
+                    .push((Time(self.now + lat), self.seq, Event::Arrive(a, b)));
+                self.pairs.get_mut(&(a, b)).expect("pair").active = false;
+                self.kick(a, b);
+            }
+            Token::Work(r, l) => {
+                self.lanes[r][l].busy = false;
+                self.after_work(r, l);
+                self.pump_rank(r);
+            }
+        }
+    }
+
+    fn deps_met(&self, r: usize, l: usize) -> bool {
+        let st = &self.plans[r].lanes[l].steps[self.lanes[r][l].step];
+        st.deps
+            .iter()
+            .all(|d| self.lanes[r][d.lane as usize].step > d.step as usize)
+    }
+
+    fn pump_rank(&mut self, r: usize) {
+        // Lanes may unblock one another through dependencies: loop until nothing moves.
+        loop {
+            let mut moved = false;
+            for l in 0..self.plans[r].lanes.len() {
+                moved |= self.pump(r, l);
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn seglens(&self, r: usize, op: &Op) -> Vec<usize> {
+        let c = op.chunks()[0];
+        segment_lengths(
+            &self.plans[r],
+            c,
+            self.p.count,
+            self.p.elem_bytes,
+            self.p.segment_bytes,
+        )
+    }
+
+    /// Advances lane (r, l) as far as it can; true when it moved.
+    fn pump(&mut self, r: usize, l: usize) -> bool {
+        let mut moved = false;
+        loop {
+            let st = self.lanes[r][l].clone();
+            let Some(step) = self.plans[r].lanes[l].steps.get(st.step) else {
+                return moved;
+            };
+            if st.busy {
+                return moved;
+            }
+            if !st.started {
+                if !self.deps_met(r, l) {
+                    return moved;
+                }
+                self.lanes[r][l].started = true;
+            }
+            let op = step.op;
+            let segs = self.seglens(r, &op);
+            match op {
+                Op::Send { to, .. } => {
+                    for &len in &segs {
+                        self.send(r, to.idx(), len);
+                    }
+                    self.next_step(r, l);
+                }
+                Op::Fan { from, to, .. } if from.is_empty() => {
+                    for &len in &segs {
+                        for t in to.iter() {
+                            self.send(r, t.idx(), len);
+                        }
+                    }
+                    self.next_step(r, l);
+                }
+                Op::Copy { .. } | Op::Reduce { .. } => {
+                    let bytes = segs.iter().sum();
+                    let host = self.host(r);
+                    let rate = if matches!(op, Op::Reduce { .. }) {
+                        host.reduce_gbps
+                    } else {
+                        host.copy_gbps
+                    };
+                    self.work(r, l, bytes, rate);
+                    // after_work advances the step once the work is done.
+                    return true;
+                }
+                _ => {
+                    let srcs = op.recv_peers();
+                    let i = st.seg;
+                    let ready = srcs.iter().all(|s| {
+                        self.pairs
+                            .get(&(s.idx(), r))
+                            .is_some_and(|p| p.arrived > p.consumed)
+                    });
+                    if !ready {
+                        return moved;
+                    }
+                    for s in &srcs {
+                        self.pairs.get_mut(&(s.idx(), r)).expect("pair").consumed += 1;
+                    }
+                    let len = segs[i];
+                    // CPU time to take the segment in: out of the slot for intra-host
+                    // copies, and the reduction (one pass per source) whenever it reduces.
+                    let host = self.host(r);
+                    let intra: usize = srcs
+                        .iter()
+                        .filter(|s| self.cl.host_of[s.idx()] == self.cl.host_of[r])
+                        .count();
+                    let (work, rate) = if op.reduces() {
+                        (len * srcs.len(), host.reduce_gbps)
+                    } else if intra > 0 {
+                        (len, host.copy_gbps)
+                    } else {
+                        (0, host.copy_gbps)
+                    };
+                    if work > 0 {
+                        self.work(r, l, work, rate);
+                        return true;
+                    }
+                    self.after_work(r, l);
+                }
+            }
+            moved = true;
+        }
+    }
+
+    /// A step's work (a local op, or one received segment's processing) finished.
+    fn after_work(&mut self, r: usize, l: usize) {
+        let st = self.lanes[r][l].clone();
+        let op = self.plans[r].lanes[l].steps[st.step].op;
+        if matches!(op, Op::Copy { .. } | Op::Reduce { .. }) {
+            self.next_step(r, l);
+            return;
+        }
+        let segs = self.seglens(r, &op);
+        let len = segs[st.seg];
+        for t in op.send_peers() {
+            self.send(r, t.idx(), len);
+        }
+        if st.seg + 1 >= segs.len() {
+            self.next_step(r, l);
+        } else {
+            self.lanes[r][l].seg += 1;
+        }
+    }
+
+    fn next_step(&mut self, r: usize, l: usize) {
+        let st = &mut self.lanes[r][l];
+        st.step += 1;
+        st.seg = 0;
+        st.started = false;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! Closed-form checks: one link, a ring on n equal links, k flows contending for one
+//! receiver's link, a per-flow cap and streams, cores shared by more ranks than there are.
+
+use super::*;
+use crate::plan::{ChunkRef, Collective, Lane, Peers, Rank};
+
+const MIB: usize = 1 << 20;
+
+/// Fast CPUs (so only the network counts) with no latency.
+fn fast_host() -> HostModel {
+    HostModel::cpu(64.0, 1e6, 1e6, 0.0)
+}
+
+fn net(gbit: f64, flow: Option<f64>, streams: u32, lat: f64) -> NetModel {
+    NetModel {
+        nic_gbit: gbit,
+        flow_gbit: flow,
+        streams,
+        latency_us: lat,
+    }
+}
+
+fn plan(rank: u32, n: u32, chunks: u32, steps: Vec<Op>) -> RankPlan {
+    RankPlan {
+        collective: Collective::AllReduce,
+        algorithm: "test".into(),
+        rank: Rank(rank),
+        nranks: n,
+        input_chunks: 0,
+        output_chunks: chunks,
+        scratch_factor: 0,
+        weights: vec![],
+        lanes: vec![Lane {
+            steps: steps.into_iter().map(Into::into).collect(),
+        }],
+    }
+}
+
+fn params(bytes: usize, seg: usize) -> SimParams {
+    SimParams {
+        count: bytes / 4,
+        elem_bytes: 4,
+        segment_bytes: seg,
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+}
+
+#[test]
+fn one_message_over_one_link() {
+    // 8 Gbit/s = 1 GB/s = 1000 bytes/us; 1 MiB takes 1048.576 us plus 30 us latency.
+    let cl = Cluster::new(
+        vec![fast_host(), fast_host()],
+        &[1, 1],
+        net(8.0, None, 1, 30.0),
+    )
+    .unwrap();
+    let c = ChunkRef::out(0);
+    let plans = vec![
+        plan(
+            0,
+            2,
+            1,
+            vec![Op::Send {
+                to: Rank(1),
+                src: c,
+            }],
+        ),
+        plan(
+            1,
+            2,
+            1,
+            vec![Op::Recv {
+                from: Rank(0),
+                dst: c,
+            }],
+        ),
+    ];
+    let r = simulate(&plans, &cl, params(MIB, MIB)).unwrap();
+    assert!(close(r.time_us, 1048.576 + 30.0), "{r:?}");
+    // Four segments pipeline: latency is paid once at the end (messages follow one another).
+    let r = simulate(&plans, &cl, params(MIB, MIB / 4)).unwrap();
+    assert!(close(r.time_us, 1048.576 + 30.0), "{r:?}");
+}
+
+#[test]
+fn per_flow_cap_times_streams() {
+    let c = ChunkRef::out(0);
+    let plans = vec![
+        plan(
+            0,
+            2,
+            1,
+            vec![Op::Send {
+                to: Rank(1),
+                src: c,
+            }],
+        ),
+        plan(
+            1,
+            2,
+            1,
+            vec![Op::Recv {
+                from: Rank(0),
+                dst: c,
+            }],
+        ),
+    ];
+    for (streams, want) in [(1u32, 4.0 * 1048.576), (2, 2.0 * 1048.576), (8, 1048.576)] {
+        // NIC 1 GB/s, each stream 0.25 GB/s: 1, 2 streams are capped; 8 hit the NIC.
+        let cl = Cluster::new(
+            vec![fast_host(), fast_host()],
+            &[1, 1],
+            net(8.0, Some(2.0), streams, 0.0),
+        )
+        .unwrap();
+        let r = simulate(&plans, &cl, params(MIB, MIB)).unwrap();
+        assert!(close(r.time_us, want), "streams {streams}: {r:?}");
+    }
+}
+
+#[test]
+fn ring_allreduce_on_n_equal_links_is_2_n_minus_1_over_n() {
+    for n in [2u32, 3, 4, 7] {
+        let hosts = vec![fast_host(); n as usize];
+        let cl = Cluster::new(hosts, &vec![1; n as usize], net(8.0, None, 1, 0.0)).unwrap();
+        let plans: Vec<RankPlan> = (0..n)
+            .map(|r| {
+                let mut p = crate::plan::RankPlan {
+                    algorithm: "ring".into(),
+                    ..plan(r, n, n, vec![])
+                };
+                // The ring's allreduce, built here without the algorithms crate.
+                let (next, prev) = (Rank((r + 1) % n), Rank((r + n - 1) % n));
+                let g = |off: i64| ChunkRef::out(((r as i64 + off).rem_euclid(n as i64)) as u32);
+                let mut steps = vec![Op::Send {
+                    to: next,
+                    src: g(0),
+                }];
+                for j in 1..n as i64 {
+                    steps.push(Op::RecvReduceSend {
+                        from: prev,
+                        to: next,
+                        dst: g(-j),
+                    });
+                }
+                for j in 1..n as i64 - 1 {
+                    steps.push(Op::RecvCopySend {
+                        from: prev,
+                        to: next,
+                        dst: g(1 - j),
+                    });
+                }
+                steps.push(Op::Recv {
+                    from: prev,
+                    dst: g(2),
+                });
+                p.lanes[0].steps = steps.into_iter().map(Into::into).collect();
+                p
+            })
+            .collect();
+        crate::verify::verify(&plans, Some(n as usize * 1000)).unwrap();
+        let bytes = n as usize * 1000 * 4;
+        let r = simulate(&plans, &cl, params(bytes, bytes)).unwrap();
+        // 1000 bytes/us per link; each of the 2(n-1) steps moves bytes/n.
+        let want = 2.0 * (n as f64 - 1.0) * (bytes as f64 / n as f64) / 1000.0;
+        assert!(
+            (r.time_us - want).abs() / want < 1e-3,
+            "n={n}: {} vs {want}",
+            r.time_us
+        );
+    }
+}
+
+#[test]
+fn k_senders_share_one_receivers_link() {
+    for k in 1u32..=4 {
+        let n = k + 1;
+        let cl = Cluster::new(
+            vec![fast_host(); n as usize],
+            &vec![1; n as usize],
+            net(8.0, None, 1, 0.0),
+        )
+        .unwrap();
+        let c = ChunkRef::out(0);
+        let mut plans = vec![plan(
+            0,
+            n,
+            1,
+            vec![Op::Fan {
+                from: Peers::new(&(1..n).map(Rank).collect::<Vec<_>>()),
+                to: Peers::none(),
+                dst: c,
+                reduce: true,
+            }],
+        )];
+        for r in 1..n {
+            plans.push(plan(
+                r,
+                n,
+                1,
+                vec![Op::Send {
+                    to: Rank(0),
+                    src: c,
+                }],
+            ));
+        }
+        let r = simulate(&plans, &cl, params(MIB, MIB)).unwrap();
+        let want = k as f64 * 1048.576;
+        assert!((r.time_us - want).abs() / want < 1e-3, "k={k}: {r:?}");
+    }
+}
+
+#[test]
+fn cores_are_shared_by_the_ranks_of_a_host() {
+    // 4 ranks on one host with 2 cores of 1 GB/s copy: two pairs exchange 1 MiB each way.
+    // Each message costs a sender copy and a receiver copy; 4 messages x 2 copies x 1 MiB
+    // over 2 GB/s of cores = 4 MiB / (2000 bytes/us).
+    let cl = Cluster::new(
+        vec![HostModel::cpu(2.0, 1.0, 1.0, 0.0)],
+        &[4],
+        net(8.0, None, 1, 0.0),
+    )
+    .unwrap();
+    let c = ChunkRef::out(0);
+    let d = ChunkRef::out(1);
+    let plans: Vec<RankPlan> = (0..4u32)
+        .map(|r| {
+            let peer = Rank(r ^ 1);
+            plan(
+                r,
+                4,
+                2,
+                vec![
+                    Op::Send { to: peer, src: c },
+                    Op::Recv { from: peer, dst: d },
+                ],
+            )
+        })
+        .collect();
+    let r = simulate(&plans, &cl, params(2 * MIB, MIB)).unwrap();
+    let want = 8.0 * 1048.576 / 2.0;
+    assert!((r.time_us - want).abs() / want < 1e-3, "{r:?} vs {want}");
+}
+
+#[test]
+fn mismatched_inputs_are_errors() {
+    let cl = Cluster::new(vec![fast_host()], &[2], net(8.0, None, 1, 0.0)).unwrap();
+    assert!(simulate(&[], &cl, params(4, 4)).is_err());
+    assert!(Cluster::new(vec![fast_host()], &[0], net(8.0, None, 1, 0.0)).is_err());
+    assert!(Cluster::new(vec![fast_host()], &[1], net(8.0, None, 0, 0.0)).is_err());
+}
