@@ -215,11 +215,20 @@ pub fn init_with_store(
         )?;
         let (cma, copy): (Vec<_>, Vec<_>) = shm.cma_readable().into_iter().partition(|x| x.1);
         let names = |v: &[(Rank, bool)]| v.iter().map(|x| x.0.to_string()).collect::<Vec<_>>();
+        let how = if cfg.shm_mode == acspeed_core::config::ShmMode::Cma {
+            format!(
+                "cross-memory attach from ranks {:?}, slot copies from ranks {:?}",
+                names(&cma),
+                names(&copy)
+            )
+        } else if cfg.shm_mode == acspeed_core::config::ShmMode::Auto {
+            "slot rings, streaming stores".to_string()
+        } else {
+            "slot rings, ordinary stores".to_string()
+        };
         crate::log::Logger::new(cfg.log, rank).info(&format!(
-            "shm large-message path (ACSPEED_SHM_MODE={:?}): cross-memory attach from ranks {:?}, slot copies from ranks {:?}",
-            cfg.shm_mode,
-            names(&cma),
-            names(&copy)
+            "shm large-message path (ACSPEED_SHM_MODE={:?}, collectives >= {} bytes): {how}",
+            cfg.shm_mode, cfg.shm_cma_min
         ));
         parts.push(Arc::new(shm));
     }

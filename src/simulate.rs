@@ -49,7 +49,8 @@ pub struct Row {
 /// One core's copy and reduce rates (GB/s), the number of cores, and the shared-memory
 /// message latency (us) of this machine, measured in about a second.
 pub fn measure_here() -> Result<HostModel> {
-    const BYTES: usize = 32 << 20;
+    // Larger than any last-level cache: the rates of data that streams through DRAM.
+    const BYTES: usize = 256 << 20;
     let src = vec![1u8; BYTES];
     let mut dst = vec![0u8; BYTES];
     let best = |f: &mut dyn FnMut()| {
@@ -69,59 +70,72 @@ pub fn measure_here() -> Result<HostModel> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
+    let cfg = Config::default();
+    let shm = measure_shm()?;
     Ok(HostModel::cpu(
         cores,
         BYTES as f64 / copy_s / 1e9,
         BYTES as f64 / reduce_s / 1e9,
-        measure_shm_latency_us()?,
-    ))
+        shm.latency_us,
+    )
+    .with_shm(shm.slot_gbps, shm.cma_gbps, cfg.shm_cma_min))
 }
 
-/// Half the time of a 2-rank, one-element allreduce over shared memory (two messages in a
-/// row), median of a few hundred calls: the cost of one small message between local ranks,
-/// wake-ups included.
-fn measure_shm_latency_us() -> Result<f64> {
-    let store = crate::store::MemStore::new();
-    let cfg = Config {
-        shm: true,
-        ..Config::default()
+/// What two local ranks measure through the real shared-memory transport.
+struct ShmRates {
+    latency_us: f64,
+    slot_gbps: f64,
+    cma_gbps: f64,
+}
+
+/// Two ranks as two processes (`acspeed-bench -n 2`, found beside this binary) over the
+/// shared-memory transport with default settings. Half a 4-byte allreduce (two messages in a
+/// row) is one message's latency, wake-ups included. A two-rank ring allreduce of S bytes
+/// moves S each way as two steps of S/2, both directions at once with the reduction fused
+/// into the receive, so S / time is one stream's rate as collectives see it (contention
+/// between the directions included: a one-way copy of a cached buffer, or ranks as threads
+/// of one process, run several times faster and would mislead). At 4 MiB that is the slot
+/// path, at 64 MiB cross-memory attach (the transport switches at ACSPEED_SHM_CMA_MIN).
+/// Two-rank shared-memory predictions are therefore calibrated, not independent; more ranks
+/// and other shapes are not.
+fn measure_shm() -> Result<ShmRates> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("locating this binary", e))?
+        .with_file_name("acspeed-bench");
+    let out = std::process::Command::new(&exe)
+        .args([
+            "-n", "2", "-b", "4", "-e", "64M", "-f", "16", "--iters", "10", "-w", "2",
+        ])
+        .args(["--json", "--time-limit", "120"])
+        .env_remove("ACSPEED_ALGO")
+        .output()
+        .map_err(|e| {
+            Error::io(
+                format!("running {} to measure shared memory", exe.display()),
+                e,
+            )
+        })?;
+    if !out.status.success() {
+        return Err(Error::invalid(format!(
+            "measuring shared memory with {} failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::invalid(format!("acspeed-bench printed no JSON rows: {e}")))?;
+    let time_at = |bytes: u64| -> Result<f64> {
+        rows.iter()
+            .find(|r| r["bytes"].as_u64() == Some(bytes))
+            .and_then(|r| r["time_us"].as_f64())
+            .ok_or_else(|| Error::invalid(format!("acspeed-bench gave no row of {bytes} bytes")))
     };
-    let times = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..2u32)
-            .map(|r| {
-                let (store, cfg) = (store.clone(), cfg.clone());
-                s.spawn(move || -> Result<Vec<f64>> {
-                    let comm = crate::init_with_store(
-                        &*store,
-                        "here",
-                        r,
-                        2,
-                        "127.0.0.1".parse().expect("loopback"),
-                        cfg,
-                    )?;
-                    let mut v = [1.0f32];
-                    let mut t = Vec::new();
-                    for i in 0..300 {
-                        let t0 = Instant::now();
-                        comm.allreduce(&mut v, ReduceOp::Sum)?;
-                        if i >= 50 {
-                            t.push(t0.elapsed().as_secs_f64() * 1e6);
-                        }
-                    }
-                    Ok(t)
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Aborted("rank panicked".into())))
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    let mut t = times.into_iter().next().unwrap_or_default();
-    t.sort_by(f64::total_cmp);
-    Ok(t.get(t.len() / 2).copied().unwrap_or(10.0) / 2.0)
+    let rate = |bytes: u64| -> Result<f64> { Ok(bytes as f64 / time_at(bytes)? / 1e3) };
+    Ok(ShmRates {
+        latency_us: time_at(4)? / 2.0,
+        slot_gbps: rate(4 << 20)?,
+        cma_gbps: rate(64 << 20)?,
+    })
 }
 
 /// Builds the cluster model the spec describes.

@@ -20,6 +20,8 @@ pub(crate) enum Fabric {
     Shm,
     /// Shared memory with every message of 64 KiB or more read by cross-memory attach.
     ShmCma,
+    /// Shared memory with every slot filled by streaming stores (the large-collective path).
+    ShmStream,
     /// libfabric RDM endpoints on the tcp;ofi_rxm provider over loopback (feature `rdma`).
     #[cfg(feature = "rdma")]
     Rdma,
@@ -34,6 +36,7 @@ impl Fabric {
             Fabric::TcpMulti => "tcp3",
             Fabric::Shm => "shm",
             Fabric::ShmCma => "shm-cma",
+            Fabric::ShmStream => "shm-stream",
             #[cfg(feature = "rdma")]
             Fabric::Rdma => "rdma",
         }
@@ -94,13 +97,13 @@ pub(crate) fn run_group_on_hosts<T: Send>(
         cfg
     };
     let cfg = Config {
-        shm: matches!(fabric, Fabric::Shm | Fabric::ShmCma),
+        shm: matches!(fabric, Fabric::Shm | Fabric::ShmCma | Fabric::ShmStream),
         shm_mode: if fabric == Fabric::ShmCma {
             acspeed_core::config::ShmMode::Cma
         } else {
             cfg.shm_mode
         },
-        shm_cma_min: if fabric == Fabric::ShmCma {
+        shm_cma_min: if matches!(fabric, Fabric::ShmCma | Fabric::ShmStream) {
             0
         } else {
             cfg.shm_cma_min

@@ -16,8 +16,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_ALGO", "auto", "auto, ring, tree, hybrid or hybrid:tree (a forced algorithm runs the collectives it serves; the others run ring)."),
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
     ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
-    ("ACSPEED_SHM_CMA_MIN", "16M", "Collective size from which shared-memory messages of 64 KiB or more go by cross-memory attach (smaller collectives stay in cache through the slot rings, which is faster there)."),
-    ("ACSPEED_SHM_MODE", "auto", "Large shared-memory messages: cma = the receiver reads the sender's buffer directly (process_vm_readv, one copy), copy = through the slot rings (two copies), auto = cma where the kernel permits it."),
+    ("ACSPEED_SHM_CMA_MIN", "16M", "Collective size from which shared memory takes its large-message path: streaming stores into the slots (auto) or cross-memory attach for messages of 64 KiB or more (cma). Smaller collectives stay in cache through the slot rings, which is faster there."),
+    ("ACSPEED_SHM_MODE", "auto", "Large shared-memory messages: auto = slot rings filled with streaming stores, cma = the receiver reads the sender's buffer directly (process_vm_readv, one copy), copy = slot rings with ordinary stores."),
     ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
     ("ACSPEED_RDMA", "auto", "RDMA through libfabric (builds with the rdma feature): auto = hardware providers only, 1 = any provider (also tcp;ofi_rxm), 0 = off."),
     ("ACSPEED_RDMA_PROVIDER", "(libfabric's choice)", "libfabric provider for RDMA, e.g. verbs;ofi_rxm, efa, tcp;ofi_rxm."),
@@ -93,11 +93,12 @@ pub enum RdmaChoice {
 /// How large messages cross shared memory (`ACSPEED_SHM_MODE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShmMode {
-    /// Cross-memory attach where the kernel permits it, else the slot rings.
+    /// The slot rings; in collectives of at least `ACSPEED_SHM_CMA_MIN` bytes the sender
+    /// fills slots with streaming (non-temporal) stores.
     Auto,
-    /// Cross-memory attach; init fails if a local peer cannot be read.
+    /// Cross-memory attach for large messages; init fails if a local peer cannot be read.
     Cma,
-    /// Always through the slot rings.
+    /// Always the slot rings with ordinary stores (for comparison).
     Copy,
 }
 

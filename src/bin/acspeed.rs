@@ -200,8 +200,8 @@ fn simulate(args: SimArgs) -> Result<()> {
         shape,
         match &h.kind {
             acspeed_core::sim::HostKind::Cpu => format!(
-                "cpu x{} cores, copy {:.1} GB/s, reduce {:.1} GB/s, message {:.1} us",
-                h.cores, h.copy_gbps, h.reduce_gbps, h.latency_us
+                "cpu x{} cores, copy {:.1} GB/s, reduce {:.1} GB/s, shm stream {:.1} GB/s (slots) / {:.1} GB/s (CMA), message {:.1} us",
+                h.cores, h.copy_gbps, h.reduce_gbps, h.shm_gbps, h.shm_cma_gbps, h.latency_us
             ),
             acspeed_core::sim::HostKind::Gpu { model } => format!("{} devices from topology", model.devices.len()),
         },

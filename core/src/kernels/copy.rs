@@ -38,6 +38,60 @@ pub unsafe fn copy_nonoverlapping(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
+/// Copies `n` bytes with non-temporal (streaming) stores: the destination lines go to memory
+/// without being read for ownership first, and leave no copy in this core's cache. For a
+/// producer filling a slot another core will read: an ordinary store must first take each
+/// line back from the reader's cache (it read the previous message there), and on the VMs
+/// we run on that ownership traffic is what made the slot path bimodal. Ends with `sfence`,
+/// so a release store that publishes the slot after it orders after the data.
+///
+/// # Safety
+/// As [`copy_nonoverlapping`].
+#[inline]
+pub unsafe fn copy_nonoverlapping_stream(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY: the caller's contract; AVX2 is used only where detected.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if n >= SMALL && std::arch::is_x86_feature_detected!("avx2") {
+                stream_avx2(src, dst, n);
+                std::arch::x86_64::_mm_sfence();
+                return;
+            }
+        }
+        copy_nonoverlapping(src, dst, n)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_avx2(mut src: *const u8, mut dst: *mut u8, mut n: usize) {
+    // SAFETY: n bytes are valid at src/dst (caller); every access below stays within them,
+    // and the streaming stores are 32-byte aligned after the head copy.
+    unsafe {
+        use std::arch::x86_64::*;
+        let head = (32 - (dst as usize & 31)) & 31;
+        std::ptr::copy_nonoverlapping(src, dst, head);
+        src = src.add(head);
+        dst = dst.add(head);
+        n -= head;
+        while n >= 128 {
+            let a = _mm256_loadu_si256(src as *const __m256i);
+            let b = _mm256_loadu_si256(src.add(32) as *const __m256i);
+            let c = _mm256_loadu_si256(src.add(64) as *const __m256i);
+            let d = _mm256_loadu_si256(src.add(96) as *const __m256i);
+            _mm256_stream_si256(dst as *mut __m256i, a);
+            _mm256_stream_si256(dst.add(32) as *mut __m256i, b);
+            _mm256_stream_si256(dst.add(64) as *mut __m256i, c);
+            _mm256_stream_si256(dst.add(96) as *mut __m256i, d);
+            src = src.add(128);
+            dst = dst.add(128);
+            n -= 128;
+        }
+        std::ptr::copy_nonoverlapping(src, dst, n);
+    }
+}
+
 /// Copies `n` bytes where the ranges may overlap (the executor's local copies).
 ///
 /// # Safety
@@ -121,9 +175,15 @@ unsafe fn copy_sse2(mut src: *const u8, mut dst: *mut u8, mut n: usize) {
 mod tests {
     use super::*;
 
-    /// Every length around the thresholds, every source/destination misalignment.
+    /// Every length around the thresholds, every source/destination misalignment, for the
+    /// cached and the streaming copy.
     #[test]
     fn copies_exactly_at_every_length_and_alignment() {
+        check_copy(copy_nonoverlapping);
+        check_copy(copy_nonoverlapping_stream);
+    }
+
+    fn check_copy(copy_nonoverlapping: unsafe fn(*const u8, *mut u8, usize)) {
         let src: Vec<u8> = (0..20_000u32).map(|i| (i * 31 + 7) as u8).collect();
         for n in [0, 1, 31, 2047, 2048, 2049, 4096 + 13, 10_000, 19_000] {
             for so in 0..4 {

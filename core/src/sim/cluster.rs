@@ -35,10 +35,21 @@ pub struct HostModel {
     pub reduce_gbps: f64,
     /// One intra-host message's fixed cost, microseconds.
     pub latency_us: f64,
+    /// One stream between two local ranks through the shared-memory transport, end to end
+    /// (sender's copy in, receiver's copy out, waits included), GB/s: the slot path, and the
+    /// single-copy (cross-memory attach) path taken in collectives of `cma_min_bytes` or more.
+    #[serde(default)]
+    pub shm_gbps: f64,
+    #[serde(default)]
+    pub shm_cma_gbps: f64,
+    #[serde(default)]
+    pub cma_min_bytes: usize,
 }
 
 impl HostModel {
-    /// A CPU host with these measured rates.
+    /// A CPU host with these measured rates; a shared-memory stream at `copy_gbps` (the two
+    /// copies of a message run on two cores at once) until [`HostModel::with_shm`] sets
+    /// measured rates.
     pub fn cpu(cores: f64, copy_gbps: f64, reduce_gbps: f64, latency_us: f64) -> HostModel {
         HostModel {
             kind: HostKind::Cpu,
@@ -46,6 +57,28 @@ impl HostModel {
             copy_gbps,
             reduce_gbps,
             latency_us,
+            shm_gbps: copy_gbps,
+            shm_cma_gbps: copy_gbps,
+            cma_min_bytes: usize::MAX,
+        }
+    }
+
+    /// Measured shared-memory stream rates (see the fields).
+    pub fn with_shm(self, shm_gbps: f64, shm_cma_gbps: f64, cma_min_bytes: usize) -> HostModel {
+        HostModel {
+            shm_gbps,
+            shm_cma_gbps,
+            cma_min_bytes,
+            ..self
+        }
+    }
+
+    /// One shared-memory stream's rate in a collective of `coll_bytes`.
+    pub fn shm_rate(&self, coll_bytes: usize) -> f64 {
+        if coll_bytes >= self.cma_min_bytes {
+            self.shm_cma_gbps
+        } else {
+            self.shm_gbps
         }
     }
 
@@ -63,6 +96,9 @@ impl HostModel {
             copy_gbps: 10.0,
             reduce_gbps: 8.0,
             latency_us: 5.0,
+            shm_gbps: 5.0,
+            shm_cma_gbps: 5.0,
+            cma_min_bytes: usize::MAX,
         })
     }
 

@@ -238,13 +238,14 @@ impl Sim<'_> {
             return;
         };
         pair.active = true;
-        let (res, cap) = self.path(a, b);
+        let (res, weight, cap) = self.path(a, b);
         let tok = self.token(Token::Transfer(a, b));
-        self.fluid.start(len as f64, res, cap, tok);
+        self.fluid.start(len as f64 * weight, res, cap, tok);
     }
 
-    /// Resources and per-flow cap (bytes/us) of a message from a to b.
-    fn path(&mut self, a: usize, b: usize) -> (Vec<ResId>, f64) {
+    /// Resources, work per byte (flow units per byte moved) and per-flow cap (flow units per
+    /// us) of a message from a to b.
+    fn path(&mut self, a: usize, b: usize) -> (Vec<ResId>, f64, f64) {
         let (ha, hb) = (self.cl.host_of[a] as usize, self.cl.host_of[b] as usize);
         if ha != hb {
             let net = &self.cl.net;
@@ -252,11 +253,18 @@ impl Sim<'_> {
                 .flow_gbit
                 .map(|f| f / 8.0 * GBPS * net.streams as f64)
                 .unwrap_or(f64::INFINITY);
-            return (vec![self.nic_out[ha], self.nic_in[hb]], cap);
+            return (vec![self.nic_out[ha], self.nic_in[hb]], 1.0, cap);
         }
         let host = &self.cl.hosts[ha];
         match &host.kind {
-            HostKind::Cpu => (vec![self.cpu[ha]], host.copy_gbps * GBPS),
+            HostKind::Cpu => {
+                // A message through shared memory is two copies' work on the host's cores
+                // (the sender's in, the receiver's out or its reduce), so ranks beyond the
+                // core count slow one another down; one stream goes no faster than the
+                // measured stream rate.
+                let rate = host.shm_rate(self.p.count * self.p.elem_bytes);
+                (vec![self.cpu[ha]], 2.0, 2.0 * rate * GBPS)
+            }
             HostKind::Gpu { model } => {
                 let (la, lb) = (self.cl.local_of[a], self.cl.local_of[b]);
                 let (bw, class) = Cluster::gpu_path(model, la, lb);
@@ -266,7 +274,7 @@ impl Sim<'_> {
                         .nv
                         .entry((ha, la, lb))
                         .or_insert_with(|| fl.add_resource(bw * GBPS));
-                    return (vec![r], f64::INFINITY);
+                    return (vec![r], 1.0, f64::INFINITY);
                 }
                 let mut res = Vec::new();
                 for (g, out) in [(la, true), (lb, false)] {
@@ -289,7 +297,7 @@ impl Sim<'_> {
                             .or_insert_with(|| fl.add_resource(bw * GBPS)),
                     );
                 }
-                (res, bw * GBPS)
+                (res, 1.0, bw * GBPS)
             }
         }
     }
@@ -408,20 +416,20 @@ impl Sim<'_> {
                         self.pairs.get_mut(&(s.idx(), r)).expect("pair").consumed += 1;
                     }
                     let len = segs[i];
-                    // CPU time to take the segment in: out of the slot for intra-host
-                    // copies, and the reduction (one pass per source) whenever it reduces.
+                    // CPU time to take the segment in: a reduction pass per source, except
+                    // that the first shared-memory source is reduced straight out of its slot
+                    // (that pass is part of the measured stream rate). Copies are part of
+                    // the transfer on every path.
                     let host = self.host(r);
-                    let intra: usize = srcs
+                    let intra = srcs
                         .iter()
-                        .filter(|s| self.cl.host_of[s.idx()] == self.cl.host_of[r])
-                        .count();
-                    let (work, rate) = if op.reduces() {
-                        (len * srcs.len(), host.reduce_gbps)
-                    } else if intra > 0 {
-                        (len, host.copy_gbps)
+                        .any(|s| self.cl.host_of[s.idx()] == self.cl.host_of[r]);
+                    let work = if op.reduces() {
+                        len * (srcs.len() - usize::from(intra))
                     } else {
-                        (0, host.copy_gbps)
+                        0
                     };
+                    let rate = host.reduce_gbps;
                     if work > 0 {
                         self.work(r, l, work, rate);
                         return true;

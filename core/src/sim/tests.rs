@@ -216,8 +216,8 @@ fn k_senders_share_one_receivers_link() {
 #[test]
 fn cores_are_shared_by_the_ranks_of_a_host() {
     // 4 ranks on one host with 2 cores of 1 GB/s copy: two pairs exchange 1 MiB each way.
-    // Each message costs a sender copy and a receiver copy; 4 messages x 2 copies x 1 MiB
-    // over 2 GB/s of cores = 4 MiB / (2000 bytes/us).
+    // A stream keeps two cores busy (sender copying in, receiver copying out): 4 messages x
+    // 2 cores' work x 1 MiB over 2 GB/s of cores = 8 MiB / (2000 bytes/us).
     let cl = Cluster::new(
         vec![HostModel::cpu(2.0, 1.0, 1.0, 0.0)],
         &[4],

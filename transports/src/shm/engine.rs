@@ -31,8 +31,9 @@ const CMA_BOUNCE: usize = 64 << 10;
 pub struct ShmParams {
     pub slots: usize,
     pub slot_bytes: usize,
-    /// Whether large messages go by cross-memory attach: those of at least `cma_min` bytes
-    /// in collectives of at least `cma_min_collective` bytes.
+    /// How large messages cross (see `ShmMode`): with `Cma`, those of at least `cma_min`
+    /// bytes in collectives of at least `cma_min_collective` bytes go by cross-memory
+    /// attach; with `Auto`, slots of collectives that large are filled with streaming stores.
     pub mode: ShmMode,
     pub cma_min: usize,
     pub cma_min_collective: usize,
@@ -46,7 +47,7 @@ impl Default for ShmParams {
             mode: ShmMode::Auto,
             cma_min: 64 << 10,
             // Measured (docs/PERFORMANCE.md): below this the slot copies stay in cache and
-            // run 2x faster than process_vm_readv; above it they collapse in some runs.
+            // ordinary stores are fastest; above it ordinary stores collapse in some runs.
             cma_min_collective: 16 << 20,
         }
     }
@@ -180,6 +181,8 @@ struct Peer {
     cma_posted: u64,
     cma_min: usize,
     cma_min_collective: usize,
+    /// Fill slots with streaming stores in collectives of at least `cma_min_collective`.
+    stream: bool,
     bounce: Vec<u8>,
     broken: Option<Error>,
 }
@@ -289,7 +292,14 @@ impl Peer {
             // valid under post_send's contract.
             unsafe {
                 meta.write(Meta::frame(KIND_DATA, &s.hdr, s.off, frag, 0));
-                kernels::copy::copy_nonoverlapping(s.data.0.add(s.off), data, frag);
+                if self.stream && coll_bytes >= self.cma_min_collective {
+                    // Large collectives: the slot's lines go straight to memory instead of
+                    // being taken back from the reader's cache line by line (the bimodal
+                    // slow mode, docs/PERFORMANCE.md).
+                    kernels::copy::copy_nonoverlapping_stream(s.data.0.add(s.off), data, frag);
+                } else {
+                    kernels::copy::copy_nonoverlapping(s.data.0.add(s.off), data, frag);
+                }
             }
             idx.producer_publish(i);
             s.off += frag;
@@ -512,7 +522,7 @@ impl ShmTransport {
                 p: params,
             };
             let pid = if ns == pid_ns() { pid } else { 0 };
-            if params.mode != ShmMode::Copy {
+            if params.mode == ShmMode::Cma {
                 let mut probe = 0u64;
                 let can = pid > 0
                     && cma_read(pid, their_addr, (&mut probe as *mut u64).cast(), 8).is_ok()
@@ -537,11 +547,12 @@ impl ShmTransport {
                 recvs: VecDeque::new(),
                 awaiting: VecDeque::new(),
                 cma_posted: 0,
-                cma_min: if params.mode == ShmMode::Copy {
-                    0
-                } else {
+                cma_min: if params.mode == ShmMode::Cma {
                     params.cma_min.max(1)
+                } else {
+                    0
                 },
+                stream: params.mode == ShmMode::Auto,
                 cma_min_collective: params.cma_min_collective,
                 bounce: Vec::new(),
                 broken: None,
