@@ -31,6 +31,8 @@ pub struct Communicator {
     hosts: Vec<String>,
     /// What plan generators know (host map), identical on every rank.
     ctx: PlanContext,
+    /// Per-size rules (allreduce, broadcast, reduce, others): (algorithm, from, to).
+    rules: SizeRules,
     log: Logger,
 }
 
@@ -70,6 +72,7 @@ impl Communicator {
         });
         let log = Logger::new(cfg.log, rank);
         let ctx = PlanContext::from_host_names(&hosts);
+        let rules = size_rules(&cfg)?;
         let c = Communicator {
             rank,
             nranks,
@@ -84,6 +87,7 @@ impl Communicator {
             poisoned: Mutex::new(None),
             hosts,
             ctx,
+            rules,
             log,
         };
         c.log_init();
@@ -128,10 +132,75 @@ impl Communicator {
     /// ranks it measured no faster than ring here), and ring otherwise; broadcast and reduce
     /// follow the same tree rule.
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
-        if let Some(a) = self.algo {
-            return if a.serves(coll) { a } else { Algorithm::Ring };
+        self.choose(coll, bytes).0
+    }
+
+    /// The algorithm for `coll` at `bytes`, and why (the layer that decided).
+    fn choose(&self, coll: Collective, bytes: usize) -> (Algorithm, String) {
+        let rules = match coll {
+            Collective::AllReduce => &self.rules.0,
+            Collective::Broadcast { .. } => &self.rules.1,
+            Collective::Reduce { .. } => &self.rules.2,
+            _ => &self.rules.3,
+        };
+        if let Some((a, lo, hi)) = rules.iter().find(|(_, lo, hi)| (*lo..*hi).contains(&bytes)) {
+            return (
+                *a,
+                format!(
+                    "ACSPEED_{} range {}-{}",
+                    coll.name().to_ascii_uppercase(),
+                    human(*lo),
+                    if *hi == usize::MAX {
+                        "max".into()
+                    } else {
+                        human(*hi)
+                    }
+                ),
+            );
         }
-        auto_rule(&self.ctx, coll, bytes)
+        if let Some(a) = self.algo {
+            return if a.serves(coll) {
+                (a, format!("ACSPEED_ALGO={}", a.name()))
+            } else {
+                (
+                    Algorithm::Ring,
+                    format!(
+                        "ACSPEED_ALGO={} does not serve {}: ring",
+                        a.name(),
+                        coll.name()
+                    ),
+                )
+            };
+        }
+        let a = auto_rule(&self.ctx, coll, bytes);
+        let why = match a {
+            Algorithm::Hybrid(_) => format!(
+                "auto: ranks span {} hosts {:?} and the message is >= {}",
+                self.ctx.nhosts(),
+                self.ctx.shape(),
+                human(HYBRID_MIN_BYTES)
+            ),
+            Algorithm::Tree => format!(
+                "auto: {} ranks (>= {TREE_MIN_RANKS}) and <= {}",
+                self.ctx.nranks,
+                human(TREE_MAX_BYTES)
+            ),
+            _ => "auto: ring (bandwidth-optimal; no hierarchy or latency rule applies)".into(),
+        };
+        (a, why)
+    }
+
+    /// Which algorithm a collective of `bytes` (output size) runs and why, in one line.
+    pub fn explain(&self, coll: Collective, bytes: usize) -> String {
+        let (a, why) = self.choose(coll, bytes);
+        format!(
+            "{} of {} bytes on {} ranks (hosts {:?}): {} ({why})",
+            coll.name(),
+            bytes,
+            self.nranks,
+            self.ctx.shape(),
+            a.name()
+        )
     }
 
     fn log_init(&self) {
@@ -518,6 +587,54 @@ impl Communicator {
 
 /// Frame code of point-to-point messages (`Collective::name_of_code` knows it).
 const P2P_CODE: u8 = 8;
+
+type SizeRules = (
+    Vec<(Algorithm, usize, usize)>,
+    Vec<(Algorithm, usize, usize)>,
+    Vec<(Algorithm, usize, usize)>,
+    Vec<(Algorithm, usize, usize)>,
+);
+
+/// Resolves the per-size strings, refusing an algorithm that cannot serve its collective.
+fn size_rules(cfg: &Config) -> Result<SizeRules> {
+    let resolve = |name: &str, coll: Collective, rules: &[acspeed_core::config::SizeRule]| {
+        rules
+            .iter()
+            .map(|r| {
+                let a = Algorithm::from_name(&r.algo).map_err(|e| match e {
+                    Error::InvalidArgument(m) => Error::invalid(format!("{name}: {m}")),
+                    e => e,
+                })?;
+                if !a.serves(coll) {
+                    return Err(Error::invalid(format!(
+                        "{name}: algorithm {} cannot run {}",
+                        a.name(),
+                        coll.name()
+                    )));
+                }
+                Ok((a, r.lo, r.hi))
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    Ok((
+        resolve(
+            "ACSPEED_ALLREDUCE",
+            Collective::AllReduce,
+            &cfg.allreduce_rules,
+        )?,
+        resolve(
+            "ACSPEED_BROADCAST",
+            Collective::Broadcast { root: Rank(0) },
+            &cfg.broadcast_rules,
+        )?,
+        resolve(
+            "ACSPEED_REDUCE",
+            Collective::Reduce { root: Rank(0) },
+            &cfg.reduce_rules,
+        )?,
+        Vec::new(),
+    ))
+}
 
 /// Largest message the double binary tree takes in `auto` (latency-bound sizes).
 const TREE_MAX_BYTES: usize = 16 << 10;

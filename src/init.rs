@@ -66,9 +66,18 @@ fn plan_facts(cfg: &Config) -> String {
         acspeed_core::config::AlgoChoice::Auto => "auto".to_string(),
         acspeed_core::config::AlgoChoice::Named(n) => n.to_ascii_lowercase(),
     };
+    let rules = |r: &[acspeed_core::config::SizeRule]| {
+        r.iter()
+            .map(|x| format!("{}:{}-{}", x.algo, x.lo, x.hi))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
     format!(
-        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={}",
-        cfg.segment_bytes
+        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={}",
+        cfg.segment_bytes,
+        rules(&cfg.allreduce_rules),
+        rules(&cfg.broadcast_rules),
+        rules(&cfg.reduce_rules)
     )
 }
 
@@ -175,7 +184,7 @@ pub fn init_with_store(
             return Err(Error::Mismatch {
                 peer: q,
                 detail: format!(
-                    "rank {q} plans with {f} but rank {rank} with {facts}: ACSPEED_ALGO and ACSPEED_SEGMENT_BYTES must be the same on every rank"
+                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings and ACSPEED_SEGMENT_BYTES must be the same on every rank"
                 ),
             });
         }

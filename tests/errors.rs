@@ -261,3 +261,109 @@ fn world_size_disagreement_and_duplicate_ranks_are_named() {
     .to_string();
     assert!(e.contains("claimed by 2"), "{e}");
 }
+
+/// Ranks whose algorithm settings differ fail at init with an error naming the other rank,
+/// instead of exchanging data under different plans.
+#[test]
+fn algorithm_settings_that_differ_across_ranks_fail_init_naming_the_rank() {
+    let store = acspeed::store::MemStore::new();
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2u32)
+            .map(|r| {
+                let store = store.clone();
+                s.spawn(move || {
+                    let cfg = acspeed::Config {
+                        algo: if r == 1 {
+                            acspeed_core::config::AlgoChoice::Named("tree".into())
+                        } else {
+                            acspeed_core::config::AlgoChoice::Auto
+                        },
+                        ..test_config(1 << 16, 4, 10)
+                    };
+                    acspeed::init_with_store(
+                        &*store,
+                        "alg",
+                        r,
+                        2,
+                        "127.0.0.1".parse().unwrap(),
+                        cfg,
+                    )
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        errs[0].contains("rank 1") && errs[0].contains("ACSPEED_ALGO=tree"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].contains("rank 0") && errs[1].contains("ACSPEED_ALGO=auto"),
+        "{}",
+        errs[1]
+    );
+}
+
+/// Per-size strings pick the algorithm by size; bad strings and algorithms that cannot serve
+/// the collective are refused with the variable's name; `explain` says which layer decided.
+#[test]
+fn per_size_algorithm_strings_and_explain() {
+    let vars = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    let cfg = acspeed::Config::from_vars(&vars(&[
+        ("ACSPEED_ALLREDUCE", "tree:0-64K;ring:64K-max"),
+        ("ACSPEED_ALGO", "hybrid"),
+    ]))
+    .unwrap();
+    let out = run_group(Fabric::Memory, 4, cfg, |comm| {
+        let ar = acspeed_core::Collective::AllReduce;
+        let bc = acspeed_core::Collective::Broadcast {
+            root: acspeed_core::Rank(0),
+        };
+        let mut small = vec![1.0f32; 1000];
+        comm.allreduce(&mut small, ReduceOp::Sum).unwrap();
+        assert!(small.iter().all(|x| *x == 4.0));
+        (
+            comm.algorithm_for(ar, 4096).name(),
+            comm.algorithm_for(ar, 1 << 20).name(),
+            comm.algorithm_for(bc, 4096).name(),
+            comm.explain(ar, 4096),
+            comm.explain(bc, 4096),
+        )
+    });
+    let (a, b, c, e1, e2) = &out[0];
+    assert_eq!((*a, *b, *c), ("tree", "ring", "ring"));
+    assert!(
+        e1.contains("tree") && e1.contains("ACSPEED_ALLREDUCE range 0-64K"),
+        "{e1}"
+    );
+    assert!(
+        e2.contains("ACSPEED_ALGO=hybrid does not serve broadcast"),
+        "{e2}"
+    );
+    let bad = acspeed::Config::from_vars(&vars(&[("ACSPEED_BROADCAST", "hybrid:0-max")])).unwrap();
+    let t = acspeed_core::memory::MemoryTransport::fabric(1)
+        .pop()
+        .unwrap();
+    let e = acspeed::Communicator::from_transport(std::sync::Arc::new(t), bad, vec!["h".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ACSPEED_BROADCAST") && e.contains("cannot run broadcast"),
+        "{e}"
+    );
+    let e = acspeed::Config::from_vars(&vars(&[("ACSPEED_ALLREDUCE", "tree:1M-4K")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ACSPEED_ALLREDUCE") && e.contains("empty range"),
+        "{e}"
+    );
+}

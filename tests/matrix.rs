@@ -342,7 +342,11 @@ fn matrix_shared_memory_cma() {
 /// The large-collective path of the default mode: every slot filled with streaming stores.
 #[test]
 fn matrix_shared_memory_streaming_stores() {
-    run_matrix(Fabric::ShmStream, &COUNTS, &[DType::F32, DType::BF16, DType::I8]);
+    run_matrix(
+        Fabric::ShmStream,
+        &COUNTS,
+        &[DType::F32, DType::BF16, DType::I8],
+    );
 }
 
 #[test]

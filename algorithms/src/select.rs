@@ -8,6 +8,7 @@ use crate::{Algorithm, InterHost};
 use acspeed_core::plan::Collective;
 use acspeed_core::sim::{simulate, Cluster, SimParams};
 use acspeed_core::{PlanContext, Result};
+use rayon::prelude::*;
 
 /// One candidate's prediction.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,8 +72,9 @@ pub fn rank_candidates(
     elem_bytes: usize,
     segment_bytes: usize,
 ) -> Result<Vec<Prediction>> {
+    // Independent simulations: one per candidate, in parallel; `collect` keeps their order.
     let mut v = cands
-        .iter()
+        .par_iter()
         .map(|&algo| {
             Ok(Prediction {
                 algo,
@@ -102,15 +104,21 @@ impl Table {
         segment_bytes: usize,
     ) -> Result<Table> {
         let cands = candidates(coll, &context_of(cluster));
-        let mut rows = Vec::new();
+        let mut sizes = Vec::new();
         let mut b = 4usize << 10;
         while b <= max_bytes.max(4 << 10) {
-            rows.push((
-                b,
-                rank_candidates(coll, cluster, &cands, b, elem_bytes, segment_bytes)?,
-            ));
+            sizes.push(b);
             b *= 4;
         }
+        let rows = sizes
+            .par_iter()
+            .map(|&b| {
+                Ok((
+                    b,
+                    rank_candidates(coll, cluster, &cands, b, elem_bytes, segment_bytes)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Table { coll, rows })
     }
 

@@ -14,6 +14,9 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_SEGMENT_BYTES", "256K", "Pipeline segment size: each chunk moves in segments of this many bytes."),
     ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
     ("ACSPEED_ALGO", "auto", "auto, ring, tree, hybrid or hybrid:tree (a forced algorithm runs the collectives it serves; the others run ring)."),
+    ("ACSPEED_ALLREDUCE", "(off)", "Algorithm per size range for allreduce, oneCCL style: `tree:0-16K;ring:16K-1M;hybrid:1M-max` (upper bounds exclusive). Overrides ACSPEED_ALGO and auto where a range matches."),
+    ("ACSPEED_BROADCAST", "(off)", "Algorithm per size range for broadcast (ring or tree), as ACSPEED_ALLREDUCE."),
+    ("ACSPEED_REDUCE", "(off)", "Algorithm per size range for reduce (ring or tree), as ACSPEED_ALLREDUCE."),
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
     ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
     ("ACSPEED_SHM_CMA_MIN", "16M", "Collective size from which shared memory takes its large-message path: streaming stores into the slots (auto) or cross-memory attach for messages of 64 KiB or more (cma). Smaller collectives stay in cache through the slot rings, which is faster there."),
@@ -31,6 +34,53 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("RANK / WORLD_SIZE", "-", "This process's rank and the number of ranks (torchrun's convention)."),
     ("LOCAL_RANK / LOCAL_WORLD_SIZE", "RANK / WORLD_SIZE", "Rank within the host and ranks on the host (torchrun's convention)."),
 ];
+
+/// One range of a per-size algorithm string: `algo` for sizes in `lo..hi` bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeRule {
+    pub algo: String,
+    pub lo: usize,
+    pub hi: usize,
+}
+
+/// Parses `tree:0-16K;ring:16K-1M;hybrid:1M-max` (algorithm names are checked by the
+/// communicator, which knows them).
+pub fn parse_size_rules(name: &str, v: &str) -> Result<Vec<SizeRule>> {
+    let mut rules = Vec::new();
+    for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let err = |why: &str| {
+            Error::invalid(format!(
+                "{name}='{v}': '{part}' {why} (expected entries like tree:0-16K;ring:16K-max)"
+            ))
+        };
+        let (algo, range) = part
+            .rsplit_once(':')
+            .ok_or_else(|| err("has no ':' between algorithm and range"))?;
+        let (lo, hi) = range
+            .split_once('-')
+            .ok_or_else(|| err("has no '-' in its range"))?;
+        let lo = parse_size(lo.trim()).ok_or_else(|| err("has a bad lower bound"))?;
+        let hi = match hi.trim() {
+            "max" => usize::MAX,
+            h => parse_size(h).ok_or_else(|| err("has a bad upper bound"))?,
+        };
+        if lo >= hi {
+            return Err(err("has an empty range"));
+        }
+        if algo.trim().is_empty() {
+            return Err(err("names no algorithm"));
+        }
+        rules.push(SizeRule {
+            algo: algo.trim().to_ascii_lowercase(),
+            lo,
+            hi,
+        });
+    }
+    if rules.is_empty() {
+        return Err(Error::invalid(format!("{name}='{v}': no entries")));
+    }
+    Ok(rules)
+}
 
 /// Log verbosity (`ACSPEED_DEBUG`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +159,10 @@ pub struct Config {
     pub segment_bytes: usize,
     pub pipeline_depth: usize,
     pub algo: AlgoChoice,
+    /// Per-size algorithm rules (`ACSPEED_ALLREDUCE`, `ACSPEED_BROADCAST`, `ACSPEED_REDUCE`).
+    pub allreduce_rules: Vec<SizeRule>,
+    pub broadcast_rules: Vec<SizeRule>,
+    pub reduce_rules: Vec<SizeRule>,
     pub log: LogLevel,
     pub host_id: Option<String>,
     pub plan_dump_dir: Option<String>,
@@ -135,6 +189,9 @@ impl Default for Config {
             segment_bytes: 256 << 10,
             pipeline_depth: 4,
             algo: AlgoChoice::Auto,
+            allreduce_rules: Vec::new(),
+            broadcast_rules: Vec::new(),
+            reduce_rules: Vec::new(),
             log: LogLevel::Warn,
             host_id: None,
             plan_dump_dir: None,
@@ -232,6 +289,15 @@ impl Config {
                 "auto" => AlgoChoice::Auto,
                 name => AlgoChoice::Named(name.to_string()),
             };
+        }
+        for (name, rules) in [
+            ("ACSPEED_ALLREDUCE", &mut c.allreduce_rules),
+            ("ACSPEED_BROADCAST", &mut c.broadcast_rules),
+            ("ACSPEED_REDUCE", &mut c.reduce_rules),
+        ] {
+            if let Some(v) = lookup(vars, name) {
+                *rules = parse_size_rules(name, v)?;
+            }
         }
         if let Some(v) = lookup(vars, "ACSPEED_DEBUG") {
             c.log = match v.to_ascii_uppercase().as_str() {
@@ -405,6 +471,34 @@ mod tests {
         .unwrap();
         assert_eq!(c.segment_bytes, 1 << 20);
         assert_eq!(c.algo, AlgoChoice::Named("ring".into()));
+    }
+
+    #[test]
+    fn per_size_algorithm_strings() {
+        let r = parse_size_rules(
+            "ACSPEED_ALLREDUCE",
+            "tree:0-16K; ring:16K-1M;hybrid:tree:1M-max",
+        )
+        .unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r[0],
+            SizeRule {
+                algo: "tree".into(),
+                lo: 0,
+                hi: 16 << 10
+            }
+        );
+        assert_eq!(r[2].algo, "hybrid:tree");
+        assert_eq!(r[2].hi, usize::MAX);
+        for bad in ["tree", "tree:16K", "tree:1M-16K", "tree:x-1M", ":0-1M", ""] {
+            let e = parse_size_rules("ACSPEED_ALLREDUCE", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ACSPEED_ALLREDUCE"), "{bad}: {e}");
+        }
+        let c = Config::from_vars(&[("ACSPEED_BROADCAST".into(), "tree:0-64K".into())]).unwrap();
+        assert_eq!(c.broadcast_rules.len(), 1);
     }
 
     #[test]

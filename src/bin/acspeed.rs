@@ -98,9 +98,17 @@ struct SimArgs {
     /// The executor's segment size (ACSPEED_SEGMENT_BYTES).
     #[arg(long, default_value = "256K")]
     segment: String,
-    /// Print {"rows": [...]} with algo, bytes, time_us, busbw_gbps, selected.
+    /// Print {"rows": [...], "host": {...}}; rows have algo, bytes, time_us, busbw_gbps,
+    /// selected.
     #[arg(long)]
     json: bool,
+    /// With --here: use this host model (the "host" object of an earlier --json run)
+    /// instead of measuring again.
+    #[arg(long, value_name = "FILE", requires = "here")]
+    host_model: Option<PathBuf>,
+    /// Cores per host available to the job (e.g. emulated hosts sharing one machine).
+    #[arg(long)]
+    cores_per_host: Option<f64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -184,13 +192,33 @@ fn simulate(args: SimArgs) -> Result<()> {
         dtype: args.dtype,
         segment_bytes: parse_size(&args.segment)?,
     };
-    let cluster = cluster_of(&spec, None)?;
+    let here = match &args.host_model {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+            let h = v.get("host").cloned().unwrap_or(v);
+            Some(
+                serde_json::from_value::<acspeed_core::sim::HostModel>(h)
+                    .with_context(|| format!("{}: not a host model", f.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut cluster = cluster_of(&spec, here.as_ref())?;
+    if let Some(c) = args.cores_per_host {
+        if c <= 0.0 {
+            bail!("--cores-per-host must be positive");
+        }
+        cluster.hosts.iter_mut().for_each(|h| h.cores = c);
+    }
     let t0 = std::time::Instant::now();
     let rows = simulate_rows(&spec, &cluster)?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(&serde_json::json!({ "rows": rows }))?
+            serde_json::to_string(&serde_json::json!({ "rows": rows, "host": cluster.hosts[0] }))?
         );
         return Ok(());
     }
