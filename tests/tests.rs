@@ -6,5 +6,6 @@ mod cli;
 mod errors;
 mod exec_props;
 mod matrix;
+mod simulate;
 mod staging;
 mod topology;

@@ -1,0 +1,125 @@
+//! `acspeed simulate` and `acspeed-bench --algo/--hosts` as a user runs them.
+
+use std::process::Command;
+
+fn simulate(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_acspeed"))
+        .arg("simulate")
+        .args(args)
+        .output()
+        .expect("running acspeed simulate");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn simulate_json_rows_mark_one_pick_per_size() {
+    let (ok, out, err) = simulate(&[
+        "--nvidia-smi-topo",
+        "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt",
+        "--hosts",
+        "2",
+        "--net-gbps",
+        "32",
+        "--sizes",
+        "4K,4M,128M",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3 * 4, "{out}");
+    for r in rows {
+        for k in ["algo", "bytes", "time_us", "busbw_gbps", "selected"] {
+            assert!(r.get(k).is_some(), "row without {k}: {r}");
+        }
+        assert!(r["time_us"].as_f64().unwrap() > 0.0);
+    }
+    for size in [4096u64, 4 << 20, 128 << 20] {
+        let picked: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| r["bytes"].as_u64() == Some(size) && r["selected"] == true)
+            .collect();
+        assert_eq!(picked.len(), 1, "size {size}: {out}");
+        // The pick is the fastest prediction at that size.
+        let best = rows
+            .iter()
+            .filter(|r| r["bytes"].as_u64() == Some(size))
+            .map(|r| r["time_us"].as_f64().unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(picked[0]["time_us"].as_f64().unwrap(), best);
+    }
+    let names: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r["algo"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["hybrid:ring", "hybrid:tree", "ring", "tree"]
+            .into_iter()
+            .collect()
+    );
+}
+
+#[test]
+fn simulate_bad_input_is_named() {
+    let (ok, _, err) = simulate(&["--sizes", "4K"]);
+    assert!(!ok && err.contains("--here"), "{err}");
+    let (ok, _, err) = simulate(&[
+        "--nvidia-smi-topo",
+        "tests/fixtures/nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt",
+        "--ranks-per-host",
+        "4",
+    ]);
+    assert!(!ok && err.contains("2 GPUs but 4 ranks"), "{err}");
+    let (ok, _, err) = simulate(&[
+        "--nvidia-smi-topo",
+        "tests/fixtures/nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt",
+        "--sizes",
+        "4Q",
+    ]);
+    assert!(!ok && err.contains("'4Q' is not a size"), "{err}");
+    let (ok, _, err) = simulate(&[
+        "--nvidia-smi-topo",
+        "tests/fixtures/nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt",
+        "--collective",
+        "broadcast",
+        "--algo",
+        "hybrid",
+    ]);
+    assert!(!ok && err.contains("does not serve broadcast"), "{err}");
+}
+
+#[test]
+fn bench_runs_every_algorithm_on_emulated_hosts_and_checks_it() {
+    for algo in ["ring", "tree", "hybrid", "hybrid:tree", "auto"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_acspeed-bench"))
+            .args(["-n", "4", "--hosts", "3,1", "--algo", algo, "--check"])
+            .args([
+                "-b", "4K", "-e", "4M", "-f", "32", "--iters", "2", "-w", "1",
+            ])
+            .args(["--time-limit", "120"])
+            .env_remove("RANK")
+            .env_remove("WORLD_SIZE")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{algo}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("Out of bounds values : 0 OK"), "{algo}: {out}");
+        if algo != "auto" {
+            let name = if algo == "hybrid" { "hybrid" } else { algo };
+            assert!(out.contains(&format!(" {name} ")), "{algo}: {out}");
+        }
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_acspeed-bench"))
+        .args(["-n", "3", "--hosts", "2,2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("places 4 ranks but -n is 3"));
+}
