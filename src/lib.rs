@@ -20,6 +20,7 @@ pub mod comm;
 pub mod cuda;
 pub mod element;
 pub mod init;
+pub mod launch;
 pub mod log;
 pub mod paths;
 pub mod probe;

@@ -9,8 +9,8 @@ use acspeed::bench::{format_table, run_sweep, BenchParams};
 use acspeed::{Config, DType, LaunchEnv, ReduceOp};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use std::process::{Child, Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 fn size(s: &str) -> Result<usize, String> {
     acspeed_core::config::parse_size(s)
@@ -230,109 +230,20 @@ fn utc_now() -> String {
     )
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .context("finding a free port for the local job")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// `3,1,2` -> [3, 1, 2]; every host needs at least one rank.
 fn host_shape(s: &str) -> Result<Vec<u32>> {
-    let v: Vec<u32> = s
-        .split(',')
-        .map(|x| x.trim().parse::<u32>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--hosts '{s}': expected rank counts like 3,1,2"))?;
-    if v.is_empty() || v.contains(&0) {
-        bail!("--hosts '{s}': every host needs at least one rank");
-    }
-    Ok(v)
+    Ok(acspeed::launch::host_shape("--hosts", s)?)
 }
 
 /// Starts `n` ranks of this binary on this host and waits for them.
 fn spawn_local(a: &Args, n: u32) -> Result<bool> {
-    let exe = std::env::current_exe().context("locating acspeed-bench")?;
-    let port = free_port()?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    // Drop -n/--nranks (and its value) so children join the job instead of spawning.
-    let mut i = 0;
-    while i < args.len() {
-        let s = args[i].as_str();
-        if s == "-n" || s == "--nranks" || s == "--hosts" {
-            args.drain(i..(i + 2).min(args.len()));
-        } else if s.starts_with("--nranks=")
-            || s.starts_with("--hosts=")
-            || (s.starts_with("-n") && s.len() > 2 && !s.starts_with("--"))
-        {
-            args.remove(i);
-        } else {
-            i += 1;
-        }
-    }
-    let host_of: Vec<usize> = match &a.hosts {
-        Some(shape) => host_shape(shape)?
-            .iter()
-            .enumerate()
-            .flat_map(|(h, m)| std::iter::repeat_n(h, *m as usize))
-            .collect(),
-        None => vec![0; n as usize],
-    };
-    let mut children: Vec<(u32, Child)> = Vec::new();
-    for r in 0..n {
-        let mut cmd = Command::new(&exe);
-        if a.hosts.is_some() {
-            cmd.env(
-                "ACSPEED_HOST_ID",
-                format!("bench-host{}", host_of[r as usize]),
-            );
-        }
-        let c = cmd
-            .args(&args)
-            .env("RANK", r.to_string())
-            .env("WORLD_SIZE", n.to_string())
-            .env("LOCAL_RANK", r.to_string())
-            .env("LOCAL_WORLD_SIZE", n.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .spawn()
-            .with_context(|| format!("starting rank {r}"))?;
-        children.push((r, c));
-    }
-    let deadline = Instant::now() + Duration::from_secs(a.time_limit);
-    let mut ok = true;
-    let mut failed: Option<String> = None;
-    while !children.is_empty() {
-        let mut i = 0;
-        while i < children.len() {
-            match children[i].1.try_wait()? {
-                Some(st) => {
-                    let (r, _) = children.remove(i);
-                    if !st.success() {
-                        ok = false;
-                        if st.code() == Some(1) {
-                            failed.get_or_insert(format!("rank {r} found wrong results"));
-                        } else {
-                            failed.get_or_insert(format!("rank {r} failed ({st})"));
-                        }
-                    }
-                }
-                None => i += 1,
-            }
-        }
-        if Instant::now() > deadline {
-            for (_, c) in &mut children {
-                let _ = c.kill();
-            }
-            bail!(
-                "time limit of {}s exceeded; killed ranks {:?}",
-                a.time_limit,
-                children.iter().map(|c| c.0).collect::<Vec<_>>()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Some(f) = failed {
-        eprintln!("acspeed-bench: {f}");
-    }
-    Ok(ok)
+    // Children join the job instead of spawning: drop -n/--nranks and --hosts.
+    let args = acspeed::launch::child_args(&["-n", "--nranks", "--hosts"]);
+    let hosts = a.hosts.as_deref().map(host_shape).transpose()?;
+    Ok(acspeed::launch::run_local(
+        "acspeed-bench",
+        &args,
+        n,
+        hosts.as_deref(),
+        Duration::from_secs(a.time_limit),
+    )?)
 }
