@@ -25,7 +25,8 @@ pub struct Communicator {
     transport: Arc<dyn Transport>,
     exec: Executor,
     cfg: Config,
-    algo: Option<Algorithm>,
+    /// The forced algorithm (`ACSPEED_ALGO`, or `set_algorithm`).
+    algo: Mutex<Option<Algorithm>>,
     state: Mutex<CallState>,
     poisoned: Mutex<Option<String>>,
     hosts: Vec<String>,
@@ -79,7 +80,7 @@ impl Communicator {
             transport,
             exec,
             cfg,
-            algo,
+            algo: Mutex::new(algo),
             state: Mutex::new(CallState {
                 seq: 0,
                 plans: HashMap::new(),
@@ -115,6 +116,18 @@ impl Communicator {
     /// Transport used towards `peer` (for logs and benchmarks).
     pub fn transport_name(&self, peer: u32) -> String {
         self.transport.name(Rank(peer))
+    }
+
+    fn forced(&self) -> Option<Algorithm> {
+        *self.algo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forces an algorithm for later calls (`None`: back to the per-size rules and `auto`),
+    /// as `ACSPEED_ALGO` does at init. Every rank must make the same call at the same point
+    /// of its call sequence: the algorithm travels in every frame header, so ranks that
+    /// differ fail with a mismatch naming the other rank.
+    pub fn set_algorithm(&self, algo: Option<Algorithm>) {
+        *self.algo.lock().unwrap_or_else(|e| e.into_inner()) = algo;
     }
 
     /// The job as plan generators see it (ranks per host).
@@ -158,7 +171,7 @@ impl Communicator {
                 ),
             );
         }
-        if let Some(a) = self.algo {
+        if let Some(a) = self.forced() {
             return if a.serves(coll) {
                 (a, format!("ACSPEED_ALGO={}", a.name()))
             } else {
@@ -233,7 +246,7 @@ impl Communicator {
             Collective::ReduceScatter,
             Collective::AllToAll,
         ] {
-            if let Some(a) = self.algo.filter(|a| !a.serves(coll)) {
+            if let Some(a) = self.forced().filter(|a| !a.serves(coll)) {
                 self.log.info(&format!(
                     "ACSPEED_ALGO={} does not serve {}: it runs ring",
                     a.name(),

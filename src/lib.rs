@@ -21,6 +21,8 @@ pub mod cuda;
 pub mod element;
 pub mod init;
 pub mod launch;
+pub mod linearity;
+pub mod linearity_measure;
 pub mod log;
 pub mod paths;
 pub mod probe;

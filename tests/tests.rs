@@ -5,6 +5,7 @@ mod util;
 mod cli;
 mod errors;
 mod exec_props;
+mod linearity;
 mod matrix;
 mod simulate;
 mod staging;

@@ -48,6 +48,70 @@ enum Cmd {
     /// Predict time and bus bandwidth per algorithm and size (discrete-event simulation of
     /// the real plans); `*` marks the selector's pick.
     Simulate(SimArgs),
+    /// How training scales and why: measure (--workers N), from numbers (--single/--multi),
+    /// or predict on a topology (--topo/--nvidia-smi-topo/--here with --hosts).
+    Linearity(LinArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LinArgs {
+    /// Workers (local ranks started by this command, or the job's size under torchrun).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Model preset: resnet50, vgg16, bert-base, gpt2-medium.
+    #[arg(long, default_value = "resnet50")]
+    model: String,
+    /// Parameter count instead of a preset.
+    #[arg(long)]
+    params: Option<u64>,
+    /// Compute time per step in ms (forward + backward), emulated as GPU time.
+    #[arg(long, default_value_t = 100.0)]
+    compute_ms: f64,
+    /// DDP bucket size in MiB.
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
+    /// Algorithms to measure (default: auto and ring), comma-separated.
+    #[arg(long)]
+    algo: Option<String>,
+    /// Timed steps per algorithm.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// From numbers: one worker's (or one host's, with --hosts) throughput.
+    #[arg(long, requires = "multi")]
+    single: Option<f64>,
+    /// From numbers: the N-worker (or H-host) throughput.
+    #[arg(long, requires = "single")]
+    multi: Option<f64>,
+    /// Hosts (from numbers: linearity across hosts; predict: the largest host count).
+    #[arg(long)]
+    hosts: Option<u32>,
+    /// Predict on this topology description (JSON).
+    #[arg(long, value_name = "FILE")]
+    topo: Option<PathBuf>,
+    /// Predict on a saved `nvidia-smi topo -m`.
+    #[arg(long, value_name = "FILE")]
+    nvidia_smi_topo: Option<PathBuf>,
+    /// Predict on this machine as measured now.
+    #[arg(long)]
+    here: bool,
+    /// Predict: ranks per host (default: the topology's GPUs; 1 with --here).
+    #[arg(long)]
+    ranks_per_host: Option<u32>,
+    /// Predict: each host's network rate, Gbit/s.
+    #[arg(long, default_value_t = 25.0)]
+    net_gbps: f64,
+    /// Predict: per-flow cap, Gbit/s.
+    #[arg(long)]
+    flow_gbps: Option<f64>,
+    /// Predict: sockets per peer.
+    #[arg(long, default_value_t = 4)]
+    streams: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seconds the local job may take.
+    #[arg(long, default_value_t = 600)]
+    time_limit: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -248,6 +312,7 @@ fn simulate(args: SimArgs) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Linearity(args) => linearity(args),
         Cmd::Simulate(args) => simulate(args),
         Cmd::Topo {
             json,
@@ -290,4 +355,298 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn lin_params(args: &LinArgs) -> Result<(String, u64)> {
+    Ok(match args.params {
+        Some(p) if p > 0 => (format!("{p} params"), p),
+        Some(_) => bail!("--params must be positive"),
+        None => (
+            args.model.clone(),
+            acspeed::linearity::model_params(&args.model)?,
+        ),
+    })
+}
+
+fn linearity(args: LinArgs) -> Result<()> {
+    use acspeed::linearity as lin;
+    // From numbers.
+    if let (Some(t1), Some(tn)) = (args.single, args.multi) {
+        let (n, what) = match (args.hosts, args.workers) {
+            (Some(h), _) => (h, "hosts"),
+            (None, Some(w)) => (w, "workers"),
+            (None, None) => bail!("--single/--multi need --workers N (or --hosts H)"),
+        };
+        let l = lin::linearity(t1, tn, n)?;
+        let v = lin::verdict(l, None, None, None);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"linearity": l, "workers": args.workers.unwrap_or(n), "hosts": args.hosts,
+                    "throughput": tn, "single_throughput": t1, "exposed_comm_frac": null,
+                    "overlap_frac": null, "algo": null, "verdict": v})
+            );
+        } else {
+            println!("linearity over {n} {what}: {tn} / ({t1} x {n}) = {l:.3}\n{v}");
+        }
+        return Ok(());
+    }
+    // Predict.
+    if args.topo.is_some() || args.nvidia_smi_topo.is_some() || args.here {
+        return linearity_predict(&args);
+    }
+    linearity_measure(&args)
+}
+
+fn linearity_predict(args: &LinArgs) -> Result<()> {
+    use acspeed::linearity as lin;
+    let (model, params) = lin_params(args)?;
+    let sim = SimArgs {
+        topo: args.topo.clone(),
+        nvidia_smi_topo: args.nvidia_smi_topo.clone(),
+        here: args.here,
+        hosts: 1,
+        ranks_per_host: args.ranks_per_host,
+        host_shape: None,
+        net_gbps: args.net_gbps,
+        flow_gbps: args.flow_gbps,
+        streams: args.streams,
+        net_latency_us: 30.0,
+        sizes: String::new(),
+        algo: None,
+        collective: "allreduce".into(),
+        dtype: acspeed::DType::F32,
+        segment: "256K".into(),
+        json: false,
+        host_model: None,
+        cores_per_host: None,
+    };
+    let topo = load_topo(&sim)?;
+    let rph = args
+        .ranks_per_host
+        .or(topo.as_ref().map(|d| d.gpus.len() as u32))
+        .unwrap_or(1);
+    let max_hosts = args.hosts.unwrap_or(1).max(1);
+    let host = match &topo {
+        Some(d) => acspeed_core::sim::HostModel::gpu(d)?,
+        None => acspeed::simulate::measure_here()?,
+    };
+    let net = NetModel {
+        nic_gbit: args.net_gbps,
+        flow_gbit: args.flow_gbps,
+        streams: args.streams,
+        latency_us: 30.0,
+    };
+    let mut rows = Vec::new();
+    let mut h = 1;
+    while h <= max_hosts {
+        let cluster = acspeed_core::sim::Cluster::new(
+            vec![host.clone(); h as usize],
+            &vec![rph; h as usize],
+            net.clone(),
+        )?;
+        rows.extend(lin::predict_steps(
+            &cluster,
+            params,
+            args.compute_ms,
+            args.bucket_mb,
+            256 << 10,
+        )?);
+        if h == max_hosts {
+            break;
+        }
+        h = (h * 2).min(max_hosts);
+    }
+    // Recommendation at the largest scale: the best algorithm and bucket size.
+    let top: Vec<&lin::Predicted> = rows.iter().filter(|r| r.hosts == max_hosts).collect();
+    let best = top
+        .iter()
+        .max_by(|a, b| a.linearity.total_cmp(&b.linearity))
+        .copied();
+    let mut best_bucket = (args.bucket_mb, best.map_or(0.0, |b| b.linearity));
+    if let Some(b) = best {
+        let cluster = acspeed_core::sim::Cluster::new(
+            vec![host.clone(); max_hosts as usize],
+            &vec![rph; max_hosts as usize],
+            net.clone(),
+        )?;
+        for mb in [1.0, 5.0, 25.0, 100.0] {
+            for p in lin::predict_steps(&cluster, params, args.compute_ms, mb, 256 << 10)? {
+                if p.algo == b.algo && p.linearity > best_bucket.1 + 1e-9 {
+                    best_bucket = (mb, p.linearity);
+                }
+            }
+        }
+    }
+    let verdicts: Vec<String> = top
+        .iter()
+        .map(|r| {
+            let rec = best.filter(|b| b.linearity > r.linearity * 1.01).map(|b| {
+                format!(
+                    "ACSPEED_ALGO={} predicted linearity {:.2} (+{:.0}% throughput)",
+                    b.algo,
+                    b.linearity,
+                    (b.linearity / r.linearity - 1.0) * 100.0
+                )
+            });
+            format!(
+                "{}: {}",
+                r.algo,
+                lin::verdict(r.linearity, Some(r.exposed_comm_frac), None, rec.as_deref())
+            )
+        })
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "predict", "model": model, "params": params, "compute_ms": args.compute_ms,
+                "net_gbps": args.net_gbps, "ranks_per_host": rph, "rows": rows,
+                "linearity": best.map(|b| b.linearity), "workers": best.map(|b| b.workers),
+                "throughput": best.map(|b| b.workers as f64 * 1e3 / b.step.step_ms),
+                "exposed_comm_frac": best.map(|b| b.exposed_comm_frac),
+                "overlap_frac": best.map(|b| b.overlap_frac),
+                "algo": best.map(|b| b.algo.clone()),
+                "recommended_bucket_mb": best_bucket.0,
+                "verdict": verdicts,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "# acspeed linearity (predicted by simulation): model {model} ({params} params, buckets {} MiB), compute {} ms/step, {rph} ranks per host, network {} Gbit/s per host",
+        args.bucket_mb, args.compute_ms, args.net_gbps
+    );
+    println!(
+        "{:>6} {:>8}  {:<12} {:>9} {:>10} {:>9} {:>9}",
+        "hosts", "workers", "algo", "step_ms", "linearity", "exposed%", "overlap%"
+    );
+    for r in &rows {
+        println!(
+            "{:>6} {:>8}  {:<12} {:>9.1} {:>10.3} {:>8.0}% {:>8.0}%",
+            r.hosts,
+            r.workers,
+            r.algo,
+            r.step.step_ms,
+            r.linearity,
+            r.exposed_comm_frac * 100.0,
+            r.overlap_frac * 100.0
+        );
+    }
+    for v in verdicts {
+        println!("{v}");
+    }
+    if let Some(b) = best {
+        println!(
+            "recommended at {max_hosts} host(s): ACSPEED_ALGO={} with {} MiB buckets (predicted linearity {:.2})",
+            b.algo, best_bucket.0, best_bucket.1
+        );
+    }
+    Ok(())
+}
+
+fn linearity_measure(args: &LinArgs) -> Result<()> {
+    use acspeed::linearity_measure::{measure, recommend, MeasureSpec};
+    let (model, params) = lin_params(args)?;
+    let Some(workers) = args.workers else {
+        bail!("give --workers N (measure), --single/--multi (from numbers) or --topo/--nvidia-smi-topo/--here (predict)");
+    };
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if std::env::var_os("RANK").is_none() {
+        // Start the ranks; each re-runs this command as one rank of the job.
+        let child = acspeed::launch::child_args(&[]);
+        let ok = acspeed::launch::run_local(
+            "acspeed linearity",
+            &child,
+            workers,
+            None,
+            std::time::Duration::from_secs(args.time_limit),
+        )?;
+        if !ok {
+            bail!("a rank failed");
+        }
+        return Ok(());
+    }
+    let launch = acspeed::LaunchEnv::from_env()?;
+    if launch.world_size != workers {
+        bail!(
+            "--workers {workers} but WORLD_SIZE is {}",
+            launch.world_size
+        );
+    }
+    let algos = match &args.algo {
+        Some(a) => a
+            .split(',')
+            .map(|x| match x.trim() {
+                "auto" => Ok(None),
+                n => Algorithm::from_name(n)
+                    .map(Some)
+                    .map_err(anyhow::Error::from),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![None, Some(Algorithm::Ring)],
+    };
+    let comm = acspeed::init(&launch, Config::from_env()?).context("joining the job")?;
+    let spec = MeasureSpec {
+        model: model.clone(),
+        params,
+        compute_ms: args.compute_ms,
+        bucket_mb: args.bucket_mb,
+        steps: args.steps.max(1),
+        warmup: 2,
+        algos,
+    };
+    let mut rows = measure(&comm, &spec)?;
+    recommend(&mut rows);
+    comm.barrier()?;
+    if comm.rank() != 0 {
+        return Ok(());
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "mode": "measure", "rows": rows,
+            "linearity": rows.first().map(|r| r.linearity), "workers": workers,
+            "throughput": rows.first().map(|r| r.throughput),
+            "exposed_comm_frac": rows.first().map(|r| r.exposed_comm_frac),
+            "overlap_frac": rows.first().map(|r| r.overlap_frac),
+            "algo": rows.first().map(|r| r.algo.clone()),
+            "verdict": rows.first().map(|r| r.verdict.clone()) })
+        );
+        return Ok(());
+    }
+    let peer = if workers > 1 {
+        comm.transport_name(1)
+    } else {
+        "none".into()
+    };
+    println!(
+        "# acspeed linearity (measured): model {model} ({params} params, {} MiB buckets), compute {} ms/step (emulated GPU time), {workers} workers on {} host(s), transport to rank 1: {peer}; one-worker step {:.1} ms",
+        args.bucket_mb,
+        args.compute_ms,
+        comm.plan_context().nhosts(),
+        rows.first().map_or(0.0, |r| r.single_step_ms)
+    );
+    println!(
+        "{:<14} {:>9} {:>11} {:>10} {:>9} {:>9} {:>11}",
+        "algo", "step_ms", "steps/s", "linearity", "exposed%", "overlap%", "busbw_GB/s"
+    );
+    for r in &rows {
+        println!(
+            "{:<14} {:>9.1} {:>11.2} {:>10.3} {:>8.0}% {:>8.0}% {:>11.3}",
+            r.algo,
+            r.step.step_ms,
+            r.throughput,
+            r.linearity,
+            r.exposed_comm_frac * 100.0,
+            r.overlap_frac * 100.0,
+            r.busbw_gbps
+        );
+    }
+    for r in &rows {
+        println!("{}: {}", r.algo, r.verdict);
+    }
+    Ok(())
 }

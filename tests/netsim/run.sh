@@ -5,14 +5,16 @@
 #   2. the same with 1 and 8 sockets per peer (striping under the per-flow cap)
 #   3. 4 ranks on 2 hosts: shared memory inside a host, TCP between hosts, checked
 #   4. hybrid and tree plans across hosts: 2 hosts x 2 ranks and 3 uneven hosts (3+1+2), checked
-#   5. a host whose link is cut mid-collective: the other rank fails with a timeout naming it
+#   5. linearity across 2 hosts: communication-bound with tiny compute, scales with long compute
+#   6. a host whose link is cut mid-collective: the other rank fails with a timeout naming it
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
 BENCH="$PWD/target/release/acspeed-bench"
 [[ -x "$NETSIM" || -f "$NETSIM" ]] || { echo "netsim: $NETSIM not found" >&2; exit 1; }
 [[ "$(id -u)" == 0 ]] || { echo "netsim tests need root" >&2; exit 1; }
-cargo build --release -q --bin acspeed-bench
+ACSPEED="$PWD/target/release/acspeed"
+cargo build --release -q --bin acspeed-bench --bin acspeed
 
 OUT="$(mktemp -d)"
 cleanup() { bash "$NETSIM" down --kill >/dev/null 2>&1 || true; rm -rf "$OUT"; }
@@ -40,7 +42,7 @@ run_job() {
     for ((l = 0; l < k; l++)); do
       bash "$NETSIM" exec "$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=$k \
         MASTER_ADDR=198.18.0.1 MASTER_PORT=$port ACSPEED_TIMEOUT_SECS=20 "${envs[@]}" \
-        timeout 120 "$BENCH" "$@" >"$OUT/$name.$r.out" 2>"$OUT/$name.$r.err" &
+        timeout 120 "${BIN:-$BENCH}" "$@" >"$OUT/$name.$r.out" 2>"$OUT/$name.$r.err" &
       pids+=($!)
       r=$((r + 1))
     done
@@ -76,6 +78,19 @@ if grep -q "hybrid beyond" "$OUT/auto-uneven-3+1+2.0.err" && grep -Eq "^ +419430
 else
   bad "auto-picks-hybrid-across-uneven-hosts"; grep "algorithm table" "$OUT/auto-uneven-3+1+2.0.err" | head -2
 fi
+
+# Linearity across hosts: the verdict must follow the compute-to-communication ratio.
+lin_check() {
+  local name="$1" want="$2"; shift 2
+  if BIN="$ACSPEED" run_job "$name" 1 -- linearity --workers 2 --json "$@" &&
+    python3 -c "import json,sys; v=json.load(open(sys.argv[1])); sys.exit(0 if v['verdict'].startswith(sys.argv[2]) else 1)" "$OUT/$name.0.out" "$want"; then
+    ok "$name"; python3 -c "import json,sys; v=json.load(open(sys.argv[1])); print('    linearity %.2f: %s' % (v['linearity'], v['verdict']))" "$OUT/$name.0.out"
+  else
+    bad "$name"; tail -n 3 "$OUT/$name".*.err "$OUT/$name.0.out" 2>/dev/null | sed 's/^/    /'
+  fi
+}
+lin_check linearity-comm-bound communication-bound --params 16000000 --compute-ms 1 --steps 3 --algo ring
+lin_check linearity-compute-bound "scales well" --params 1000000 --compute-ms 300 --bucket-mb 1 --steps 3 --algo ring
 
 # Link cut: a long sweep, then host 1 loses its link. Rank 0 must fail within the timeout
 # (5 s) plus slack, naming rank 1.
