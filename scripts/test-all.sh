@@ -32,6 +32,12 @@ fi
 stage "dependency direction"
 bash scripts/check-deps.sh
 
+# Chart text (acspeed linearity --plot) needs a TrueType font; Debian ships it as fonts-dejavu-core.
+if [[ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-dejavu-core >/dev/null
+fi
+
 stage "rust tests (unit, property, matrix, multi-process)"
 run cargo test --workspace --release
 

@@ -34,6 +34,8 @@ pub struct Communicator {
     ctx: PlanContext,
     /// Per-size rules (allreduce, broadcast, reduce, others): (algorithm, from, to).
     rules: SizeRules,
+    /// `ACSPEED_TIMELINE`: one Chrome-trace event per collective.
+    timeline: Option<crate::timeline::Timeline>,
     log: Logger,
 }
 
@@ -74,6 +76,14 @@ impl Communicator {
         let log = Logger::new(cfg.log, rank);
         let ctx = PlanContext::from_host_names(&hosts);
         let rules = size_rules(&cfg)?;
+        let timeline = match &cfg.timeline {
+            Some(t) => Some(crate::timeline::Timeline::open(
+                t,
+                transport.rank().0,
+                transport.nranks(),
+            )?),
+            None => None,
+        };
         let c = Communicator {
             rank,
             nranks,
@@ -89,6 +99,7 @@ impl Communicator {
             hosts,
             ctx,
             rules,
+            timeline,
             log,
         };
         c.log_init();
@@ -342,6 +353,18 @@ impl Communicator {
         };
         let t0 = std::time::Instant::now();
         let r = self.exec.run(&plan, &*self.transport, call, bufs);
+        if let Some(tl) = &self.timeline {
+            tl.complete(
+                coll.name(),
+                t0,
+                std::time::Instant::now(),
+                serde_json::json!({
+                    "seq": call.seq, "bytes": output.len(), "count": count,
+                    "dtype": dtype.name(), "op": op.map(|o| o.name()), "algo": algo.name(),
+                    "peers": self.nranks, "ok": r.is_ok(),
+                }),
+            );
+        }
         if let Err(e) = &r {
             if !matches!(e, Error::InvalidArgument(_)) {
                 *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());

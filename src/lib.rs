@@ -15,6 +15,7 @@
 //! ```
 
 pub mod bench;
+pub mod charts;
 pub mod comm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -29,6 +30,7 @@ pub mod probe;
 pub mod simulate;
 pub mod staging;
 pub mod store;
+pub mod timeline;
 
 pub use acspeed_core::{Config, DType, Error, LaunchEnv, ReduceOp, Result};
 pub use comm::Communicator;

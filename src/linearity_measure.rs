@@ -29,6 +29,8 @@ pub struct MeasureSpec {
     pub warmup: usize,
     /// `None` = the automatic choice.
     pub algos: Vec<Option<Algorithm>>,
+    /// Also measure busbw at a few message sizes per algorithm (for the charts).
+    pub sweep: bool,
 }
 
 /// One algorithm's measurement (rank 0's view of the job).
@@ -53,6 +55,8 @@ pub struct Measured {
     /// Per rank: its exposed wait minus the smallest exposed wait (ms per step).
     pub straggler_ms: Vec<f64>,
     pub verdict: String,
+    /// (bytes, busbw GB/s) at a few sizes, when asked for.
+    pub sweep: Vec<(usize, f64)>,
 }
 
 fn sleep_ms(ms: f64) {
@@ -95,6 +99,7 @@ fn run_steps(
     compute_ms: f64,
     warmup: usize,
     steps: usize,
+    tick: &dyn Fn(),
 ) -> Result<Vec<Step>> {
     let total: usize = sizes.iter().sum::<usize>().max(1);
     let fwd = compute_ms / 3.0;
@@ -146,6 +151,7 @@ fn run_steps(
                     }
                 }
                 let end = Instant::now();
+                tick();
                 if s >= warmup {
                     let ms = |t: Instant| t.duration_since(t0).as_secs_f64() * 1e3;
                     out.push(Step {
@@ -166,19 +172,54 @@ fn run_steps(
     })
 }
 
-/// Every rank calls this; rank 0 gets the results (the others an empty list).
-pub fn measure(comm: &Communicator, spec: &MeasureSpec) -> Result<Vec<Measured>> {
+/// busbw of allreduce at sizes from 64 KiB up to `max` (median of 3 after one warm-up).
+fn sweep(comm: &Communicator, max: usize) -> Result<Vec<(usize, f64)>> {
+    let n = comm.nranks() as f64;
+    let mut out = Vec::new();
+    let mut b = 64usize << 10;
+    while b <= max.max(64 << 10) {
+        let mut v = vec![1.0f32; b / 4];
+        let mut t = Vec::new();
+        for i in 0..4 {
+            comm.barrier()?;
+            let t0 = Instant::now();
+            comm.allreduce(&mut v, ReduceOp::Sum)?;
+            if i > 0 {
+                t.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        out.push((b, b as f64 / median(t) / 1e9 * 2.0 * (n - 1.0) / n.max(1.0)));
+        b *= 4;
+    }
+    Ok(out)
+}
+
+/// Every rank calls this; rank 0 gets the results (the others an empty list). `tick` is
+/// called after every step (progress).
+pub fn measure(comm: &Communicator, spec: &MeasureSpec, tick: &dyn Fn()) -> Result<Vec<Measured>> {
     let sizes = buckets(spec.params, spec.bucket_mb)?;
     let n = comm.nranks();
     let hosts = comm.plan_context().nhosts() as u32;
     // The one-worker baseline, on every rank at once (no communication).
-    let single = run_steps(None, &sizes, spec.compute_ms, 1, spec.steps.max(3))?;
+    let single = run_steps(None, &sizes, spec.compute_ms, 1, spec.steps.max(3), tick)?;
     let single_ms = median(single.iter().map(|s| s.step_ms).collect());
     let mut out = Vec::new();
     for &algo in &spec.algos {
         comm.set_algorithm(algo);
         comm.barrier()?;
-        let steps = run_steps(Some(comm), &sizes, spec.compute_ms, spec.warmup, spec.steps)?;
+        let steps = run_steps(
+            Some(comm),
+            &sizes,
+            spec.compute_ms,
+            spec.warmup,
+            spec.steps,
+            tick,
+        )?;
+        let sweep = if spec.sweep && n > 1 {
+            sweep(comm, sizes[0])?
+        } else {
+            Vec::new()
+        };
         let med = |f: fn(&Step) -> f64| median(steps.iter().map(f).collect());
         let mine = Step {
             compute_ms: med(|s| s.compute_ms),
@@ -232,6 +273,7 @@ pub fn measure(comm: &Communicator, spec: &MeasureSpec) -> Result<Vec<Measured>>
             slowest_rank: slowest,
             straggler_ms: straggler,
             step,
+            sweep,
         });
     }
     comm.set_algorithm(None);

@@ -139,3 +139,73 @@ fn predicted_on_a_fixture_recommends_settings() {
     );
     assert!(out.contains("hybrid:ring"), "{out}");
 }
+
+#[test]
+fn charts_are_written_as_png() {
+    let dir = std::env::temp_dir().join(format!("acspeed-charts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("lin.png");
+    let (ok, _, err) = lin(&[
+        "--nvidia-smi-topo",
+        "tests/fixtures/nvsmi/03-p100-dgx1-8gpu-sheffield.txt",
+        "--hosts",
+        "2",
+        "--net-gbps",
+        "32",
+        "--compute-ms",
+        "100",
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    if ok {
+        let b = std::fs::read(&png).unwrap();
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(
+            b.len() > 20_000,
+            "a chart of {} bytes is too small",
+            b.len()
+        );
+    } else {
+        // Without a font the error says which package to install.
+        assert!(err.contains("fonts-dejavu-core"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn timeline_writes_one_chrome_trace_per_rank() {
+    let dir = std::env::temp_dir().join(format!("acspeed-tl-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tl = dir.join("trace.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_acspeed-bench"))
+        .args([
+            "-n", "2", "-b", "4K", "-e", "64K", "-f", "4", "--iters", "3", "-w", "1",
+        ])
+        .env("ACSPEED_TIMELINE", &tl)
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for r in 0..2 {
+        let f = dir.join(format!("trace-r{r}.json"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let x: Vec<&serde_json::Value> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .collect();
+        // 3 sizes x (1 warm-up + 3 timed) allreduces, plus barriers and --check-free calls.
+        let allreduces = x.iter().filter(|e| e["name"] == "allreduce").count();
+        assert!(allreduces >= 12, "rank {r}: {allreduces} allreduce events");
+        assert!(x
+            .iter()
+            .all(|e| e["pid"] == r && e["dur"].as_f64().unwrap() >= 0.0));
+        assert!(x
+            .iter()
+            .any(|e| e["args"]["bytes"] == 65536 && e["args"]["algo"] == "ring"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

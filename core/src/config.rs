@@ -29,6 +29,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
     ("ACSPEED_TOPO_FILE", "(probe)", "Load the topology from this JSON description instead of probing (VMs and containers that hide the real layout)."),
     ("ACSPEED_TOPO_DUMP_FILE", "(off)", "Write the probed topology description to this JSON file."),
+    ("ACSPEED_TIMELINE", "(off)", "Write every collective as a Chrome-trace event (Perfetto, chrome://tracing) to this JSON file; ranks of a multi-rank job write path-r<rank>.json."),
     ("ACSPEED_PLAN_DUMP_DIR", "(off)", "Write every plan this rank generates as JSON into this directory."),
     ("MASTER_ADDR / MASTER_PORT", "127.0.0.1 / -", "Where rank 0 hosts the rendezvous store (torchrun's convention)."),
     ("RANK / WORLD_SIZE", "-", "This process's rank and the number of ranks (torchrun's convention)."),
@@ -166,6 +167,8 @@ pub struct Config {
     pub log: LogLevel,
     pub host_id: Option<String>,
     pub plan_dump_dir: Option<String>,
+    /// Chrome-trace file template (`ACSPEED_TIMELINE`).
+    pub timeline: Option<String>,
     /// Shared memory between same-host ranks.
     pub shm: bool,
     pub shm_mode: ShmMode,
@@ -195,6 +198,7 @@ impl Default for Config {
             log: LogLevel::Warn,
             host_id: None,
             plan_dump_dir: None,
+            timeline: None,
             shm: true,
             shm_mode: ShmMode::Auto,
             shm_cma_min: 16 << 20,
@@ -309,6 +313,9 @@ impl Config {
         }
         c.host_id = lookup(vars, "ACSPEED_HOST_ID").map(str::to_string);
         c.plan_dump_dir = lookup(vars, "ACSPEED_PLAN_DUMP_DIR").map(str::to_string);
+        c.timeline = lookup(vars, "ACSPEED_TIMELINE")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
         if let Some(v) = lookup(vars, "ACSPEED_SHM") {
             c.shm = match v.to_ascii_lowercase().as_str() {
                 "1" | "on" | "true" | "yes" => true,

@@ -51,6 +51,8 @@ _OP = {
 _BOOL_OP = {0: 6, 3: 6, 1: 5, 2: 5, 5: 5, 6: 6, 7: 7}
 
 _live = weakref.WeakSet()
+# group name -> backend, for explain() (weak: a destroyed group's backend may go away).
+_by_group: "weakref.WeakValueDictionary[str, AcspeedBackend]" = weakref.WeakValueDictionary()
 
 
 def _raise_if_exc(f):
@@ -153,6 +155,7 @@ class AcspeedBackend(C10dBackend):
         host, port = _master_address(opts.store)
         self._c = _acspeed.PyComm(opts.store, opts.group_rank, opts.group_size, opts.timeout.total_seconds(), host, port)
         _live.add(self)
+        _by_group[getattr(opts, "group_id", "")] = self
 
     # -- properties PyBackend looks up (pitfall 1: they must exist as Python properties)
     supports_coalescing = property(lambda self: False)
@@ -531,6 +534,17 @@ def _master_address(store):
     host = os.environ.get("MASTER_ADDR")
     port = os.environ.get("MASTER_PORT")
     return host, int(port) if port and port.isdigit() else None
+
+
+def explain(group=None, nbytes: int = 0, collective: str = "allreduce") -> str:
+    """Which algorithm a collective of ``nbytes`` runs on ``group`` (default: the default
+    group) and why: the layer that decided (per-size string, ACSPEED_ALGO or auto's rule)."""
+    if group is None:
+        group = dist.distributed_c10d._get_default_group()
+    b = _by_group.get(group.group_name)
+    if b is None:
+        raise ValueError(f"group {group.group_name!r} does not use the acspeed backend")
+    return b._c.explain(int(nbytes), collective)
 
 
 def _create(opts, backend_options):

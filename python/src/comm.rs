@@ -127,6 +127,12 @@ impl PyComm {
         let (coll, p2p) = py
             .detach(|| -> acspeed::Result<_> {
                 let c = acspeed::init_with_store(&st, "acspeed/coll", rank, size, ip, cfg.clone())?;
+                // Point-to-point traffic is not collectives: no trace file of its own (it would
+                // also overwrite the collective communicator's).
+                let cfg = Config {
+                    timeline: None,
+                    ..cfg
+                };
                 let p = acspeed::init_with_store(&st, "acspeed/p2p", rank, size, ip, cfg)?;
                 Ok((c, p))
             })
@@ -174,6 +180,13 @@ impl PyComm {
     #[getter]
     fn rank(&self) -> u32 {
         self.rank
+    }
+
+    /// Which algorithm a collective of `nbytes` runs on this group, and why.
+    #[pyo3(signature = (nbytes, collective="allreduce"))]
+    fn explain(&self, nbytes: usize, collective: &str) -> PyResult<String> {
+        let c = acspeed::simulate::collective_named(collective).map_err(|e| to_py(&e))?;
+        Ok(self.coll.explain(c, nbytes))
     }
 
     #[getter]

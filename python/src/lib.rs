@@ -67,8 +67,16 @@ fn cuda_driver_present() -> bool {
     }
 }
 
+/// The verdict `acspeed linearity` gives (one source of truth for the Python entry).
+#[pyfunction]
+#[pyo3(signature = (linearity, exposed_frac=None))]
+fn linearity_verdict(linearity: f64, exposed_frac: Option<f64>) -> String {
+    acspeed::linearity::verdict(linearity, exposed_frac, None, None)
+}
+
 #[pymodule]
 fn _acspeed(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(linearity_verdict, m)?)?;
     m.add_class::<comm::PyComm>()?;
     m.add_class::<work::WorkHandle>()?;
     m.add_function(wrap_pyfunction!(cuda_built, m)?)?;

@@ -109,6 +109,13 @@ struct LinArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Write the charts (linearity, busbw against size, step breakdown) to this PNG.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Measure mode: also predict each row with the simulator (this machine measured with
+    /// --here's method; hosts joined by --net-gbps/--flow-gbps/--streams).
+    #[arg(long)]
+    with_prediction: bool,
     /// Seconds the local job may take.
     #[arg(long, default_value_t = 600)]
     time_limit: u64,
@@ -542,6 +549,54 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             b.algo, best_bucket.0, best_bucket.1
         );
     }
+    if let Some(png) = &args.plot {
+        let cluster = acspeed_core::sim::Cluster::new(
+            vec![host.clone(); max_hosts as usize],
+            &vec![rph; max_hosts as usize],
+            net.clone(),
+        )?;
+        let mut d = acspeed::charts::ChartData {
+            title: format!(
+                "acspeed linearity (predicted): {model}, compute {} ms/step, {rph} ranks per host, {} Gbit/s",
+                args.compute_ms, args.net_gbps
+            ),
+            lin_x: "hosts".into(),
+            ..Default::default()
+        };
+        for r in &rows {
+            match d.linearity.iter_mut().find(|s| s.0 == r.algo) {
+                Some(s) => s.1.push((r.hosts as f64, r.linearity)),
+                None => d
+                    .linearity
+                    .push((r.algo.clone(), vec![(r.hosts as f64, r.linearity)])),
+            }
+        }
+        let sizes: Vec<usize> = (0..7).map(|k| (64usize << 10) << (2 * k)).collect();
+        let spec = acspeed::simulate::SimulateSpec {
+            source: acspeed::simulate::HostSource::Here,
+            shape: vec![rph; max_hosts as usize],
+            net: net.clone(),
+            sizes,
+            algos: Vec::new(),
+            collective: acspeed_core::Collective::AllReduce,
+            dtype: acspeed::DType::F32,
+            segment_bytes: 256 << 10,
+        };
+        for row in acspeed::simulate::simulate_rows(&spec, &cluster)? {
+            match d.busbw.iter_mut().find(|s| s.0 == row.algo) {
+                Some(s) => s.1.push((row.bytes as f64, row.busbw_gbps)),
+                None => d
+                    .busbw
+                    .push((row.algo.clone(), vec![(row.bytes as f64, row.busbw_gbps)])),
+            }
+        }
+        d.steps = top
+            .iter()
+            .map(|r| (r.algo.clone(), r.step.clone()))
+            .collect();
+        acspeed::charts::render(png, &d)?;
+        eprintln!("charts written to {}", png.display());
+    }
     Ok(())
 }
 
@@ -590,6 +645,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
     };
     let comm = acspeed::init(&launch, Config::from_env()?).context("joining the job")?;
     let spec = MeasureSpec {
+        sweep: args.plot.is_some(),
         model: model.clone(),
         params,
         compute_ms: args.compute_ms,
@@ -598,7 +654,28 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         warmup: 2,
         algos,
     };
-    let mut rows = measure(&comm, &spec)?;
+    let total = (1 + spec.steps.max(3)) + spec.algos.len() * (spec.warmup + spec.steps);
+    let bar = if comm.rank() == 0 && !args.json {
+        let pb = indicatif::ProgressBar::new(total as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "measuring {bar:40} {pos}/{len} steps, {elapsed} elapsed, about {eta} left",
+            )
+            .map_err(|e| anyhow::anyhow!("progress bar template: {e}"))?,
+        );
+        Some(pb)
+    } else {
+        None
+    };
+    let tick = || {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    };
+    let mut rows = measure(&comm, &spec, &tick)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     recommend(&mut rows);
     comm.barrier()?;
     if comm.rank() != 0 {
@@ -647,6 +724,70 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
     }
     for r in &rows {
         println!("{}: {}", r.algo, r.verdict);
+    }
+    if args.with_prediction {
+        let ctx = comm.plan_context();
+        let host = acspeed::simulate::measure_here()?;
+        let cluster = acspeed_core::sim::Cluster::new(
+            vec![host; ctx.nhosts()],
+            &ctx.shape(),
+            NetModel {
+                nic_gbit: args.net_gbps,
+                flow_gbit: args.flow_gbps,
+                streams: args.streams,
+                latency_us: 30.0,
+            },
+        )?;
+        let pred = acspeed::linearity::predict_steps(
+            &cluster,
+            params,
+            args.compute_ms,
+            args.bucket_mb,
+            comm.config().segment_bytes,
+        )?;
+        println!(
+            "predicted by the simulator (this machine measured now; hosts joined at {} Gbit/s):",
+            args.net_gbps
+        );
+        println!(
+            "{:<14} {:>18} {:>18}",
+            "algo", "step_ms meas/pred", "linearity meas/pred"
+        );
+        for r in &rows {
+            let name = r.algo.trim_start_matches("auto(").trim_end_matches(')');
+            let name = if name == "hybrid" {
+                "hybrid:ring"
+            } else {
+                name
+            };
+            if let Some(p) = pred.iter().find(|p| p.algo == name) {
+                println!(
+                    "{:<14} {:>8.1} / {:<8.1} {:>8.3} / {:<8.3}",
+                    r.algo, r.step.step_ms, p.step.step_ms, r.linearity, p.linearity
+                );
+            }
+        }
+    }
+    if let Some(png) = &args.plot {
+        let d = acspeed::charts::ChartData {
+            title: format!(
+                "acspeed linearity (measured): {model}, compute {} ms/step, {workers} workers on {} host(s)",
+                args.compute_ms,
+                comm.plan_context().nhosts()
+            ),
+            lin_x: "workers".into(),
+            linearity: rows
+                .iter()
+                .map(|r| (r.algo.clone(), vec![(1.0, 1.0), (workers as f64, r.linearity)]))
+                .collect(),
+            busbw: rows
+                .iter()
+                .map(|r| (r.algo.clone(), r.sweep.iter().map(|(b, g)| (*b as f64, *g)).collect()))
+                .collect(),
+            steps: rows.iter().map(|r| (r.algo.clone(), r.step.clone())).collect(),
+        };
+        acspeed::charts::render(png, &d)?;
+        eprintln!("charts written to {}", png.display());
     }
     Ok(())
 }
