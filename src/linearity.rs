@@ -163,8 +163,34 @@ pub struct Predicted {
     pub bucket_mb: f64,
     pub step: Step,
     pub linearity: f64,
+    /// Across hosts: the one-host step of the same algorithm over this step (filled in by
+    /// [`host_linearity`]).
+    pub host_linearity: Option<f64>,
     pub exposed_comm_frac: f64,
     pub overlap_frac: f64,
+}
+
+/// Fills `host_linearity` (multi-host throughput / (one-host throughput x hosts)) from the
+/// one-host rows of the same algorithm; a host-level algorithm with no one-host row (hybrid)
+/// is compared with the best one-host step.
+pub fn host_linearity(rows: &mut [Predicted]) {
+    let best_one = rows
+        .iter()
+        .filter(|r| r.hosts == 1)
+        .map(|r| r.step.step_ms)
+        .fold(f64::INFINITY, f64::min);
+    let one: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| r.hosts == 1)
+        .map(|r| (r.algo.clone(), r.step.step_ms))
+        .collect();
+    for r in rows.iter_mut() {
+        let base = one
+            .iter()
+            .find(|(a, _)| *a == r.algo)
+            .map_or(best_one, |(_, t)| *t);
+        r.host_linearity = base.is_finite().then(|| base / r.step.step_ms);
+    }
 }
 
 /// Predicts the step of every candidate algorithm on `cluster` for a model of `params`
@@ -204,6 +230,7 @@ pub fn predict_steps(
             workers: n,
             bucket_mb,
             linearity: lin,
+            host_linearity: None,
             exposed_comm_frac: step.exposed_frac(),
             overlap_frac: step.overlap_frac(),
             step,

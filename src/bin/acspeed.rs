@@ -464,7 +464,9 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
         }
         h = (h * 2).min(max_hosts);
     }
-    // Recommendation at the largest scale: the best algorithm and bucket size.
+    lin::host_linearity(&mut rows);
+    // Recommendation at the largest scale: the best algorithm, then its bucket size and
+    // sockets per peer.
     let top: Vec<&lin::Predicted> = rows.iter().filter(|r| r.hosts == max_hosts).collect();
     let best = top
         .iter()
@@ -481,6 +483,26 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             for p in lin::predict_steps(&cluster, params, args.compute_ms, mb, 256 << 10)? {
                 if p.algo == b.algo && p.linearity > best_bucket.1 + 1e-9 {
                     best_bucket = (mb, p.linearity);
+                }
+            }
+        }
+    }
+    let mut best_streams = (args.streams, best_bucket.1);
+    if let (Some(b), true) = (best, max_hosts > 1) {
+        for k in [1u32, 2, 4, 8] {
+            let cluster = acspeed_core::sim::Cluster::new(
+                vec![host.clone(); max_hosts as usize],
+                &vec![rph; max_hosts as usize],
+                NetModel {
+                    streams: k,
+                    ..net.clone()
+                },
+            )?;
+            for p in
+                lin::predict_steps(&cluster, params, args.compute_ms, best_bucket.0, 256 << 10)?
+            {
+                if p.algo == b.algo && p.linearity > best_streams.1 * 1.01 {
+                    best_streams = (k, p.linearity);
                 }
             }
         }
@@ -515,6 +537,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
                 "overlap_frac": best.map(|b| b.overlap_frac),
                 "algo": best.map(|b| b.algo.clone()),
                 "recommended_bucket_mb": best_bucket.0,
+                "recommended_streams": best_streams.0,
                 "verdict": verdicts,
             })
         );
@@ -525,17 +548,18 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
         args.bucket_mb, args.compute_ms, args.net_gbps
     );
     println!(
-        "{:>6} {:>8}  {:<12} {:>9} {:>10} {:>9} {:>9}",
-        "hosts", "workers", "algo", "step_ms", "linearity", "exposed%", "overlap%"
+        "{:>6} {:>8}  {:<12} {:>9} {:>10} {:>10} {:>9} {:>9}",
+        "hosts", "workers", "algo", "step_ms", "linearity", "per-host", "exposed%", "overlap%"
     );
     for r in &rows {
         println!(
-            "{:>6} {:>8}  {:<12} {:>9.1} {:>10.3} {:>8.0}% {:>8.0}%",
+            "{:>6} {:>8}  {:<12} {:>9.1} {:>10.3} {:>10} {:>8.0}% {:>8.0}%",
             r.hosts,
             r.workers,
             r.algo,
             r.step.step_ms,
             r.linearity,
+            r.host_linearity.map_or("-".into(), |l| format!("{l:.3}")),
             r.exposed_comm_frac * 100.0,
             r.overlap_frac * 100.0
         );
@@ -545,8 +569,8 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
     }
     if let Some(b) = best {
         println!(
-            "recommended at {max_hosts} host(s): ACSPEED_ALGO={} with {} MiB buckets (predicted linearity {:.2})",
-            b.algo, best_bucket.0, best_bucket.1
+            "recommended at {max_hosts} host(s): ACSPEED_ALGO={} with {} MiB buckets and ACSPEED_NSTREAMS={} (predicted linearity {:.2}, now {:.2})",
+            b.algo, best_bucket.0, best_streams.0, best_streams.1, b.linearity
         );
     }
     if let Some(png) = &args.plot {
