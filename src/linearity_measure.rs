@@ -47,6 +47,9 @@ pub struct Measured {
     pub single_step_ms: f64,
     pub step: Step,
     pub linearity: f64,
+    /// Across hosts (multi-host jobs): H-host throughput / (one host's throughput x H), one
+    /// host's throughput measured by its ranks alone, with the automatic choice.
+    pub host_linearity: Option<f64>,
     pub exposed_comm_frac: f64,
     pub overlap_frac: f64,
     /// Gradient bytes allreduced per step over the time spent allreducing, as busbw.
@@ -203,6 +206,7 @@ pub fn measure(comm: &Communicator, spec: &MeasureSpec, tick: &dyn Fn()) -> Resu
     // The one-worker baseline, on every rank at once (no communication).
     let single = run_steps(None, &sizes, spec.compute_ms, 1, spec.steps.max(3), tick)?;
     let single_ms = median(single.iter().map(|s| s.step_ms).collect());
+    let host_step = one_host_step(comm, &sizes, spec, tick)?;
     let mut out = Vec::new();
     for &algo in &spec.algos {
         comm.set_algorithm(algo);
@@ -267,6 +271,7 @@ pub fn measure(comm: &Communicator, spec: &MeasureSpec, tick: &dyn Fn()) -> Resu
             throughput: n as f64 * 1e3 / job_step,
             single_step_ms: single_ms,
             linearity: lin,
+            host_linearity: host_step.map(|h| h / job_step),
             exposed_comm_frac: step.exposed_frac(),
             overlap_frac: step.overlap_frac(),
             busbw_gbps: algbw * 2.0 * (n as f64 - 1.0) / n as f64,
@@ -278,6 +283,71 @@ pub fn measure(comm: &Communicator, spec: &MeasureSpec, tick: &dyn Fn()) -> Resu
     }
     comm.set_algorithm(None);
     Ok(if comm.rank() == 0 { out } else { Vec::new() })
+}
+
+/// In a multi-host job: every host's ranks run the same steps as a job of their own, at the
+/// same time (their own communicator over a store the host's first rank serves on loopback),
+/// with the automatic choice. Returns the slowest host's median step (ms), or `None` on one
+/// host.
+fn one_host_step(
+    comm: &Communicator,
+    sizes: &[usize],
+    spec: &MeasureSpec,
+    tick: &dyn Fn(),
+) -> Result<Option<f64>> {
+    let ctx = comm.plan_context();
+    if ctx.nhosts() < 2 {
+        return Ok(None);
+    }
+    let me = comm.rank();
+    let host = ctx.host_of[me as usize];
+    let local: Vec<u32> = (0..comm.nranks())
+        .filter(|r| ctx.host_of[*r as usize] == host)
+        .collect();
+    let leader = local[0];
+    let server = if me == leader {
+        Some(crate::store::TcpStoreServer::start(
+            "127.0.0.1:0".parse().expect("loopback"),
+        )?)
+    } else {
+        None
+    };
+    let mine = [server.as_ref().map_or(0i64, |s| s.addr().port() as i64)];
+    let mut ports = vec![0i64; comm.nranks() as usize];
+    comm.allgather(&mine, &mut ports)?;
+    let cfg = acspeed_core::Config {
+        timeline: None,
+        ..comm.config().clone()
+    };
+    let store = crate::store::TcpStoreClient::connect(
+        "127.0.0.1",
+        ports[leader as usize] as u16,
+        cfg.timeout,
+    )?;
+    let idx = local.iter().position(|r| *r == me).expect("on its host") as u32;
+    let sub = crate::init_with_store(
+        &store,
+        "acspeed-linearity-host",
+        idx,
+        local.len() as u32,
+        "127.0.0.1".parse().expect("loopback"),
+        cfg,
+    )?;
+    let steps = run_steps(
+        Some(&sub),
+        sizes,
+        spec.compute_ms,
+        spec.warmup,
+        spec.steps,
+        tick,
+    )?;
+    let mine = [median(steps.iter().map(|s| s.step_ms).collect())];
+    let mut all = vec![0f64; comm.nranks() as usize];
+    comm.allgather(&mine, &mut all)?;
+    drop(sub);
+    // The store's server thread lives as long as the process (as the job store's does).
+    let _ = server;
+    Ok(Some(all.iter().copied().fold(0.0, f64::max)))
 }
 
 /// Adds the recommendation: the measured algorithm with the best throughput, when it beats

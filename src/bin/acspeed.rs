@@ -116,6 +116,9 @@ struct LinArgs {
     /// --here's method; hosts joined by --net-gbps/--flow-gbps/--streams).
     #[arg(long)]
     with_prediction: bool,
+    /// Measure mode: the link rate (Gbit/s) to compare the measured busbw with.
+    #[arg(long)]
+    link_gbps: Option<f64>,
     /// Seconds the local job may take.
     #[arg(long, default_value_t = 600)]
     time_limit: u64,
@@ -678,7 +681,9 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         warmup: 2,
         algos,
     };
-    let total = (1 + spec.steps.max(3)) + spec.algos.len() * (spec.warmup + spec.steps);
+    let multi_host = comm.plan_context().nhosts() > 1;
+    let total = (1 + spec.steps.max(3))
+        + (spec.algos.len() + usize::from(multi_host)) * (spec.warmup + spec.steps);
     let bar = if comm.rank() == 0 && !args.json {
         let pb = indicatif::ProgressBar::new(total as u64);
         pb.set_style(
@@ -710,6 +715,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
             "{}",
             serde_json::json!({ "mode": "measure", "rows": rows,
             "linearity": rows.first().map(|r| r.linearity), "workers": workers,
+            "host_linearity": rows.first().and_then(|r| r.host_linearity),
             "throughput": rows.first().map(|r| r.throughput),
             "exposed_comm_frac": rows.first().map(|r| r.exposed_comm_frac),
             "overlap_frac": rows.first().map(|r| r.overlap_frac),
@@ -731,19 +737,32 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         rows.first().map_or(0.0, |r| r.single_step_ms)
     );
     println!(
-        "{:<14} {:>9} {:>11} {:>10} {:>9} {:>9} {:>11}",
-        "algo", "step_ms", "steps/s", "linearity", "exposed%", "overlap%", "busbw_GB/s"
+        "{:<14} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>11} {:>8}",
+        "algo",
+        "step_ms",
+        "steps/s",
+        "linearity",
+        "per-host",
+        "exposed%",
+        "overlap%",
+        "busbw_GB/s",
+        "of link"
     );
     for r in &rows {
         println!(
-            "{:<14} {:>9.1} {:>11.2} {:>10.3} {:>8.0}% {:>8.0}% {:>11.3}",
+            "{:<14} {:>9.1} {:>11.2} {:>10.3} {:>9} {:>8.0}% {:>8.0}% {:>11.3} {:>8}",
             r.algo,
             r.step.step_ms,
             r.throughput,
             r.linearity,
+            r.host_linearity.map_or("-".into(), |l| format!("{l:.3}")),
             r.exposed_comm_frac * 100.0,
             r.overlap_frac * 100.0,
-            r.busbw_gbps
+            r.busbw_gbps,
+            args.link_gbps.map_or("-".into(), |l| format!(
+                "{:.0}%",
+                r.busbw_gbps * 8.0 / l * 100.0
+            ))
         );
     }
     for r in &rows {

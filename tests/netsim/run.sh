@@ -83,8 +83,8 @@ fi
 lin_check() {
   local name="$1" want="$2"; shift 2
   if BIN="$ACSPEED" run_job "$name" 1 -- linearity --workers 2 --json "$@" &&
-    python3 -c "import json,sys; v=json.load(open(sys.argv[1])); sys.exit(0 if v['verdict'].startswith(sys.argv[2]) else 1)" "$OUT/$name.0.out" "$want"; then
-    ok "$name"; python3 -c "import json,sys; v=json.load(open(sys.argv[1])); print('    linearity %.2f: %s' % (v['linearity'], v['verdict']))" "$OUT/$name.0.out"
+    python3 -c "import json,sys; v=json.load(open(sys.argv[1])); sys.exit(0 if v['verdict'].startswith(sys.argv[2]) and v['host_linearity'] is not None else 1)" "$OUT/$name.0.out" "$want"; then
+    ok "$name"; python3 -c "import json,sys; v=json.load(open(sys.argv[1])); print('    linearity %.2f (across hosts %.2f): %s' % (v['linearity'], v['host_linearity'], v['verdict']))" "$OUT/$name.0.out"
   else
     bad "$name"; tail -n 3 "$OUT/$name".*.err "$OUT/$name.0.out" 2>/dev/null | sed 's/^/    /'
   fi
