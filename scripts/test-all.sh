@@ -49,7 +49,7 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom run cargo test -p acspeed-tr
 
 stage "fuzz the parsers (cargo fuzz, corpus in fuzz/corpus)"
 command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz --locked
-for t in nvsmi_parse topo_json plan_json; do
+for t in nvsmi_parse topo_json plan_json frame_decode env_vars; do
   # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
   # New inputs go to a scratch directory; the committed corpus is only read.
   scratch="$(mktemp -d)"

@@ -268,3 +268,37 @@ def _allgather_coalesced(rank, world):
 def test_all_gather_coalesced_uses_torchs_per_rank_layout():
     for msg in run_ranks(_allgather_coalesced, 3):
         assert "output [0][0]" in msg and "sizes must match" in msg, msg
+
+
+def _rank_2_dies(rank, world):
+    import datetime
+    import os
+    import threading
+    import time
+
+    dist.init_process_group(backend="acspeed", timeout=datetime.timedelta(seconds=20))
+    t = torch.ones(1000)
+    dist.all_reduce(t)
+    if rank == 2:
+        # Report first, then vanish without any cleanup while the others are mid-collective.
+        threading.Thread(target=lambda: (time.sleep(0.5), os._exit(0)), daemon=True).start()
+        return ("exiting", 0.0)
+    time.sleep(0.2)
+    t0 = time.time()
+    try:
+        dist.all_reduce(t)
+        return ("no error", time.time() - t0)
+    except Exception as e:
+        return (str(e), time.time() - t0)
+
+
+@pytest.mark.parametrize("path", ["shm", "tcp"])
+def test_a_rank_that_exits_is_named_within_2s_not_at_the_timeout(path):
+    # The parent reaps nothing while the ranks run, so the dead rank stays a zombie: its pid
+    # still answers kill(pid, 0), which is why liveness also reads /proc.
+    env = {"ACSPEED_SHM": "1" if path == "shm" else "0"}
+    res = run_ranks(_rank_2_dies, 3, env=env, timeout=120)
+    for rank, (msg, took) in enumerate(res[:2]):
+        assert "rank 2" in msg, f"rank {rank}: {msg}"
+        # rank 2 died 0.3 s into the collective; the timeout is 20 s.
+        assert took < 2.5, f"rank {rank} took {took:.1f}s: {msg}"

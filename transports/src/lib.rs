@@ -29,3 +29,21 @@ pub use multi::Multi;
 pub use shm::{ShmParams, ShmTransport};
 #[cfg(not(loom))]
 pub use tcp::TcpTransport;
+
+/// Fuzzing entry, not API: decodes `data` as a received frame header and checks it against a
+/// posted receive as the TCP reader does. Must return (never panic) for any input.
+#[doc(hidden)]
+pub fn fuzz_frame(data: &[u8]) -> bool {
+    let Ok(b) = <&[u8; wire::FRAME_LEN]>::try_from(data.get(..wire::FRAME_LEN).unwrap_or(&[]))
+    else {
+        return false;
+    };
+    let Some((_, got, stripe)) = wire::decode(b) else {
+        return false;
+    };
+    let want = acspeed_core::FrameHeader {
+        len: stripe.len.min(got.len),
+        ..got
+    };
+    want.check(&got, acspeed_core::Rank(1)).is_ok()
+}

@@ -442,11 +442,28 @@ impl Peer {
     }
 }
 
-/// `kill(pid, 0)`: false once the process is gone.
+/// False once the process is gone: `kill(pid, 0)` fails, or the process has exited and
+/// waits as a zombie for a parent that has not reaped it yet (a launcher busy elsewhere;
+/// `kill` still succeeds on a zombie, which once left survivors waiting for the timeout).
 fn alive(pid: i32) -> bool {
-    pid <= 0
-        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            .map_or_else(|e| e != nix::errno::Errno::ESRCH, |_| true)
+    if pid <= 0 {
+        return true;
+    }
+    let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+        .map_or_else(|e| e != nix::errno::Errno::ESRCH, |_| true);
+    exists && !zombie(pid)
+}
+
+/// Whether /proc says the process has exited (state Z or X). The state follows the command
+/// name, which is in parentheses and may itself contain ") ".
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|st| st == "Z" || st == "X")
 }
 
 fn pid_ns() -> u64 {
