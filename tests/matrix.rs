@@ -450,3 +450,63 @@ fn results_are_bitwise_identical_on_every_rank() {
         }
     }
 }
+
+/// Soak: 10,000 collectives of random kinds, sizes, dtypes, ops and algorithms on 4 ranks
+/// (2 hosts of 2: shared memory inside, TCP across), every result checked against its closed
+/// form. Every rank draws the same sequence from the same seed, as a training job issues the
+/// same calls everywhere; switching algorithms between calls exercises the plan cache.
+#[test]
+fn soak_10000_random_collectives_all_checked() {
+    const CALLS: usize = 10_000;
+    const ALGOS: [Option<&str>; 5] = [
+        None,
+        Some("ring"),
+        Some("tree"),
+        Some("hybrid"),
+        Some("hybrid:tree"),
+    ];
+    const SOAK_COUNTS: [usize; 7] = [0, 1, 7, 64, 1001, 4096, 20_011];
+    let seed: u64 = std::env::var("ACSPEED_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let res = run_group_on_hosts(Fabric::Shm, &[2, 2], test_config(4096, 2, 60), |comm| {
+        let mut x = seed;
+        let mut next = move || {
+            // splitmix64
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let n = comm.nranks();
+        let kinds = cases(n);
+        let mut counts = [0usize; 5];
+        for i in 0..CALLS {
+            let algo = ALGOS[(next() % ALGOS.len() as u64) as usize];
+            let case = kinds[(next() % kinds.len() as u64) as usize];
+            // Mostly small messages, some large: a training step's mix.
+            let c = SOAK_COUNTS[(next() % SOAK_COUNTS.len() as u64) as usize];
+            let d = DType::ALL[(next() % DType::ALL.len() as u64) as usize];
+            comm.set_algorithm(algo.map(|a| acspeed_algorithms::Algorithm::from_name(a).unwrap()));
+            let a = Algo {
+                name: algo.unwrap_or("auto"),
+                shape: |_| vec![2, 2],
+            };
+            if let Err(e) = run_case(&comm, a, Fabric::Shm, c, case, d) {
+                return Err(format!("call {i}: {e}"));
+            }
+            counts[ALGOS.iter().position(|x| *x == algo).unwrap()] += 1;
+        }
+        Ok(counts)
+    });
+    for r in &res {
+        let counts = r.as_ref().unwrap_or_else(|e| panic!("soak failed: {e}"));
+        assert_eq!(counts.iter().sum::<usize>(), CALLS);
+        assert!(
+            counts.iter().all(|c| *c > CALLS / 10),
+            "every algorithm ran: {counts:?}"
+        );
+    }
+}
