@@ -94,6 +94,7 @@ fn run(count: usize, iters: u64, planned: bool) -> Duration {
         segment_bytes: SEG,
         depth: 4,
         timeout: TIMEOUT,
+        stall_warn: Duration::ZERO,
     });
     let start = Instant::now();
     std::thread::scope(|s| {

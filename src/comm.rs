@@ -68,12 +68,15 @@ impl Communicator {
             })?),
         };
         let (rank, nranks) = (transport.rank().0, transport.nranks());
+        let log = Logger::new(cfg.log, rank);
+        // Stall reports are warnings: they show at the default log level.
         let exec = Executor::new(ExecParams {
             segment_bytes: cfg.segment_bytes,
             depth: cfg.pipeline_depth,
             timeout: cfg.timeout,
-        });
-        let log = Logger::new(cfg.log, rank);
+            stall_warn: cfg.stall_warn,
+        })
+        .with_stall_sink(Arc::new(move |m: &str| log.warn(m)));
         let ctx = PlanContext::from_host_names(&hosts);
         let rules = size_rules(&cfg)?;
         let timeline = match &cfg.timeline {

@@ -30,6 +30,7 @@ fn exec(
         segment_bytes: seg,
         depth: 2,
         timeout: Duration::from_secs(30),
+        stall_warn: Duration::ZERO,
     });
     std::thread::scope(|s| {
         let hs: Vec<_> = ts
@@ -103,4 +104,57 @@ proptest! {
         let out = exec(Collective::Barrier, n, k, 0, seg, None, fused);
         prop_assert!(out.iter().all(|o| o.is_empty()));
     }
+}
+
+/// A rank that joins late is reported by the ranks waiting for it every `stall_warn` (with
+/// the call, the algorithm and the rank's number), and the collective then completes: the
+/// report does not end the wait, only the timeout does.
+#[test]
+fn a_late_rank_is_reported_while_the_others_wait() {
+    use std::sync::{Arc, Mutex};
+    let ts = MemoryTransport::fabric_with(2, false);
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let exe = Executor::new(ExecParams {
+        segment_bytes: 1 << 16,
+        depth: 2,
+        timeout: Duration::from_secs(30),
+        stall_warn: Duration::from_millis(150),
+    })
+    .with_stall_sink(Arc::new(move |m: &str| {
+        sink.lock().unwrap().push(m.to_string())
+    }));
+    std::thread::scope(|s| {
+        for (r, t) in ts.iter().enumerate() {
+            let exe = &exe;
+            s.spawn(move || {
+                if r == 1 {
+                    std::thread::sleep(Duration::from_millis(700));
+                }
+                let plan = Ring::default().plan_for_rank(Collective::AllReduce, Rank(r as u32), 2);
+                let mut v = vec![1i64; 1000];
+                let bufs = Buffers {
+                    input: std::ptr::null(),
+                    input_len: 0,
+                    output: v.as_mut_ptr() as *mut u8,
+                    output_len: 8000,
+                };
+                let call = CallInfo {
+                    seq: 7,
+                    dtype: DType::I64,
+                    op: Some(ReduceOp::Sum),
+                    count: 1000,
+                };
+                exe.run(&plan, t, call, bufs).unwrap();
+                assert!(v.iter().all(|x| *x == 2));
+            });
+        }
+    });
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|m| m.contains("rank 1") && m.contains("allreduce #7") && m.contains("ring")),
+        "{seen:?}"
+    );
 }

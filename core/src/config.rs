@@ -11,6 +11,7 @@ use std::time::Duration;
 /// the same list (`acspeed-bench --list-env`).
 pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_TIMEOUT_SECS", "300", "Seconds without progress before an operation fails with a timeout naming the peer (also bounds rendezvous)."),
+    ("ACSPEED_STALL_WARN_SECS", "60", "A collective that waits this long logs (then again every as many seconds) which rank it is waiting for, in which call (number, kind, size, algorithm); 0 = never. Independent of the timeout."),
     ("ACSPEED_SEGMENT_BYTES", "256K", "Pipeline segment size: each chunk moves in segments of this many bytes."),
     ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
     ("ACSPEED_ALGO", "auto", "auto, ring, tree, hybrid or hybrid:tree (a forced algorithm runs the collectives it serves; the others run ring)."),
@@ -157,6 +158,8 @@ pub enum ShmMode {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub timeout: Duration,
+    /// Stall warning interval (`ACSPEED_STALL_WARN_SECS`; zero = off).
+    pub stall_warn: Duration,
     pub segment_bytes: usize,
     pub pipeline_depth: usize,
     pub algo: AlgoChoice,
@@ -189,6 +192,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             timeout: Duration::from_secs(300),
+            stall_warn: Duration::from_secs(60),
             segment_bytes: 256 << 10,
             pipeline_depth: 4,
             algo: AlgoChoice::Auto,
@@ -269,6 +273,20 @@ impl Config {
                 .filter(|s: &f64| *s > 0.0 && s.is_finite())
                 .ok_or_else(|| bad("ACSPEED_TIMEOUT_SECS", v, "a positive number of seconds"))?;
             c.timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_STALL_WARN_SECS") {
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| *s >= 0.0 && s.is_finite())
+                .ok_or_else(|| {
+                    bad(
+                        "ACSPEED_STALL_WARN_SECS",
+                        v,
+                        "a number of seconds (0 = off)",
+                    )
+                })?;
+            c.stall_warn = Duration::from_secs_f64(secs);
         }
         if let Some(v) = lookup(vars, "ACSPEED_SEGMENT_BYTES") {
             c.segment_bytes = parse_size(v)

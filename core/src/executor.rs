@@ -26,7 +26,13 @@ pub struct ExecParams {
     pub segment_bytes: usize,
     pub depth: usize,
     pub timeout: Duration,
+    /// A wait longer than this reports itself to the executor's stall sink, then again
+    /// every as long (zero: never).
+    pub stall_warn: Duration,
 }
+
+/// Where stall reports go (the communicator's logger).
+pub type StallSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What the call is, for frame headers and reductions.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +60,7 @@ unsafe impl Sync for Buffers {}
 /// Executes plans; keeps scratch memory between calls.
 pub struct Executor {
     params: ExecParams,
+    stall: Option<StallSink>,
     scratch: Mutex<Vec<Vec<u64>>>,
     tmp: Mutex<Vec<u64>>,
 }
@@ -76,12 +83,14 @@ struct LaneCtx<'a> {
     step: usize,
     pending: Vec<Pending>,
     scratch: &'a mut [u64],
+    stall: Option<&'a StallSink>,
 }
 
 impl Executor {
     pub fn new(params: ExecParams) -> Self {
         Executor {
             params,
+            stall: None,
             scratch: Mutex::new(Vec::new()),
             tmp: Mutex::new(Vec::new()),
         }
@@ -89,6 +98,12 @@ impl Executor {
 
     pub fn params(&self) -> ExecParams {
         self.params
+    }
+
+    /// Sends stall reports (see `ExecParams::stall_warn`) to `sink`.
+    pub fn with_stall_sink(mut self, sink: StallSink) -> Self {
+        self.stall = Some(sink);
+        self
     }
 
     /// Runs `plan`. Buffer lengths must match the plan's collective for `call.count`.
@@ -142,7 +157,11 @@ impl Executor {
         };
         let result = if nl <= 1 {
             match scratch.first_mut() {
-                Some(s) => LaneCtx::new(plan, t, call, bufs, params, tmp_addr, 0, s).run_lane(None),
+                Some(s) => {
+                    let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, 0, s);
+                    ctx.stall = self.stall.as_ref();
+                    ctx.run_lane(None)
+                }
                 None => Ok(()),
             }
         } else {
@@ -150,6 +169,7 @@ impl Executor {
                 done: Mutex::new(vec![0; nl]),
                 cv: Condvar::new(),
             };
+            let stall = self.stall.as_ref();
             std::thread::scope(|sc| {
                 let handles: Vec<_> = scratch
                     .iter_mut()
@@ -157,8 +177,9 @@ impl Executor {
                     .map(|(l, s)| {
                         let progress = &progress;
                         sc.spawn(move || {
-                            let r = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s)
-                                .run_lane(Some(progress));
+                            let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s);
+                            ctx.stall = stall;
+                            let r = ctx.run_lane(Some(progress));
                             if let Err(e) = &r {
                                 // Unblock sibling lanes waiting on the transport or on us.
                                 t.abort(&e.to_string());
@@ -259,6 +280,7 @@ impl<'a> LaneCtx<'a> {
             step: 0,
             pending: Vec::new(),
             scratch,
+            stall: None,
         }
     }
 
@@ -329,10 +351,36 @@ impl<'a> LaneCtx<'a> {
                 h.peer()
             )
         };
-        if self.t.needs_progress() {
-            h.wait_driven(deadline, self.params.timeout, &what, &|| self.t.progress())
-        } else {
-            h.wait(deadline, self.params.timeout, &what)
+        // Wait in stretches of `stall_warn`: each stretch that ends without the operation
+        // done is reported (which rank, which call), then the wait goes on to the timeout.
+        let start = Instant::now();
+        let every = self.params.stall_warn;
+        let mut mark = start + every;
+        loop {
+            let until = if every.is_zero() {
+                deadline
+            } else {
+                deadline.min(mark)
+            };
+            let r = if self.t.needs_progress() {
+                h.wait_driven(until, self.params.timeout, &what, &|| self.t.progress())
+            } else {
+                h.wait(until, self.params.timeout, &what)
+            };
+            match (r, self.stall) {
+                (Err(Error::Timeout { .. }), Some(sink)) if until < deadline => {
+                    sink(&format!(
+                        "stalled {:.0}s: {} (algorithm {}); rank {} has not sent or taken its part yet",
+                        start.elapsed().as_secs_f64(),
+                        what(),
+                        plan.algorithm,
+                        h.peer()
+                    ));
+                    mark += every;
+                }
+                (Err(Error::Timeout { .. }), None) if until < deadline => mark += every,
+                (r, _) => return r,
+            }
         }
     }
 
