@@ -367,3 +367,46 @@ fn per_size_algorithm_strings_and_explain() {
         "{e}"
     );
 }
+
+/// Ranks that disagree about the root of a broadcast or reduce, or about the algorithm, get
+/// an error (never a hang or a wrong result). A rank whose part ended before the disagreement
+/// reached it gets the error on its next call (the failing rank's abort notice).
+#[test]
+fn different_roots_or_algorithms_are_a_mismatch_on_every_rank() {
+    for f in [Fabric::Memory, Fabric::Tcp, Fabric::Shm] {
+        let res = run_group(f, 3, test_config(1 << 16, 4, 20), |comm| {
+            let root = if comm.rank() == 2 { 1 } else { 0 };
+            let mut v = vec![comm.rank() as f32; 1000];
+            let first = comm.broadcast(&mut v, root);
+            // What the rank holds is either an error or the data of the root it asked for.
+            if first.is_ok() {
+                assert!(v.iter().all(|x| *x == root as f32));
+            }
+            first
+                .and_then(|_| comm.barrier())
+                .map_err(|e| e.to_string())
+        });
+        assert!(res.iter().all(|r| r.is_err()), "{f:?}: {res:?}");
+        assert!(
+            res.iter().all(|r| r.as_ref().unwrap_err().contains("root")),
+            "{f:?}: {res:?}"
+        );
+        let res = run_group(f, 3, test_config(1 << 16, 4, 20), |comm| {
+            comm.set_algorithm(Some(if comm.rank() == 1 {
+                acspeed_algorithms::Algorithm::Tree
+            } else {
+                acspeed_algorithms::Algorithm::Ring
+            }));
+            let mut v = vec![1.0f32; 1000];
+            comm.allreduce(&mut v, ReduceOp::Sum)
+                .and_then(|_| comm.barrier())
+                .map_err(|e| e.to_string())
+        });
+        assert!(res.iter().all(|r| r.is_err()), "{f:?}: {res:?}");
+        assert!(
+            res.iter()
+                .any(|r| r.as_ref().unwrap_err().contains("algorithm")),
+            "{f:?}: {res:?}"
+        );
+    }
+}

@@ -311,6 +311,11 @@ impl<'a> LaneCtx<'a> {
             dtype: self.call.dtype as u8,
             op: self.call.op.map(|o| o as u8).unwrap_or(u8::MAX),
             algo: crate::plan::algorithm_code(&self.plan.algorithm),
+            root: match self.plan.collective {
+                crate::plan::Collective::Broadcast { root }
+                | crate::plan::Collective::Reduce { root } => root.0,
+                _ => 0,
+            },
             count: self.call.count as u64,
             len: len as u64,
         }

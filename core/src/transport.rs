@@ -29,6 +29,8 @@ pub struct FrameHeader {
     pub op: u8,
     /// Algorithm code of the plan that sent it (0 for point-to-point and control frames).
     pub algo: u8,
+    /// Root rank of a rooted collective (broadcast, reduce), else 0.
+    pub root: u32,
     /// The caller's per-rank element count for the whole collective.
     pub count: u64,
     /// Payload bytes of this message.
@@ -87,6 +89,14 @@ impl FrameHeader {
                 Collective::name_of_code(self.coll),
                 name(self.op),
                 name(got.op)
+            ));
+        }
+        if got.root != self.root {
+            return mism(format!(
+                "{}: root {} here but root {} on rank {peer}",
+                Collective::name_of_code(self.coll),
+                self.root,
+                got.root
             ));
         }
         if got.algo != self.algo {

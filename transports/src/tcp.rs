@@ -497,6 +497,7 @@ impl Transport for TcpTransport {
                         dtype: 0,
                         op: 0,
                         algo: 0,
+                        root: 0,
                         count: 0,
                         len: why.len() as u64,
                     };

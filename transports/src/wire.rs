@@ -42,6 +42,7 @@ pub(crate) fn encode(kind: Kind, h: &FrameHeader, st: Stripe) -> [u8; FRAME_LEN]
         b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
     b[56] = h.algo;
+    b[57..61].copy_from_slice(&h.root.to_le_bytes());
     b
 }
 
@@ -61,6 +62,7 @@ pub(crate) fn decode(b: &[u8; FRAME_LEN]) -> Option<(Kind, FrameHeader, Stripe)>
         dtype: b[6],
         op: b[7],
         algo: b[56],
+        root: u32::from_le_bytes(b[57..61].try_into().unwrap()),
         seq: u64at(8),
         count: u64at(16),
         len: u64at(24),
@@ -134,6 +136,7 @@ mod tests {
             dtype: 2,
             op: 3,
             algo: 4,
+            root: 77,
             count: 1 << 40,
             len: 12345,
         };

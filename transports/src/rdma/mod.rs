@@ -195,6 +195,7 @@ fn fingerprint(h: &FrameHeader) -> u64 {
         h.dtype as u64,
         h.op as u64,
         h.algo as u64,
+        h.root as u64,
         h.count,
         h.len,
     ] {

@@ -18,6 +18,7 @@ const PAGE: usize = 4096;
 /// head, tail, cma_done, cma_ok: one cache line each.
 const COUNTERS: usize = 256;
 const META: usize = 64;
+const _: () = assert!(std::mem::size_of::<Meta>() <= META);
 const KIND_DATA: u8 = 1;
 const KIND_ABORT: u8 = 2;
 /// A descriptor: the receiver reads `msg_len` bytes at `addr` in the sender's address space.
@@ -84,6 +85,7 @@ struct Meta {
     op: u8,
     algo: u8,
     _pad: [u8; 3],
+    root: u32,
     seq: u64,
     count: u64,
     msg_len: u64,
@@ -104,6 +106,7 @@ impl Meta {
             op: hdr.op,
             algo: hdr.algo,
             _pad: [0; 3],
+            root: hdr.root,
             seq: hdr.seq,
             count: hdr.count,
             msg_len: hdr.len,
@@ -349,6 +352,7 @@ impl Peer {
                 dtype: m.dtype,
                 op: m.op,
                 algo: m.algo,
+                root: m.root,
                 count: m.count,
                 len: m.msg_len,
             };
@@ -782,6 +786,7 @@ impl ShmTransport {
                         op: 0,
                         algo: 0,
                         _pad: [0; 3],
+                        root: 0,
                         seq: 0,
                         count: 0,
                         msg_len: n as u64,
