@@ -164,57 +164,7 @@ impl Communicator {
 
     /// The algorithm for `coll` at `bytes`, and why (the layer that decided).
     fn choose(&self, coll: Collective, bytes: usize) -> (Algorithm, String) {
-        let rules = match coll {
-            Collective::AllReduce => &self.rules.0,
-            Collective::Broadcast { .. } => &self.rules.1,
-            Collective::Reduce { .. } => &self.rules.2,
-            _ => &self.rules.3,
-        };
-        if let Some((a, lo, hi)) = rules.iter().find(|(_, lo, hi)| (*lo..*hi).contains(&bytes)) {
-            return (
-                *a,
-                format!(
-                    "ACSPEED_{} range {}-{}",
-                    coll.name().to_ascii_uppercase(),
-                    human(*lo),
-                    if *hi == usize::MAX {
-                        "max".into()
-                    } else {
-                        human(*hi)
-                    }
-                ),
-            );
-        }
-        if let Some(a) = self.forced() {
-            return if a.serves(coll) {
-                (a, format!("ACSPEED_ALGO={}", a.name()))
-            } else {
-                (
-                    Algorithm::Ring,
-                    format!(
-                        "ACSPEED_ALGO={} does not serve {}: ring",
-                        a.name(),
-                        coll.name()
-                    ),
-                )
-            };
-        }
-        let a = auto_rule(&self.ctx, coll, bytes);
-        let why = match a {
-            Algorithm::Hybrid(_) => format!(
-                "auto: ranks span {} hosts {:?} and the message is >= {}",
-                self.ctx.nhosts(),
-                self.ctx.shape(),
-                human(HYBRID_MIN_BYTES)
-            ),
-            Algorithm::Tree => format!(
-                "auto: {} ranks (>= {TREE_MIN_RANKS}) and <= {}",
-                self.ctx.nranks,
-                human(TREE_MAX_BYTES)
-            ),
-            _ => "auto: ring (bandwidth-optimal; no hierarchy or latency rule applies)".into(),
-        };
-        (a, why)
+        decide(&self.ctx, &self.rules, self.forced(), coll, bytes)
     }
 
     /// Which algorithm a collective of `bytes` (output size) runs and why, in one line.
@@ -628,7 +578,71 @@ impl Communicator {
 /// Frame code of point-to-point messages (`Collective::name_of_code` knows it).
 const P2P_CODE: u8 = 8;
 
-type SizeRules = (
+/// The algorithm for `coll` at `bytes` and why, layer by layer: a per-size rule for the
+/// collective, then the forced algorithm (`ACSPEED_ALGO`), then `auto`'s rule. Pure, so that
+/// `acspeed explain` answers without a job.
+pub fn decide(
+    ctx: &PlanContext,
+    rules: &SizeRules,
+    forced: Option<Algorithm>,
+    coll: Collective,
+    bytes: usize,
+) -> (Algorithm, String) {
+    let rules = match coll {
+        Collective::AllReduce => &rules.0,
+        Collective::Broadcast { .. } => &rules.1,
+        Collective::Reduce { .. } => &rules.2,
+        _ => &rules.3,
+    };
+    if let Some((a, lo, hi)) = rules.iter().find(|(_, lo, hi)| (*lo..*hi).contains(&bytes)) {
+        let hi = if *hi == usize::MAX {
+            "max".into()
+        } else {
+            human(*hi)
+        };
+        return (
+            *a,
+            format!(
+                "ACSPEED_{} range {}-{hi}",
+                coll.name().to_ascii_uppercase(),
+                human(*lo)
+            ),
+        );
+    }
+    if let Some(a) = forced {
+        return if a.serves(coll) {
+            (a, format!("ACSPEED_ALGO={}", a.name()))
+        } else {
+            (
+                Algorithm::Ring,
+                format!(
+                    "ACSPEED_ALGO={} does not serve {}: ring",
+                    a.name(),
+                    coll.name()
+                ),
+            )
+        };
+    }
+    let a = auto_rule(ctx, coll, bytes);
+    let why = match a {
+        Algorithm::Hybrid(_) => format!(
+            "auto: ranks span {} hosts {:?} and the message is >= {}",
+            ctx.nhosts(),
+            ctx.shape(),
+            human(HYBRID_MIN_BYTES)
+        ),
+        Algorithm::Tree => format!(
+            "auto: {} ranks (>= {TREE_MIN_RANKS}) and <= {}",
+            ctx.nranks,
+            human(TREE_MAX_BYTES)
+        ),
+        _ => "auto: ring (bandwidth-optimal; no hierarchy or latency rule applies)".into(),
+    };
+    (a, why)
+}
+
+/// Per-size rules (allreduce, broadcast, reduce, others): (algorithm, from, to).
+pub type SizeRules = (
     Vec<(Algorithm, usize, usize)>,
     Vec<(Algorithm, usize, usize)>,
     Vec<(Algorithm, usize, usize)>,
@@ -636,7 +650,7 @@ type SizeRules = (
 );
 
 /// Resolves the per-size strings, refusing an algorithm that cannot serve its collective.
-fn size_rules(cfg: &Config) -> Result<SizeRules> {
+pub fn size_rules(cfg: &Config) -> Result<SizeRules> {
     let resolve = |name: &str, coll: Collective, rules: &[acspeed_core::config::SizeRule]| {
         rules
             .iter()

@@ -123,3 +123,48 @@ fn bench_runs_every_algorithm_on_emulated_hosts_and_checks_it() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("places 4 ranks but -n is 3"));
 }
+
+#[test]
+fn explain_names_the_layer_that_decided_and_the_predictions() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_acspeed"));
+        c.arg("explain").args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(
+        &["--host-shape", "4", "--bytes", "4K"],
+        &[("ACSPEED_ALLREDUCE", "tree:0-1M")],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(": tree (ACSPEED_ALLREDUCE range 0-1M)"),
+        "{out}"
+    );
+    let (ok, out, err) = run(
+        &[
+            "--host-shape",
+            "8,8",
+            "--bytes",
+            "64M",
+            "--nvidia-smi-topo",
+            "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("hybrid (auto: ranks span 2 hosts"), "{out}");
+    assert_eq!(out.matches("<- runs").count(), 1, "{out}");
+    let (ok, _, err) = run(&["--host-shape", "2,0", "--bytes", "4K"], &[]);
+    assert!(
+        !ok && err.contains("every host needs at least one rank"),
+        "{err}"
+    );
+}

@@ -51,6 +51,35 @@ enum Cmd {
     /// How training scales and why: measure (--workers N), from numbers (--single/--multi),
     /// or predict on a topology (--topo/--nvidia-smi-topo/--here with --hosts).
     Linearity(LinArgs),
+    /// Which algorithm a collective of a given size runs on a job shape, and why (the layer
+    /// that decided: ACSPEED_ALLREDUCE-style ranges, ACSPEED_ALGO, auto); with a machine
+    /// (--here, --topo, --nvidia-smi-topo) also every candidate's predicted time.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExplainArgs {
+    /// Ranks per host, e.g. 8,8 or 3,1,2.
+    #[arg(long, value_name = "SHAPE")]
+    host_shape: String,
+    /// Message size (output bytes), e.g. 4K, 25M.
+    #[arg(long)]
+    bytes: String,
+    /// allreduce, broadcast or reduce.
+    #[arg(long, default_value = "allreduce")]
+    collective: String,
+    /// Predict the candidates on this machine as measured now.
+    #[arg(long)]
+    here: bool,
+    /// Predict the candidates on this topology description (JSON).
+    #[arg(long, value_name = "FILE")]
+    topo: Option<PathBuf>,
+    /// Predict the candidates on a saved `nvidia-smi topo -m`.
+    #[arg(long, value_name = "FILE")]
+    nvidia_smi_topo: Option<PathBuf>,
+    /// Each host's network rate, Gbit/s (for predictions).
+    #[arg(long, default_value_t = 25.0)]
+    net_gbps: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -323,6 +352,7 @@ fn simulate(args: SimArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Linearity(args) => linearity(args),
+        Cmd::Explain(args) => explain(args),
         Cmd::Simulate(args) => simulate(args),
         Cmd::Topo {
             json,
@@ -831,6 +861,80 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         };
         acspeed::charts::render(png, &d)?;
         eprintln!("charts written to {}", png.display());
+    }
+    Ok(())
+}
+
+fn explain(args: ExplainArgs) -> Result<()> {
+    let cfg = Config::from_env()?;
+    let shape = acspeed::launch::host_shape("--host-shape", &args.host_shape)?;
+    let ctx = acspeed_core::PlanContext::from_shape(&shape)?;
+    let coll = collective_named(&args.collective)?;
+    let bytes = parse_size(&args.bytes)?;
+    let rules = acspeed::comm::size_rules(&cfg)?;
+    let forced = match &cfg.algo {
+        acspeed_core::config::AlgoChoice::Auto => None,
+        acspeed_core::config::AlgoChoice::Named(n) => Some(Algorithm::from_name(n)?),
+    };
+    let (algo, why) = acspeed::comm::decide(&ctx, &rules, forced, coll, bytes);
+    println!(
+        "{} of {bytes} bytes on {} ranks (hosts {shape:?}): {} ({why})",
+        coll.name(),
+        ctx.nranks,
+        algo.name()
+    );
+    let sim = SimArgs {
+        topo: args.topo.clone(),
+        nvidia_smi_topo: args.nvidia_smi_topo.clone(),
+        here: args.here,
+        hosts: 1,
+        ranks_per_host: None,
+        host_shape: None,
+        net_gbps: args.net_gbps,
+        flow_gbps: None,
+        streams: cfg.nstreams.unwrap_or(4),
+        net_latency_us: 30.0,
+        sizes: String::new(),
+        algo: None,
+        collective: args.collective.clone(),
+        dtype: acspeed::DType::F32,
+        segment: String::new(),
+        json: false,
+        host_model: None,
+        cores_per_host: None,
+    };
+    let host = match load_topo(&sim)? {
+        Some(d) => acspeed_core::sim::HostModel::gpu(&d)?,
+        None if args.here => acspeed::simulate::measure_here()?,
+        None => return Ok(()),
+    };
+    let cluster = acspeed_core::sim::Cluster::new(
+        vec![host; shape.len()],
+        &shape,
+        NetModel {
+            nic_gbit: args.net_gbps,
+            flow_gbit: None,
+            streams: sim.streams,
+            latency_us: 30.0,
+        },
+    )?;
+    let cands = acspeed_algorithms::select::candidates(coll, &ctx);
+    let preds = acspeed_algorithms::select::rank_candidates(
+        coll,
+        &cluster,
+        &cands,
+        bytes,
+        4,
+        cfg.segment_bytes,
+    )?;
+    println!("predicted (simulated), fastest first:");
+    for p in preds {
+        println!(
+            "  {:<12} {:>12.1} us{}",
+            acspeed_algorithms::select::row_name(p.algo),
+            p.time_us,
+            if p.algo == algo { "   <- runs" } else { "" }
+        );
     }
     Ok(())
 }
