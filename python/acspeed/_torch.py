@@ -97,6 +97,22 @@ def _staged(t: torch.Tensor, what: str):
     return t.contiguous(), t
 
 
+def _check_pair(what: str, out: torch.Tensor, inp: torch.Tensor, in_place_at: int | None = None):
+    """Output and input of one collective: the same dtype, and no overlap except where the
+    input sits exactly at ``in_place_at`` bytes into the output (torch's in-place form)."""
+    if out.dtype != inp.dtype:
+        raise TypeError(f"acspeed {what}: output dtype {out.dtype} differs from input dtype {inp.dtype}")
+    if out.device.type != "cpu" or inp.device.type != "cpu" or out.numel() == 0 or inp.numel() == 0:
+        return
+    o0, o1 = out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()
+    i0, i1 = inp.data_ptr(), inp.data_ptr() + inp.numel() * inp.element_size()
+    if o0 < i1 and i0 < o1 and not (in_place_at is not None and i0 == o0 + in_place_at):
+        raise ValueError(
+            f"acspeed {what}: the input overlaps the output (bytes {i0 - o0}..{i1 - o0} of it); "
+            "use separate tensors, or the in-place form (the input is this rank's slot of the output)"
+        )
+
+
 def _op_code(opts_op, t: torch.Tensor, what: str) -> int:
     op = opts_op.op if hasattr(opts_op, "op") else opts_op
     if op not in _OP:
@@ -272,6 +288,13 @@ class AcspeedBackend(C10dBackend):
 
     def allgather(self, outputs, inputs, opts):
         t = inputs[0]
+        if len(outputs[0]) != self._size:
+            raise ValueError(f"acspeed all_gather: {len(outputs[0])} output tensors, expected one per rank ({self._size})")
+        for r, o in enumerate(outputs[0]):
+            if o.numel() != t.numel() or o.dtype != t.dtype:
+                raise ValueError(
+                    f"acspeed all_gather: output {r} is {o.numel()} x {o.dtype}, the input {t.numel()} x {t.dtype}; they must match"
+                )
         c, _ = _staged(t, "all_gather")
         out = torch.empty((self._size * c.numel(),), dtype=c.dtype)
         h = self._c.allgather(c.data_ptr(), out.data_ptr(), c.numel(), _dtype_code(c, "all_gather"), (c, out))
@@ -284,6 +307,7 @@ class AcspeedBackend(C10dBackend):
         o, orig = _staged(output, "all_gather_into_tensor")
         if o.numel() != c.numel() * self._size:
             raise ValueError(f"acspeed all_gather_into_tensor: output has {o.numel()} elements, expected {c.numel()} x {self._size}")
+        _check_pair("all_gather_into_tensor", o, c, self._rank * c.numel() * c.element_size())
         h = self._c.allgather(c.data_ptr(), o.data_ptr(), c.numel(), _dtype_code(c, "all_gather_into_tensor"), (c, o))
         return self._finish(h, [output], opts.asyncOp, [(orig, o)])
 
@@ -333,6 +357,7 @@ class AcspeedBackend(C10dBackend):
         o, orig = _staged(output, "reduce_scatter_tensor")
         if i.numel() != o.numel() * self._size:
             raise ValueError(f"acspeed reduce_scatter_tensor: input has {i.numel()} elements, expected {o.numel()} x {self._size}")
+        _check_pair("reduce_scatter_tensor", o, i)
         code = _op_code(opts.reduceOp, output, "reduce_scatter_tensor")
         h = self._c.reduce_scatter(i.data_ptr(), o.data_ptr(), o.numel(), _dtype_code(o, "reduce_scatter_tensor"), code, (i, o))
         return self._finish(h, [output], opts.asyncOp, [(orig, o)])

@@ -302,3 +302,55 @@ def test_a_rank_that_exits_is_named_within_2s_not_at_the_timeout(path):
         assert "rank 2" in msg, f"rank {rank}: {msg}"
         # rank 2 died 0.3 s into the collective; the timeout is 20 s.
         assert took < 2.5, f"rank {rank} took {took:.1f}s: {msg}"
+
+
+def _bad_inputs(rank, world):
+    import acspeed  # noqa: F401
+
+    dist.init_process_group("acspeed")
+    out = {}
+
+    def attempt(name, fn):
+        try:
+            fn()
+            out[name] = "no error"
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"
+
+    # Wrong output sizes for all_gather_into_tensor / reduce_scatter_tensor.
+    attempt("allgather_size", lambda: dist.all_gather_into_tensor(torch.empty(3 * world + 1), torch.ones(3)))
+    attempt("reduce_scatter_size", lambda: dist.reduce_scatter_tensor(torch.empty(2), torch.ones(3 * world)))
+    # Mixed dtypes between input and output.
+    attempt(
+        "allgather_dtype",
+        lambda: dist.all_gather_into_tensor(torch.empty(3 * world, dtype=torch.float64), torch.ones(3)),
+    )
+    # A list of outputs of the wrong length.
+    attempt("allgather_list", lambda: dist.all_gather([torch.empty(3)] * (world + 1), torch.ones(3)))
+    # Output overlapping the input (not at this rank's own slot, the in-place form).
+    buf = torch.zeros(3 * world + 1)
+    attempt("overlap", lambda: dist.all_gather_into_tensor(buf[: 3 * world], buf[1:4]))
+    # A root that is not in the group.
+    attempt("root", lambda: dist.broadcast(torch.ones(2), src=world + 3))
+    # The in-place form is accepted and right.
+    inplace = torch.zeros(3 * world)
+    inplace[3 * rank : 3 * rank + 3] = rank + 1
+    dist.all_gather_into_tensor(inplace, inplace[3 * rank : 3 * rank + 3])
+    out["inplace"] = inplace.tolist()
+    # The communicator still works after every refusal (nothing was sent).
+    t = torch.ones(4)
+    dist.all_reduce(t)
+    out["after"] = t.tolist()
+    dist.destroy_process_group()
+    return out
+
+
+def test_bad_input_from_python_gets_clear_errors_and_leaves_the_group_usable():
+    for res in run_ranks(_bad_inputs, 2):
+        for k in ("allgather_size", "reduce_scatter_size", "allgather_dtype", "allgather_list", "overlap", "root"):
+            assert res[k] != "no error", (k, res)
+        assert "output has 7 elements, expected 3 x 2" in res["allgather_size"], res["allgather_size"]
+        assert "dtype" in res["allgather_dtype"].lower() or "type" in res["allgather_dtype"].lower(), res["allgather_dtype"]
+        assert "overlap" in res["overlap"].lower(), res["overlap"]
+        assert res["inplace"] == [float(1 + r) for r in range(2) for _ in range(3)], res
+        assert res["after"] == [2.0] * 4, res
