@@ -410,3 +410,51 @@ fn different_roots_or_algorithms_are_a_mismatch_on_every_rank() {
         );
     }
 }
+
+/// Two communicators per rank (two process groups), each driven by its own thread at the same
+/// time, over shared memory and TCP: neither sees the other's traffic.
+#[test]
+fn several_communicators_used_concurrently_from_several_threads() {
+    let store = acspeed::store::MemStore::new();
+    let n = 3u32;
+    std::thread::scope(|s| {
+        for r in 0..n {
+            let store = store.clone();
+            s.spawn(move || {
+                let make = |prefix: &str, shm: bool| {
+                    let cfg = acspeed::Config {
+                        shm,
+                        ..test_config(1 << 14, 2, 30)
+                    };
+                    acspeed::init_with_store(
+                        &*store,
+                        prefix,
+                        r,
+                        n,
+                        "127.0.0.1".parse().unwrap(),
+                        cfg,
+                    )
+                    .unwrap()
+                };
+                let a = make("group-a", true);
+                let b = make("group-b", false);
+                std::thread::scope(|t| {
+                    for (c, scale) in [(&a, 1.0f32), (&b, 100.0f32)] {
+                        t.spawn(move || {
+                            for i in 0..200usize {
+                                let len = 1 + (i * 37) % 5000;
+                                let mut v = vec![scale * (r + 1) as f32; len];
+                                c.allreduce(&mut v, ReduceOp::Sum).unwrap();
+                                let want = scale * (n * (n + 1) / 2) as f32;
+                                assert!(v.iter().all(|x| *x == want), "call {i}");
+                                let mut w = vec![r as f32; 8];
+                                c.broadcast(&mut w, (i % n as usize) as u32).unwrap();
+                                assert!(w.iter().all(|x| *x == (i % n as usize) as f32));
+                            }
+                        });
+                    }
+                });
+            });
+        }
+    });
+}
