@@ -17,24 +17,7 @@ cargo build --release -q --bin acspeed-bench
 RAW="$(mktemp -d)"
 trap 'bash "$NETSIM" down --kill >/dev/null 2>&1 || true; rm -rf "$RAW"' EXIT
 
-# netsim_job SHAPE ALGO ARGS...: runs the bench on emulated hosts, prints rank 0's JSON.
-netsim_job() {
-  local shape="$1" algo="$2"; shift 2
-  local sizes world=0 port=$((31000 + RANDOM % 2000)) r=0 pids=()
-  IFS=, read -ra sizes <<<"$shape"
-  for k in "${sizes[@]}"; do world=$((world + k)); done
-  for h in "${!sizes[@]}"; do
-    for ((l = 0; l < sizes[h]; l++)); do
-      bash "$NETSIM" exec "$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=${sizes[$h]} \
-        MASTER_ADDR=198.18.0.1 MASTER_PORT=$port ACSPEED_TIMEOUT_SECS=60 \
-        timeout 600 "$BENCH" --algo "$algo" --json "$@" >"$RAW/job.$r" 2>"$RAW/job.$r.err" &
-      pids+=($!)
-      r=$((r + 1))
-    done
-  done
-  for p in "${pids[@]}"; do wait "$p" || { cat "$RAW"/job.*.err >&2; return 1; }; done
-  cat "$RAW/job.0"
-}
+. benches/netsim_lib.sh
 
 # table TITLE FILE BASE ALGO...: FILE holds lines "algo run json".
 table() {
@@ -82,7 +65,7 @@ if [[ "$WHAT" == all || "$WHAT" == netsim ]]; then
     f="$RAW/netsim-$shape"
     for ((i = 0; i < RUNS; i++)); do
       for algo in ring hybrid hybrid:tree; do
-        echo "$algo $i $(netsim_job "$shape" "$algo" -b 1M -e 64M -f 4 --iters 3 -w 1 --check)" >>"$f"
+        echo "$algo $i $(netsim_job "$shape" --algo "$algo" --json -b 1M -e 64M -f 4 --iters 3 -w 1 --check)" >>"$f"
       done
     done
     table "netsim, hosts $shape (2 Gbit/s per host, 500 Mbit/s per flow), allreduce f32" "$f" ring ring hybrid hybrid:tree

@@ -23,37 +23,7 @@ bmax=$(python3 -c "print('$SIZES'.split(',')[-1])")
 
 "$SIM" simulate --here --json --sizes 4K >"$RAW/host.json"
 
-# measure NAME SHAPE ALGOS (local shm when SHAPE has one host, else netsim hosts)
-measure() {
-  local name="$1" shape="$2" algos="$3"
-  IFS=, read -ra sizes <<<"$shape"
-  for ((i = 0; i < RUNS; i++)); do
-    for algo in ${algos//,/ }; do
-      if ((${#sizes[@]} == 1)); then
-        echo "$algo $("$BENCH" -n "${sizes[0]}" --algo "$algo" --json -b "$bmin" -e "$bmax" -f 4 --iters 5 -w 1 --check)" >>"$RAW/$name.meas"
-      else
-        echo "$algo $(netsim_job "$shape" --algo "$algo" --json -b "$bmin" -e "$bmax" -f 4 --iters 5 -w 1 --check)" >>"$RAW/$name.meas"
-      fi
-    done
-  done
-}
-
-netsim_job() {
-  local shape="$1"; shift
-  local sizes world=0 port=$((32000 + RANDOM % 2000)) r=0 pids=()
-  IFS=, read -ra sizes <<<"$shape"
-  for k in "${sizes[@]}"; do world=$((world + k)); done
-  for h in "${!sizes[@]}"; do
-    for ((l = 0; l < sizes[h]; l++)); do
-      bash "$NETSIM" exec "$h" env RANK=$r WORLD_SIZE=$world MASTER_ADDR=198.18.0.1 MASTER_PORT=$port \
-        ACSPEED_TIMEOUT_SECS=60 timeout 600 "$BENCH" "$@" >"$RAW/job.$r" 2>"$RAW/job.$r.err" &
-      pids+=($!)
-      r=$((r + 1))
-    done
-  done
-  for p in "${pids[@]}"; do wait "$p" || { cat "$RAW"/job.*.err >&2; return 1; }; done
-  cat "$RAW/job.0"
-}
+. benches/netsim_lib.sh
 
 # predict NAME SHAPE ALGOS SIM_ARGS...
 predict() {

@@ -5,17 +5,9 @@ use std::time::Duration;
 
 fn bench(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_acspeed-bench"));
-    c.args(args).args(["--time-limit", "120"]);
-    for k in [
-        "RANK",
-        "WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-    ] {
-        c.env_remove(k);
-    }
+    crate::util::without_launch_env(&mut c)
+        .args(args)
+        .args(["--time-limit", "120"]);
     for (k, v) in env {
         c.env(k, v);
     }

@@ -5,17 +5,9 @@ use std::process::Command;
 
 fn lin(args: &[&str]) -> (bool, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_acspeed"));
-    c.arg("linearity").args(args);
-    for k in [
-        "RANK",
-        "WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-    ] {
-        c.env_remove(k);
-    }
+    crate::util::without_launch_env(&mut c)
+        .arg("linearity")
+        .args(args);
     let o = c.output().expect("running acspeed linearity");
     (
         o.status.success(),

@@ -146,6 +146,22 @@ pub(crate) fn run_group_on_hosts<T: Send>(
     })
 }
 
+/// A command that starts its own local job: the launcher's variables of the test process
+/// (torchrun's RANK, WORLD_SIZE, ...) must not make it join another one.
+pub(crate) fn without_launch_env(c: &mut std::process::Command) -> &mut std::process::Command {
+    for k in [
+        "RANK",
+        "WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
 /// Encodes values (exact small integers) as `dtype` bytes; integers wrap like the kernels.
 pub(crate) fn encode(d: DType, vals: &[f64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(vals.len() * d.size());

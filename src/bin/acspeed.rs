@@ -68,15 +68,9 @@ struct ExplainArgs {
     /// allreduce, broadcast or reduce.
     #[arg(long, default_value = "allreduce")]
     collective: String,
-    /// Predict the candidates on this machine as measured now.
-    #[arg(long)]
-    here: bool,
-    /// Predict the candidates on this topology description (JSON).
-    #[arg(long, value_name = "FILE")]
-    topo: Option<PathBuf>,
-    /// Predict the candidates on a saved `nvidia-smi topo -m`.
-    #[arg(long, value_name = "FILE")]
-    nvidia_smi_topo: Option<PathBuf>,
+    /// Predict the candidates on a machine (--topo, --nvidia-smi-topo or --here).
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Each host's network rate, Gbit/s (for predictions).
     #[arg(long, default_value_t = 25.0)]
     net_gbps: f64,
@@ -114,15 +108,9 @@ struct LinArgs {
     /// Hosts (from numbers: linearity across hosts; predict: the largest host count).
     #[arg(long)]
     hosts: Option<u32>,
-    /// Predict on this topology description (JSON).
-    #[arg(long, value_name = "FILE")]
-    topo: Option<PathBuf>,
-    /// Predict on a saved `nvidia-smi topo -m`.
-    #[arg(long, value_name = "FILE")]
-    nvidia_smi_topo: Option<PathBuf>,
-    /// Predict on this machine as measured now.
-    #[arg(long)]
-    here: bool,
+    /// Predict on a machine (--topo, --nvidia-smi-topo or --here).
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Predict: ranks per host (default: the topology's GPUs; 1 with --here).
     #[arg(long)]
     ranks_per_host: Option<u32>,
@@ -153,18 +141,32 @@ struct LinArgs {
     time_limit: u64,
 }
 
-#[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("machine").required(true).args(["topo", "nvidia_smi_topo", "here"])))]
-struct SimArgs {
+/// Which machine a prediction runs on (one host; `--hosts` and friends multiply it).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct MachineArgs {
     /// A topology description (JSON, as `acspeed topo --dump` writes).
     #[arg(long, value_name = "FILE")]
     topo: Option<PathBuf>,
     /// A saved `nvidia-smi topo -m` output.
     #[arg(long, value_name = "FILE")]
     nvidia_smi_topo: Option<PathBuf>,
-    /// This machine, measured now (copy and reduce rates, cores, shared-memory latency).
+    /// This machine, measured now (copy and reduce rates, cores, shared-memory stream and
+    /// latency).
     #[arg(long)]
     here: bool,
+}
+
+impl MachineArgs {
+    fn given(&self) -> bool {
+        self.topo.is_some() || self.nvidia_smi_topo.is_some() || self.here
+    }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("machine").required(true).args(["topo", "nvidia_smi_topo", "here"])))]
+struct SimArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Number of hosts.
     #[arg(long, default_value_t = 1)]
     hosts: u32,
@@ -229,7 +231,7 @@ fn parse_size(s: &str) -> Result<usize> {
         .with_context(|| format!("'{s}' is not a size (e.g. 4096, 4K, 64M, 1G)"))
 }
 
-fn load_topo(args: &SimArgs) -> Result<Option<acspeed_core::topology::TopoDescription>> {
+fn load_topo(args: &MachineArgs) -> Result<Option<acspeed_core::topology::TopoDescription>> {
     if let Some(f) = &args.topo {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
@@ -249,7 +251,7 @@ fn load_topo(args: &SimArgs) -> Result<Option<acspeed_core::topology::TopoDescri
 }
 
 fn simulate(args: SimArgs) -> Result<()> {
-    let topo = load_topo(&args)?;
+    let topo = load_topo(&args.machine)?;
     let gpus = topo.as_ref().map(|d| d.gpus.len() as u32);
     let shape: Vec<u32> = match &args.host_shape {
         Some(s) => s
@@ -432,7 +434,7 @@ fn linearity(args: LinArgs) -> Result<()> {
         return Ok(());
     }
     // Predict.
-    if args.topo.is_some() || args.nvidia_smi_topo.is_some() || args.here {
+    if args.machine.given() {
         return linearity_predict(&args);
     }
     linearity_measure(&args)
@@ -441,27 +443,7 @@ fn linearity(args: LinArgs) -> Result<()> {
 fn linearity_predict(args: &LinArgs) -> Result<()> {
     use acspeed::linearity as lin;
     let (model, params) = lin_params(args)?;
-    let sim = SimArgs {
-        topo: args.topo.clone(),
-        nvidia_smi_topo: args.nvidia_smi_topo.clone(),
-        here: args.here,
-        hosts: 1,
-        ranks_per_host: args.ranks_per_host,
-        host_shape: None,
-        net_gbps: args.net_gbps,
-        flow_gbps: args.flow_gbps,
-        streams: args.streams,
-        net_latency_us: 30.0,
-        sizes: String::new(),
-        algo: None,
-        collective: "allreduce".into(),
-        dtype: acspeed::DType::F32,
-        segment: "256K".into(),
-        json: false,
-        host_model: None,
-        cores_per_host: None,
-    };
-    let topo = load_topo(&sim)?;
+    let topo = load_topo(&args.machine)?;
     let rph = args
         .ranks_per_host
         .or(topo.as_ref().map(|d| d.gpus.len() as u32))
@@ -883,29 +865,10 @@ fn explain(args: ExplainArgs) -> Result<()> {
         ctx.nranks,
         algo.name()
     );
-    let sim = SimArgs {
-        topo: args.topo.clone(),
-        nvidia_smi_topo: args.nvidia_smi_topo.clone(),
-        here: args.here,
-        hosts: 1,
-        ranks_per_host: None,
-        host_shape: None,
-        net_gbps: args.net_gbps,
-        flow_gbps: None,
-        streams: cfg.nstreams.unwrap_or(4),
-        net_latency_us: 30.0,
-        sizes: String::new(),
-        algo: None,
-        collective: args.collective.clone(),
-        dtype: acspeed::DType::F32,
-        segment: String::new(),
-        json: false,
-        host_model: None,
-        cores_per_host: None,
-    };
-    let host = match load_topo(&sim)? {
+    let streams = cfg.nstreams.unwrap_or(4);
+    let host = match load_topo(&args.machine)? {
         Some(d) => acspeed_core::sim::HostModel::gpu(&d)?,
-        None if args.here => acspeed::simulate::measure_here()?,
+        None if args.machine.here => acspeed::simulate::measure_here()?,
         None => return Ok(()),
     };
     let cluster = acspeed_core::sim::Cluster::new(
@@ -914,7 +877,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
         NetModel {
             nic_gbit: args.net_gbps,
             flow_gbit: None,
-            streams: sim.streams,
+            streams,
             latency_us: 30.0,
         },
     )?;

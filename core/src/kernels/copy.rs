@@ -29,7 +29,7 @@ pub unsafe fn copy_nonoverlapping(src: *const u8, dst: *mut u8, n: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") {
-                return copy_avx2(src, dst, n);
+                return copy_avx2::<false>(src, dst, n);
             }
             copy_sse2(src, dst, n)
         }
@@ -54,41 +54,12 @@ pub unsafe fn copy_nonoverlapping_stream(src: *const u8, dst: *mut u8, n: usize)
         #[cfg(target_arch = "x86_64")]
         {
             if n >= SMALL && std::arch::is_x86_feature_detected!("avx2") {
-                stream_avx2(src, dst, n);
+                copy_avx2::<true>(src, dst, n);
                 std::arch::x86_64::_mm_sfence();
                 return;
             }
         }
         copy_nonoverlapping(src, dst, n)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn stream_avx2(mut src: *const u8, mut dst: *mut u8, mut n: usize) {
-    // SAFETY: n bytes are valid at src/dst (caller); every access below stays within them,
-    // and the streaming stores are 32-byte aligned after the head copy.
-    unsafe {
-        use std::arch::x86_64::*;
-        let head = (32 - (dst as usize & 31)) & 31;
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        src = src.add(head);
-        dst = dst.add(head);
-        n -= head;
-        while n >= 128 {
-            let a = _mm256_loadu_si256(src as *const __m256i);
-            let b = _mm256_loadu_si256(src.add(32) as *const __m256i);
-            let c = _mm256_loadu_si256(src.add(64) as *const __m256i);
-            let d = _mm256_loadu_si256(src.add(96) as *const __m256i);
-            _mm256_stream_si256(dst as *mut __m256i, a);
-            _mm256_stream_si256(dst.add(32) as *mut __m256i, b);
-            _mm256_stream_si256(dst.add(64) as *mut __m256i, c);
-            _mm256_stream_si256(dst.add(96) as *mut __m256i, d);
-            src = src.add(128);
-            dst = dst.add(128);
-            n -= 128;
-        }
-        std::ptr::copy_nonoverlapping(src, dst, n);
     }
 }
 
@@ -112,13 +83,14 @@ pub unsafe fn copy(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
-/// 128 bytes per iteration: four unaligned 32-byte loads, then four stores. Stores are
-/// aligned to 32 bytes after a head copy. The stores are volatile only so that LLVM cannot
-/// recognise the loop as a memcpy idiom and call glibc after all. Ordinary (cached) stores: the reader of a shared
-/// memory slot is about to read it, so keeping it in the shared L3 is what we want.
+/// 128 bytes per iteration: four unaligned 32-byte loads, then four stores, aligned to 32
+/// bytes after a head copy. Ordinary stores (`STREAM = false`) are volatile only so that LLVM
+/// cannot recognise the loop as a memcpy idiom and call glibc after all; they keep the data in
+/// the shared L3 for a reader about to read it. Streaming stores (`STREAM = true`) bypass the
+/// caches (see `copy_nonoverlapping_stream`; the caller fences).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn copy_avx2(mut src: *const u8, mut dst: *mut u8, mut n: usize) {
+unsafe fn copy_avx2<const STREAM: bool>(mut src: *const u8, mut dst: *mut u8, mut n: usize) {
     // SAFETY: n bytes are valid at src/dst (caller); every access below stays within them.
     unsafe {
         use std::arch::x86_64::*;
@@ -132,10 +104,14 @@ unsafe fn copy_avx2(mut src: *const u8, mut dst: *mut u8, mut n: usize) {
             let b = _mm256_loadu_si256(src.add(32) as *const __m256i);
             let c = _mm256_loadu_si256(src.add(64) as *const __m256i);
             let d = _mm256_loadu_si256(src.add(96) as *const __m256i);
-            std::ptr::write_volatile(dst as *mut __m256i, a);
-            std::ptr::write_volatile(dst.add(32) as *mut __m256i, b);
-            std::ptr::write_volatile(dst.add(64) as *mut __m256i, c);
-            std::ptr::write_volatile(dst.add(96) as *mut __m256i, d);
+            for (k, v) in [a, b, c, d].into_iter().enumerate() {
+                let p = dst.add(32 * k) as *mut __m256i;
+                if STREAM {
+                    _mm256_stream_si256(p, v);
+                } else {
+                    std::ptr::write_volatile(p, v);
+                }
+            }
             src = src.add(128);
             dst = dst.add(128);
             n -= 128;

@@ -36,6 +36,31 @@ fn plan(rank: u32, n: u32, chunks: u32, steps: Vec<Op>) -> RankPlan {
     }
 }
 
+/// Rank 0 sends its one chunk to rank 1.
+fn one_message() -> Vec<RankPlan> {
+    let c = ChunkRef::out(0);
+    vec![
+        plan(
+            0,
+            2,
+            1,
+            vec![Op::Send {
+                to: Rank(1),
+                src: c,
+            }],
+        ),
+        plan(
+            1,
+            2,
+            1,
+            vec![Op::Recv {
+                from: Rank(0),
+                dst: c,
+            }],
+        ),
+    ]
+}
+
 fn params(bytes: usize, seg: usize) -> SimParams {
     SimParams {
         count: bytes / 4,
@@ -57,27 +82,7 @@ fn one_message_over_one_link() {
         net(8.0, None, 1, 30.0),
     )
     .unwrap();
-    let c = ChunkRef::out(0);
-    let plans = vec![
-        plan(
-            0,
-            2,
-            1,
-            vec![Op::Send {
-                to: Rank(1),
-                src: c,
-            }],
-        ),
-        plan(
-            1,
-            2,
-            1,
-            vec![Op::Recv {
-                from: Rank(0),
-                dst: c,
-            }],
-        ),
-    ];
+    let plans = one_message();
     let r = simulate(&plans, &cl, params(MIB, MIB)).unwrap();
     assert!(close(r.time_us, 1048.576 + 30.0), "{r:?}");
     // Four segments pipeline: latency is paid once at the end (messages follow one another).
@@ -87,27 +92,7 @@ fn one_message_over_one_link() {
 
 #[test]
 fn per_flow_cap_times_streams() {
-    let c = ChunkRef::out(0);
-    let plans = vec![
-        plan(
-            0,
-            2,
-            1,
-            vec![Op::Send {
-                to: Rank(1),
-                src: c,
-            }],
-        ),
-        plan(
-            1,
-            2,
-            1,
-            vec![Op::Recv {
-                from: Rank(0),
-                dst: c,
-            }],
-        ),
-    ];
+    let plans = one_message();
     for (streams, want) in [(1u32, 4.0 * 1048.576), (2, 2.0 * 1048.576), (8, 1048.576)] {
         // NIC 1 GB/s, each stream 0.25 GB/s: 1, 2 streams are capped; 8 hit the NIC.
         let cl = Cluster::new(

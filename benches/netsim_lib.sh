@@ -1,0 +1,23 @@
+# Sourced by the benchmark scripts that run jobs on emulated hosts (../shared/netsim).
+# Needs NETSIM, BENCH and RAW (a scratch directory) set by the caller.
+
+# netsim_job SHAPE ARGS...: runs "$BENCH" ARGS... as one job on emulated hosts of the given
+# sizes (e.g. 3,1,2; ranks numbered host by host, rank 0's host serves the store) and prints
+# rank 0's stdout. Fails, printing every rank's stderr, when any rank fails.
+netsim_job() {
+  local shape="$1"; shift
+  local sizes world=0 port=$((31000 + RANDOM % 3000)) r=0 pids=()
+  IFS=, read -ra sizes <<<"$shape"
+  for k in "${sizes[@]}"; do world=$((world + k)); done
+  for h in "${!sizes[@]}"; do
+    for ((l = 0; l < sizes[h]; l++)); do
+      bash "$NETSIM" exec "$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=${sizes[$h]} \
+        MASTER_ADDR=198.18.0.1 MASTER_PORT=$port ACSPEED_TIMEOUT_SECS=60 \
+        timeout 600 "$BENCH" "$@" >"$RAW/job.$r" 2>"$RAW/job.$r.err" &
+      pids+=($!)
+      r=$((r + 1))
+    done
+  done
+  for p in "${pids[@]}"; do wait "$p" || { cat "$RAW"/job.*.err >&2; return 1; }; done
+  cat "$RAW/job.0"
+}
