@@ -8,12 +8,7 @@ fn lin(args: &[&str]) -> (bool, String, String) {
     crate::util::without_launch_env(&mut c)
         .arg("linearity")
         .args(args);
-    let o = c.output().expect("running acspeed linearity");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    crate::util::outcome(&mut c)
 }
 
 #[test]

@@ -3,15 +3,10 @@
 use std::process::Command;
 
 fn simulate(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_acspeed"))
-        .arg("simulate")
-        .args(args)
-        .output()
-        .expect("running acspeed simulate");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
+    crate::util::outcome(
+        Command::new(env!("CARGO_BIN_EXE_acspeed"))
+            .arg("simulate")
+            .args(args),
     )
 }
 
@@ -132,12 +127,7 @@ fn explain_names_the_layer_that_decided_and_the_predictions() {
         for (k, v) in env {
             c.env(k, v);
         }
-        let o = c.output().unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
+        crate::util::outcome(&mut c)
     };
     let (ok, out, err) = run(
         &["--host-shape", "4", "--bytes", "4K"],

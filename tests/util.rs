@@ -162,6 +162,16 @@ pub(crate) fn without_launch_env(c: &mut std::process::Command) -> &mut std::pro
     c
 }
 
+/// Runs a command to the end: (exit status 0, stdout, stderr).
+pub(crate) fn outcome(c: &mut std::process::Command) -> (bool, String, String) {
+    let o = c.output().expect("running a binary of this crate");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// Encodes values (exact small integers) as `dtype` bytes; integers wrap like the kernels.
 pub(crate) fn encode(d: DType, vals: &[f64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(vals.len() * d.size());

@@ -71,9 +71,9 @@ struct ExplainArgs {
     /// Predict the candidates on a machine (--topo, --nvidia-smi-topo or --here).
     #[command(flatten)]
     machine: MachineArgs,
-    /// Each host's network rate, Gbit/s (for predictions).
-    #[arg(long, default_value_t = 25.0)]
-    net_gbps: f64,
+    /// The network between hosts (for predictions).
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,15 +114,9 @@ struct LinArgs {
     /// Predict: ranks per host (default: the topology's GPUs; 1 with --here).
     #[arg(long)]
     ranks_per_host: Option<u32>,
-    /// Predict: each host's network rate, Gbit/s.
-    #[arg(long, default_value_t = 25.0)]
-    net_gbps: f64,
-    /// Predict: per-flow cap, Gbit/s.
-    #[arg(long)]
-    flow_gbps: Option<f64>,
-    /// Predict: sockets per peer.
-    #[arg(long, default_value_t = 4)]
-    streams: u32,
+    /// Predict: the network between hosts.
+    #[command(flatten)]
+    net: NetArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -139,6 +133,31 @@ struct LinArgs {
     /// Seconds the local job may take.
     #[arg(long, default_value_t = 600)]
     time_limit: u64,
+}
+
+/// The network between hosts, for predictions.
+#[derive(clap::Args, Debug, Clone)]
+struct NetArgs {
+    /// Each host's network rate, Gbit/s.
+    #[arg(long, default_value_t = 25.0)]
+    net_gbps: f64,
+    /// Per-flow cap (one TCP stream), Gbit/s, as cloud networks and netsim impose.
+    #[arg(long)]
+    flow_gbps: Option<f64>,
+    /// Sockets per peer a message is striped over.
+    #[arg(long, default_value_t = 4)]
+    streams: u32,
+}
+
+impl NetArgs {
+    fn model(&self, latency_us: f64) -> NetModel {
+        NetModel {
+            nic_gbit: self.net_gbps,
+            flow_gbit: self.flow_gbps,
+            streams: self.streams,
+            latency_us,
+        }
+    }
 }
 
 /// Which machine a prediction runs on (one host; `--hosts` and friends multiply it).
@@ -176,15 +195,8 @@ struct SimArgs {
     /// Uneven hosts instead of --hosts x --ranks-per-host, e.g. 3,1,2.
     #[arg(long, value_name = "SHAPE", conflicts_with_all = ["hosts", "ranks_per_host"])]
     host_shape: Option<String>,
-    /// Each host's network rate, Gbit/s.
-    #[arg(long, default_value_t = 25.0)]
-    net_gbps: f64,
-    /// Per-flow cap (one TCP stream), Gbit/s, as cloud networks and netsim impose.
-    #[arg(long)]
-    flow_gbps: Option<f64>,
-    /// Sockets per peer a message is striped over.
-    #[arg(long, default_value_t = 4)]
-    streams: u32,
+    #[command(flatten)]
+    net: NetArgs,
     /// Network latency per message, microseconds.
     #[arg(long, default_value_t = 30.0)]
     net_latency_us: f64,
@@ -285,12 +297,7 @@ fn simulate(args: SimArgs) -> Result<()> {
             None => HostSource::Here,
         },
         shape: shape.clone(),
-        net: NetModel {
-            nic_gbit: args.net_gbps,
-            flow_gbit: args.flow_gbps,
-            streams: args.streams,
-            latency_us: args.net_latency_us,
-        },
+        net: args.net.model(args.net_latency_us),
         sizes,
         algos,
         collective: collective_named(&args.collective)?,
@@ -338,9 +345,9 @@ fn simulate(args: SimArgs) -> Result<()> {
             ),
             acspeed_core::sim::HostKind::Gpu { model } => format!("{} devices from topology", model.devices.len()),
         },
-        args.net_gbps,
-        args.flow_gbps.map(|f| format!(", {f} Gbit/s per flow")).unwrap_or_default(),
-        args.streams,
+        args.net.net_gbps,
+        args.net.flow_gbps.map(|f| format!(", {f} Gbit/s per flow")).unwrap_or_default(),
+        args.net.streams,
         args.net_latency_us,
         args.collective,
         args.dtype,
@@ -453,12 +460,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
         Some(d) => acspeed_core::sim::HostModel::gpu(d)?,
         None => acspeed::simulate::measure_here()?,
     };
-    let net = NetModel {
-        nic_gbit: args.net_gbps,
-        flow_gbit: args.flow_gbps,
-        streams: args.streams,
-        latency_us: 30.0,
-    };
+    let net = args.net.model(30.0);
     let mut rows = Vec::new();
     let mut h = 1;
     while h <= max_hosts {
@@ -502,7 +504,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             }
         }
     }
-    let mut best_streams = (args.streams, best_bucket.1);
+    let mut best_streams = (args.net.streams, best_bucket.1);
     if let (Some(b), true) = (best, max_hosts > 1) {
         for k in [1u32, 2, 4, 8] {
             let cluster = acspeed_core::sim::Cluster::new(
@@ -545,7 +547,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "mode": "predict", "model": model, "params": params, "compute_ms": args.compute_ms,
-                "net_gbps": args.net_gbps, "ranks_per_host": rph, "rows": rows,
+                "net_gbps": args.net.net_gbps, "ranks_per_host": rph, "rows": rows,
                 "linearity": best.map(|b| b.linearity), "workers": best.map(|b| b.workers),
                 "throughput": best.map(|b| b.workers as f64 * 1e3 / b.step.step_ms),
                 "exposed_comm_frac": best.map(|b| b.exposed_comm_frac),
@@ -560,7 +562,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
     }
     println!(
         "# acspeed linearity (predicted by simulation): model {model} ({params} params, buckets {} MiB), compute {} ms/step, {rph} ranks per host, network {} Gbit/s per host",
-        args.bucket_mb, args.compute_ms, args.net_gbps
+        args.bucket_mb, args.compute_ms, args.net.net_gbps
     );
     println!(
         "{:>6} {:>8}  {:<12} {:>9} {:>10} {:>10} {:>9} {:>9}",
@@ -597,7 +599,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
         let mut d = acspeed::charts::ChartData {
             title: format!(
                 "acspeed linearity (predicted): {model}, compute {} ms/step, {rph} ranks per host, {} Gbit/s",
-                args.compute_ms, args.net_gbps
+                args.compute_ms, args.net.net_gbps
             ),
             lin_x: "hosts".into(),
             ..Default::default()
@@ -786,12 +788,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         let cluster = acspeed_core::sim::Cluster::new(
             vec![host; ctx.nhosts()],
             &ctx.shape(),
-            NetModel {
-                nic_gbit: args.net_gbps,
-                flow_gbit: args.flow_gbps,
-                streams: args.streams,
-                latency_us: 30.0,
-            },
+            args.net.model(30.0),
         )?;
         let pred = acspeed::linearity::predict_steps(
             &cluster,
@@ -802,7 +799,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         )?;
         println!(
             "predicted by the simulator (this machine measured now; hosts joined at {} Gbit/s):",
-            args.net_gbps
+            args.net.net_gbps
         );
         println!(
             "{:<14} {:>18} {:>18}",
@@ -865,7 +862,6 @@ fn explain(args: ExplainArgs) -> Result<()> {
         ctx.nranks,
         algo.name()
     );
-    let streams = cfg.nstreams.unwrap_or(4);
     let host = match load_topo(&args.machine)? {
         Some(d) => acspeed_core::sim::HostModel::gpu(&d)?,
         None if args.machine.here => acspeed::simulate::measure_here()?,
@@ -874,12 +870,11 @@ fn explain(args: ExplainArgs) -> Result<()> {
     let cluster = acspeed_core::sim::Cluster::new(
         vec![host; shape.len()],
         &shape,
-        NetModel {
-            nic_gbit: args.net_gbps,
-            flow_gbit: None,
-            streams,
-            latency_us: 30.0,
-        },
+        NetArgs {
+            streams: cfg.nstreams.unwrap_or(args.net.streams),
+            ..args.net.clone()
+        }
+        .model(30.0),
     )?;
     let cands = acspeed_algorithms::select::candidates(coll, &ctx);
     let preds = acspeed_algorithms::select::rank_candidates(
