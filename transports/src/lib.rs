@@ -30,6 +30,7 @@ pub use shm::{ShmParams, ShmTransport};
 #[cfg(not(loom))]
 pub use tcp::TcpTransport;
 
+#[cfg(not(loom))]
 /// Fuzzing entry, not API: decodes `data` as a received frame header and checks it against a
 /// posted receive as the TCP reader does. Must return (never panic) for any input.
 #[doc(hidden)]
