@@ -196,3 +196,33 @@ fn timeline_writes_one_chrome_trace_per_rank() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_measured_run_prints_the_prediction_next_to_it() {
+    let (ok, out, err) = lin(&[
+        "--workers",
+        "2",
+        "--params",
+        "1000000",
+        "--compute-ms",
+        "20",
+        "--steps",
+        "3",
+        "--algo",
+        "ring",
+        "--with-prediction",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("predicted by the simulator"), "{out}");
+    // One row per measured algorithm with "measured / predicted" step and linearity.
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("ring ") && l.matches(" / ").count() == 2)
+        .unwrap_or_else(|| panic!("no measured/predicted row: {out}"));
+    let nums: Vec<f64> = row
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 4, "{row}");
+    assert!(nums.iter().all(|x| *x > 0.0), "{row}");
+}

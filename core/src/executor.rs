@@ -84,6 +84,8 @@ struct LaneCtx<'a> {
     pending: Vec<Pending>,
     scratch: &'a mut [u64],
     stall: Option<&'a StallSink>,
+    /// The plan's algorithm wire code, looked up once (every segment's header carries it).
+    algo: u8,
 }
 
 impl Executor {
@@ -281,6 +283,7 @@ impl<'a> LaneCtx<'a> {
             pending: Vec::new(),
             scratch,
             stall: None,
+            algo: crate::plan::algorithm_code(&plan.algorithm),
         }
     }
 
@@ -310,7 +313,7 @@ impl<'a> LaneCtx<'a> {
             coll: self.plan.collective.code(),
             dtype: self.call.dtype as u8,
             op: self.call.op.map(|o| o as u8).unwrap_or(u8::MAX),
-            algo: crate::plan::algorithm_code(&self.plan.algorithm),
+            algo: self.algo,
             root: match self.plan.collective {
                 crate::plan::Collective::Broadcast { root }
                 | crate::plan::Collective::Reduce { root } => root.0,
