@@ -23,6 +23,9 @@ pub struct Communicator {
     rank: u32,
     nranks: u32,
     transport: Arc<dyn Transport>,
+    /// Channels 1.. (channel 0 is `transport`): more pipes to the same peers, for plans whose
+    /// lanes share a peer (n-trees), set up at init from the agreed context.
+    channels: Vec<Arc<dyn Transport>>,
     exec: Executor,
     cfg: Config,
     /// The forced algorithm (`ACSPEED_ALGO`, or `set_algorithm`).
@@ -54,11 +57,25 @@ impl std::fmt::Debug for Communicator {
 }
 
 impl Communicator {
-    /// Wraps a connected transport. `hosts[r]` is rank r's host identity (for grouping).
+    /// Wraps a connected transport. `hosts[r]` is rank r's host identity (for grouping); the
+    /// GPUs' NVLinks come from `ACSPEED_TOPO_FILE` when it is set.
     pub fn from_transport(
         transport: Arc<dyn Transport>,
         cfg: Config,
         hosts: Vec<String>,
+    ) -> Result<Communicator> {
+        let ctx = PlanContext::from_host_names(&hosts).with_nvlinks(nvlinks_of(&cfg)?)?;
+        Communicator::with_channels(transport, Vec::new(), cfg, hosts, ctx)
+    }
+
+    /// Wraps connected transports: `transport` is channel 0, `channels` are channels 1.., and
+    /// `ctx` is the context every rank agreed on.
+    pub fn with_channels(
+        transport: Arc<dyn Transport>,
+        channels: Vec<Arc<dyn Transport>>,
+        cfg: Config,
+        hosts: Vec<String>,
+        ctx: PlanContext,
     ) -> Result<Communicator> {
         let algo = match &cfg.algo {
             AlgoChoice::Auto => None,
@@ -77,7 +94,7 @@ impl Communicator {
             stall_warn: cfg.stall_warn,
         })
         .with_stall_sink(Arc::new(move |m: &str| log.warn(m)));
-        let ctx = PlanContext::from_host_names(&hosts);
+        ctx.check()?;
         let rules = size_rules(&cfg)?;
         let timeline = match &cfg.timeline {
             Some(t) => Some(crate::timeline::Timeline::open(
@@ -91,6 +108,7 @@ impl Communicator {
             rank,
             nranks,
             transport,
+            channels,
             exec,
             cfg,
             algo: Mutex::new(algo),
@@ -202,6 +220,19 @@ impl Communicator {
             self.cfg.pipeline_depth,
             self.cfg.timeout
         ));
+        if !self.ctx.nvlinks.is_empty() {
+            use acspeed_algorithms::ntree;
+            self.log.info(&match ntree::job_trees(&self.ctx) {
+                Ok(trees) => format!(
+                    "ntree: {} trees over the NVLinks of ACSPEED_TOPO_FILE, weights {:?}, roots {:?}, {} channel(s)",
+                    trees.len(),
+                    trees.iter().map(|t| t.weight).collect::<Vec<_>>(),
+                    trees.iter().map(|t| t.root.0).collect::<Vec<_>>(),
+                    1 + self.channels.len()
+                ),
+                Err(why) => format!("ntree runs the double binary tree: {why}"),
+            });
+        }
         for coll in [
             Collective::AllReduce,
             Collective::Broadcast { root: Rank(0) },
@@ -305,7 +336,9 @@ impl Communicator {
             output_len: output.len(),
         };
         let t0 = std::time::Instant::now();
-        let r = self.exec.run(&plan, &*self.transport, call, bufs);
+        let mut pipes: Vec<&dyn Transport> = vec![&*self.transport];
+        pipes.extend(self.channels.iter().map(|t| &**t));
+        let r = self.exec.run_on(&plan, &pipes, call, bufs);
         if let Some(tl) = &self.timeline {
             tl.complete(
                 coll.name(),
@@ -473,6 +506,7 @@ impl Communicator {
         *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(format!("aborted: {reason}"));
         self.transport.abort(reason);
+        self.channels.iter().for_each(|t| t.abort(reason));
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -739,6 +773,16 @@ fn human(b: usize) -> String {
         b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
         b => format!("{b}"),
     }
+}
+
+/// NVLink counts between the GPUs of `ACSPEED_TOPO_FILE` (empty without a file). acspeed
+/// moves bytes over shared memory and sockets, never GPU to GPU, so probed NVLinks are not
+/// planned on: a topology file is the user saying which links plans should treat as fast.
+pub fn nvlinks_of(cfg: &Config) -> Result<Vec<Vec<u8>>> {
+    if cfg.topo_file.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::probe::discover(cfg)?.nvlink_matrix())
 }
 
 #[cfg(test)]

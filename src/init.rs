@@ -61,7 +61,7 @@ pub fn route_ip(target: SocketAddr) -> Result<IpAddr> {
 }
 
 /// The settings every rank's plans depend on, as exchanged at rendezvous.
-fn plan_facts(cfg: &Config) -> String {
+fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>]) -> String {
     let algo = match &cfg.algo {
         acspeed_core::config::AlgoChoice::Auto => "auto".to_string(),
         acspeed_core::config::AlgoChoice::Named(n) => n.to_ascii_lowercase(),
@@ -72,8 +72,17 @@ fn plan_facts(cfg: &Config) -> String {
             .collect::<Vec<_>>()
             .join(";")
     };
+    let links = if nvlinks.is_empty() {
+        "none".to_string()
+    } else {
+        nvlinks
+            .iter()
+            .map(|r| r.iter().map(u8::to_string).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     format!(
-        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={}",
+        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={} NVLinks(ACSPEED_TOPO_FILE)={links}",
         cfg.segment_bytes,
         rules(&cfg.allreduce_rules),
         rules(&cfg.broadcast_rules),
@@ -151,7 +160,8 @@ pub fn init_with_store(
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
-    let facts = plan_facts(&cfg);
+    let nvlinks = crate::comm::nvlinks_of(&cfg)?;
+    let facts = plan_facts(&cfg, &nvlinks);
     store.set(&key(&format!("plan/{rank}")), facts.as_bytes())?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
@@ -184,77 +194,158 @@ pub fn init_with_store(
             return Err(Error::Mismatch {
                 peer: q,
                 detail: format!(
-                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings and ACSPEED_SEGMENT_BYTES must be the same on every rank"
+                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings, ACSPEED_SEGMENT_BYTES and the NVLinks of ACSPEED_TOPO_FILE must be the same on every rank"
                 ),
             });
         }
     }
     let paths = choose_paths(rank, &hosts, &wants);
-    let streams: Vec<u32> = paths
-        .iter()
-        .map(|p| if let Path::Tcp(k) = p { *k } else { 0 })
-        .collect();
-    let tcp = acspeed_transports::establish(
-        Rank(rank),
-        listener,
-        &addrs,
-        &streams,
-        &secret,
-        t,
-        cfg.socket_buffer,
-    )?;
-    let local: Vec<u32> = (0..nranks)
-        .filter(|q| *q == rank || paths[*q as usize] == Path::Shm)
-        .collect();
-    let mut parts: Vec<Arc<dyn acspeed_core::Transport>> = vec![Arc::new(tcp)];
-    if local.len() > 1 {
-        let shm = acspeed_transports::ShmTransport::connect(
-            Rank(rank),
-            nranks,
-            &local,
-            &secret,
-            acspeed_transports::ShmParams {
-                mode: cfg.shm_mode,
-                cma_min_collective: cfg.shm_cma_min,
-                // ACSPEED_SHM_CMA_MIN=0 sends every message by CMA (tests use it).
-                cma_min: cfg.shm_cma_min.clamp(1, 64 << 10),
-                ..Default::default()
-            },
-            t,
+    let mesh = Mesh {
+        rank,
+        nranks,
+        addrs: &addrs,
+        paths: &paths,
+        secret,
+        cfg: &cfg,
+    };
+    let transport = mesh.connect(listener, rdma, &wants, true)?;
+    // More channels when the agreed context's n-trees share rank pairs: each a mesh of its
+    // own (sockets and shared-memory rings), connected in the same order on every rank.
+    let ctx = acspeed_core::PlanContext::from_host_names(&hosts).with_nvlinks(nvlinks)?;
+    let want = acspeed_algorithms::ntree::channels_needed(&ctx);
+    let mut channels: Vec<Arc<dyn acspeed_core::Transport>> = Vec::new();
+    for c in 1..want {
+        let l = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.socket_buffer)?;
+        let a = l
+            .local_addr()
+            .map_err(|e| Error::io("reading the listener address", e))?;
+        store.set(
+            &key(&format!("ch{c}/addr/{rank}")),
+            a.to_string().as_bytes(),
         )?;
-        let (cma, copy): (Vec<_>, Vec<_>) = shm.cma_readable().into_iter().partition(|x| x.1);
-        let names = |v: &[(Rank, bool)]| v.iter().map(|x| x.0.to_string()).collect::<Vec<_>>();
-        let how = if cfg.shm_mode == acspeed_core::config::ShmMode::Cma {
-            format!(
-                "cross-memory attach from ranks {:?}, slot copies from ranks {:?}",
-                names(&cma),
-                names(&copy)
-            )
-        } else if cfg.shm_mode == acspeed_core::config::ShmMode::Auto {
-            "slot rings, streaming stores".to_string()
-        } else {
-            "slot rings, ordinary stores".to_string()
+        let mut ch_addrs = Vec::with_capacity(nranks as usize);
+        for q in 0..nranks {
+            let a = store.get(&key(&format!("ch{c}/addr/{q}")), t)?;
+            let a = String::from_utf8_lossy(&a);
+            ch_addrs.push(a.parse::<SocketAddr>().map_err(|_| Error::Remote {
+                rank: q,
+                detail: format!("published a bad channel {c} address '{a}'"),
+            })?);
+        }
+        // Another secret per channel keeps the shared-memory rendezvous sockets apart.
+        let mut ch_secret = secret;
+        ch_secret[0] ^= c as u8;
+        ch_secret[1] ^= 0xa5;
+        // RDMA stays on channel 0; other channels reach those peers over TCP.
+        let ch_paths: Vec<Path> = paths
+            .iter()
+            .map(|p| match p {
+                Path::Rdma => Path::Tcp(crate::paths::AUTO_STREAMS_REMOTE),
+                p => *p,
+            })
+            .collect();
+        let m = Mesh {
+            addrs: &ch_addrs,
+            paths: &ch_paths,
+            secret: ch_secret,
+            ..mesh
         };
-        crate::log::Logger::new(cfg.log, rank).info(&format!(
-            "shm large-message path (ACSPEED_SHM_MODE={:?}, collectives >= {} bytes): {how}",
-            cfg.shm_mode, cfg.shm_cma_min
-        ));
-        parts.push(Arc::new(shm));
+        channels.push(Arc::new(m.connect(l, None, &wants, false)?));
     }
-    let rdma_part = crate::paths::connect_rdma(Rank(rank), rdma, &paths, &wants)?;
-    let rdma_index = parts.len();
-    if let Some(r) = rdma_part {
-        parts.push(r);
+    Communicator::with_channels(Arc::new(transport), channels, cfg, hosts, ctx)
+}
+
+/// What connecting one mesh (one channel) needs.
+#[derive(Clone, Copy)]
+struct Mesh<'a> {
+    rank: u32,
+    nranks: u32,
+    addrs: &'a [SocketAddr],
+    paths: &'a [Path],
+    secret: [u8; 16],
+    cfg: &'a Config,
+}
+
+impl Mesh<'_> {
+    /// Connects TCP to every remote peer, shared memory to local ones and RDMA where both
+    /// ends have it; `log` reports the shared-memory mode (once, for channel 0).
+    fn connect(
+        &self,
+        listener: std::net::TcpListener,
+        rdma: Option<crate::paths::Endpoint>,
+        wants: &[crate::paths::Wants],
+        log: bool,
+    ) -> Result<acspeed_transports::Multi> {
+        let (rank, nranks, paths, cfg) = (self.rank, self.nranks, self.paths, self.cfg);
+        let (addrs, secret, t) = (self.addrs, &self.secret, cfg.timeout);
+        let streams: Vec<u32> = paths
+            .iter()
+            .map(|p| if let Path::Tcp(k) = p { *k } else { 0 })
+            .collect();
+        let tcp = acspeed_transports::establish(
+            Rank(rank),
+            listener,
+            addrs,
+            &streams,
+            secret,
+            t,
+            cfg.socket_buffer,
+        )?;
+        let local: Vec<u32> = (0..nranks)
+            .filter(|q| *q == rank || paths[*q as usize] == Path::Shm)
+            .collect();
+        let mut parts: Vec<Arc<dyn acspeed_core::Transport>> = vec![Arc::new(tcp)];
+        if local.len() > 1 {
+            let shm = acspeed_transports::ShmTransport::connect(
+                Rank(rank),
+                nranks,
+                &local,
+                secret,
+                acspeed_transports::ShmParams {
+                    mode: cfg.shm_mode,
+                    cma_min_collective: cfg.shm_cma_min,
+                    // ACSPEED_SHM_CMA_MIN=0 sends every message by CMA (tests use it).
+                    cma_min: cfg.shm_cma_min.clamp(1, 64 << 10),
+                    ..Default::default()
+                },
+                t,
+            )?;
+            let (cma, copy): (Vec<_>, Vec<_>) = shm.cma_readable().into_iter().partition(|x| x.1);
+            let names = |v: &[(Rank, bool)]| v.iter().map(|x| x.0.to_string()).collect::<Vec<_>>();
+            let how = if cfg.shm_mode == acspeed_core::config::ShmMode::Cma {
+                format!(
+                    "cross-memory attach from ranks {:?}, slot copies from ranks {:?}",
+                    names(&cma),
+                    names(&copy)
+                )
+            } else if cfg.shm_mode == acspeed_core::config::ShmMode::Auto {
+                "slot rings, streaming stores".to_string()
+            } else {
+                "slot rings, ordinary stores".to_string()
+            };
+            if log {
+                let shm_path = "shm large-message path";
+                crate::log::Logger::new(cfg.log, rank).info(&format!(
+                    "{shm_path} (ACSPEED_SHM_MODE={:?}, collectives >= {} bytes): {how}",
+                    cfg.shm_mode, cfg.shm_cma_min
+                ));
+            }
+            parts.push(Arc::new(shm));
+        }
+        let rdma_part = crate::paths::connect_rdma(Rank(rank), rdma, paths, wants)?;
+        let rdma_index = parts.len();
+        if let Some(r) = rdma_part {
+            parts.push(r);
+        }
+        let route = paths
+            .iter()
+            .map(|p| match p {
+                Path::Tcp(_) => Some(0),
+                Path::Shm => Some(1),
+                Path::Rdma => Some(rdma_index),
+                Path::Myself => None,
+            })
+            .collect();
+        acspeed_transports::Multi::new(Rank(rank), parts, route)
     }
-    let route = paths
-        .iter()
-        .map(|p| match p {
-            Path::Tcp(_) => Some(0),
-            Path::Shm => Some(1),
-            Path::Rdma => Some(rdma_index),
-            Path::Myself => None,
-        })
-        .collect();
-    let transport = acspeed_transports::Multi::new(Rank(rank), parts, route)?;
-    Communicator::from_transport(Arc::new(transport), cfg, hosts)
 }

@@ -50,7 +50,7 @@ impl Wants {
 
 /// Sockets per remote peer when nobody asked: one TCP flow rarely fills a cloud NIC (per-flow
 /// caps, single-core softirq), four usually do; on one host a single loopback flow is enough.
-const AUTO_STREAMS_REMOTE: u32 = 4;
+pub const AUTO_STREAMS_REMOTE: u32 = 4;
 
 /// Picks the path to every peer from what all ranks published.
 pub fn choose_paths(rank: u32, hosts: &[String], wants: &[Wants]) -> Vec<Path> {
@@ -113,6 +113,9 @@ mod rdma_impl {
     use acspeed_core::config::RdmaChoice;
     use acspeed_transports::rdma::{RdmaEndpoint, RdmaTransport};
 
+    /// What `open_rdma` gives.
+    pub type Endpoint = RdmaEndpoint;
+
     /// An RDMA endpoint if configured and available: `auto` takes hardware providers only
     /// (libfabric's socket emulations are slower than our multi-stream TCP), `1` any.
     pub fn open_rdma(cfg: &Config) -> Result<Option<RdmaEndpoint>> {
@@ -160,6 +163,9 @@ mod no_rdma {
 
     /// Built without the `rdma` feature: never an endpoint; asking for one is an error.
     pub enum NoRdma {}
+
+    /// What `open_rdma` gives.
+    pub type Endpoint = NoRdma;
 
     pub fn open_rdma(cfg: &Config) -> Result<Option<NoRdma>> {
         match cfg.rdma {

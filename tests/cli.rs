@@ -278,3 +278,43 @@ fn socket_interface_choice() {
         "{err}"
     );
 }
+
+/// `--algo ntree` with a topology file of fake NVLinks runs the packed trees for real over
+/// shared memory (two trees sharing links, so two channels), with every element checked.
+#[test]
+fn bench_runs_ntree_from_a_topology_file() {
+    let dir = std::env::temp_dir().join(format!("acspeed-bench-ntree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = acspeed_core::topology::nvsmi::parse(
+        &std::fs::read_to_string("tests/fixtures/fake-nvlink-4gpu.txt").unwrap(),
+    )
+    .unwrap();
+    let topo = dir.join("topo.json");
+    std::fs::write(&topo, d.to_json()).unwrap();
+    let o = bench(
+        &[
+            "-n", "4", "--algo", "ntree", "-b", "4K", "-e", "1M", "-f", "16", "--check", "--iters",
+            "3", "-w", "1",
+        ],
+        &[
+            ("ACSPEED_TOPO_FILE", topo.to_str().unwrap()),
+            ("ACSPEED_DEBUG", "INFO"),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("ntree: 2 trees") && err.contains("2 channel(s)"),
+        "{err}"
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for r in rows {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!((f[4], f[f.len() - 1]), ("ntree", "0"), "{r}");
+    }
+}

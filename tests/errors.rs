@@ -458,3 +458,56 @@ fn several_communicators_used_concurrently_from_several_threads() {
         }
     });
 }
+
+/// Ranks whose `ACSPEED_TOPO_FILE`s give different NVLinks would pack different n-trees:
+/// init fails on both, naming the other rank, instead of running mismatched plans.
+#[test]
+fn topology_files_that_differ_across_ranks_fail_init_naming_the_rank() {
+    let dir = std::env::temp_dir().join(format!("acspeed-topo-agree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = acspeed_core::topology::nvsmi::parse(
+        &std::fs::read_to_string("tests/fixtures/fake-nvlink-4gpu.txt").unwrap(),
+    )
+    .unwrap();
+    let a = dir.join("a.json");
+    std::fs::write(&a, d.to_json()).unwrap();
+    let mut other = d.clone();
+    other.paths[0][1] = acspeed_core::topology::PathClass::NV(1);
+    other.paths[1][0] = acspeed_core::topology::PathClass::NV(1);
+    let b = dir.join("b.json");
+    std::fs::write(&b, other.to_json()).unwrap();
+    let store = acspeed::store::MemStore::new();
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2u32)
+            .map(|r| {
+                let store = store.clone();
+                let f = if r == 0 { &a } else { &b };
+                s.spawn(move || {
+                    let cfg = acspeed::Config {
+                        topo_file: Some(f.to_string_lossy().into_owned()),
+                        ..test_config(1 << 16, 4, 10)
+                    };
+                    acspeed::init_with_store(
+                        &*store,
+                        "topo",
+                        r,
+                        2,
+                        "127.0.0.1".parse().unwrap(),
+                        cfg,
+                    )
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    std::fs::remove_dir_all(&dir).ok();
+    for (r, e) in errs.iter().enumerate() {
+        assert!(
+            e.contains(&format!("rank {}", 1 - r)) && e.contains("NVLinks(ACSPEED_TOPO_FILE)"),
+            "{e}"
+        );
+    }
+}

@@ -259,6 +259,11 @@ fn run_matrix(f: Fabric, counts: &[usize], dtypes: &[DType]) {
 }
 
 fn run_matrix_algo(a: Algo, f: Fabric, counts: &[usize], dtypes: &[DType]) {
+    run_matrix_topo(a, f, counts, dtypes, None)
+}
+
+/// [`run_matrix_algo`] with `ACSPEED_TOPO_FILE` set to `topo`.
+fn run_matrix_topo(a: Algo, f: Fabric, counts: &[usize], dtypes: &[DType], topo: Option<&str>) {
     let filter = std::env::var("ACSPEED_MATRIX_FILTER").unwrap_or_default();
     let mut ran = 0usize;
     for n in NRANKS {
@@ -274,6 +279,7 @@ fn run_matrix_algo(a: Algo, f: Fabric, counts: &[usize], dtypes: &[DType]) {
         ran += plan.len();
         let cfg = Config {
             algo: acspeed_core::config::AlgoChoice::Named(a.name.into()),
+            topo_file: topo.map(str::to_string),
             ..test_config(4096, 2, 30)
         };
         let cfg = if a.name == "auto" {
@@ -376,6 +382,50 @@ fn matrix_tree() {
     run_matrix_algo(tree, Fabric::MemoryFused, &COUNTS, &[DType::F32, DType::I8]);
     run_matrix_algo(tree, Fabric::Tcp, &COUNTS, &[DType::F32, DType::BF16]);
     run_matrix_algo(tree, Fabric::Shm, &COUNTS, &[DType::F32, DType::I64]);
+}
+
+/// n-trees from topology files: the 8-GPU V100 cube-mesh (partial allocations for fewer
+/// ranks; link-disjoint trees on one channel) and a 4-GPU layout whose two trees share
+/// links (two channels; beyond 4 ranks GPUs would be shared, so it falls back to the tree).
+#[test]
+fn matrix_ntree() {
+    let dir = std::env::temp_dir().join(format!("acspeed-ntree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, fixture: &str| {
+        let d = acspeed_core::topology::nvsmi::parse(&std::fs::read_to_string(fixture).unwrap())
+            .unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, d.to_json()).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let v100 = file(
+        "v100.json",
+        "tests/fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt",
+    );
+    let shared = file("fake4.json", "tests/fixtures/fake-nvlink-4gpu.txt");
+    let a = Algo {
+        name: "ntree",
+        shape: one_host,
+    };
+    for topo in [&v100, &shared] {
+        let t = Some(topo.as_str());
+        run_matrix_topo(a, Fabric::Memory, &COUNTS, &DType::ALL, t);
+        run_matrix_topo(a, Fabric::Tcp, &COUNTS, &[DType::F32, DType::BF16], t);
+        run_matrix_topo(a, Fabric::Shm, &COUNTS, &[DType::F32, DType::I64], t);
+    }
+    // Two hosts of the cube-mesh: trees join at rotating roots across TCP.
+    let two = Algo {
+        name: "ntree",
+        shape: |n| {
+            if n < 2 {
+                vec![n]
+            } else {
+                vec![n / 2, n - n / 2]
+            }
+        },
+    };
+    run_matrix_topo(two, Fabric::Shm, &COUNTS, &[DType::F32], Some(&v100));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Hybrid over uneven hosts (e.g. 3+1+2+1 for 7 ranks), with ring and tree between hosts.

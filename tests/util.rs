@@ -85,6 +85,19 @@ pub(crate) fn run_group_on_hosts<T: Send>(
             .collect(),
         _ => (0..n).map(|_| None).collect(),
     };
+    // In-memory fabrics get the extra channels init would connect (n-trees that share pairs).
+    let ctx = acspeed_core::PlanContext::from_host_names(&hosts)
+        .with_nvlinks(acspeed::comm::nvlinks_of(&cfg).unwrap())
+        .unwrap();
+    let mut extra: Vec<Vec<Arc<dyn acspeed_core::Transport>>> =
+        (0..n).map(|_| Vec::new()).collect();
+    if mem[0].is_some() {
+        for _ in 1..acspeed_algorithms::ntree::channels_needed(&ctx) {
+            for (r, t) in MemoryTransport::fabric(n).into_iter().enumerate() {
+                extra[r].push(Arc::new(t));
+            }
+        }
+    }
     #[cfg(feature = "rdma")]
     let cfg = if fabric == Fabric::Rdma {
         loopback_fabric();
@@ -115,16 +128,22 @@ pub(crate) fn run_group_on_hosts<T: Send>(
         let handles: Vec<_> = (0..n)
             .map(|r| {
                 let m = mem[r as usize].take();
-                let (store, f, hosts) = (store.clone(), &f, &hosts);
+                let channels = std::mem::take(&mut extra[r as usize]);
+                let (store, f, hosts, ctx) = (store.clone(), &f, &hosts, ctx.clone());
                 let cfg = Config {
                     host_id: Some(hosts[r as usize].clone()),
                     ..cfg.clone()
                 };
                 s.spawn(move || {
                     let comm = match m {
-                        Some(t) => {
-                            Communicator::from_transport(Arc::new(t), cfg, hosts.clone()).unwrap()
-                        }
+                        Some(t) => Communicator::with_channels(
+                            Arc::new(t),
+                            channels,
+                            cfg,
+                            hosts.clone(),
+                            ctx,
+                        )
+                        .unwrap(),
                         None => acspeed::init_with_store(
                             &*store,
                             "t",

@@ -138,7 +138,7 @@ impl Hybrid {
             output_chunks: c_count * h_count,
             scratch_factor: 0,
             weights: Vec::new(),
-            lanes: vec![Lane { steps: s.0 }],
+            lanes: vec![Lane::new(s.0)],
         })
     }
 }

@@ -8,6 +8,7 @@
 
 mod compose;
 pub mod hybrid;
+pub mod ntree;
 pub mod ring;
 pub mod select;
 pub mod tree;
@@ -16,6 +17,7 @@ use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{Error, PlanContext, Rank, Result};
 
 pub use hybrid::{Hybrid, InterHost};
+pub use ntree::NTrees;
 pub use ring::Ring;
 pub use tree::{BinaryTree, Tree};
 
@@ -25,14 +27,17 @@ pub enum Algorithm {
     Ring,
     /// Double binary tree.
     Tree,
+    /// Spanning trees packed on the NVLinks (double binary tree without them).
+    Ntree,
     /// Intra-host reduce-scatter, inter-host allreduce per stripe, intra-host allgather.
     Hybrid(InterHost),
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 4] = [
+    pub const ALL: [Algorithm; 5] = [
         Algorithm::Ring,
         Algorithm::Tree,
+        Algorithm::Ntree,
         Algorithm::Hybrid(InterHost::Ring),
         Algorithm::Hybrid(InterHost::Tree),
     ];
@@ -42,6 +47,7 @@ impl Algorithm {
         match self {
             Algorithm::Ring => "ring",
             Algorithm::Tree => "tree",
+            Algorithm::Ntree => "ntree",
             Algorithm::Hybrid(InterHost::Ring) => "hybrid",
             Algorithm::Hybrid(InterHost::Tree) => "hybrid:tree",
         }
@@ -70,6 +76,7 @@ impl Algorithm {
         match self {
             Algorithm::Ring => true,
             Algorithm::Tree => Tree::serves(coll),
+            Algorithm::Ntree => NTrees::serves(coll),
             Algorithm::Hybrid(_) => Hybrid::serves(coll),
         }
     }
@@ -88,7 +95,7 @@ impl Algorithm {
                 self.name(),
                 coll.name(),
                 match self {
-                    Algorithm::Tree => "allreduce, broadcast and reduce",
+                    Algorithm::Tree | Algorithm::Ntree => "allreduce, broadcast and reduce",
                     _ => "allreduce only",
                 }
             )));
@@ -96,6 +103,7 @@ impl Algorithm {
         Ok(match self {
             Algorithm::Ring => Ring::default().plan_for_rank(coll, rank, ctx.nranks),
             Algorithm::Tree => Tree.plan_for_rank(coll, rank, ctx.nranks),
+            Algorithm::Ntree => NTrees.plan_for_rank(coll, rank, ctx),
             Algorithm::Hybrid(inter) => Hybrid { inter }.plan_for_rank(coll, rank, ctx)?,
         })
     }

@@ -251,7 +251,7 @@ impl Ring {
             output_chunks,
             scratch_factor,
             weights: Vec::new(),
-            lanes: vec![Lane { steps: b.steps }],
+            lanes: vec![Lane::new(b.steps)],
         }
     }
 }

@@ -19,7 +19,7 @@ pub struct Prediction {
 
 /// Algorithms worth predicting for `coll` on `ctx`: those that serve it, with hybrid only
 /// when ranks span several hosts and some host has more than one (otherwise hybrid's plan is
-/// a ring).
+/// a ring), and n-trees only where NVLinks carry them (otherwise their plan is the tree).
 pub fn candidates(coll: Collective, ctx: &PlanContext) -> Vec<Algorithm> {
     let hierarchical = ctx.nhosts() > 1 && ctx.shape().iter().any(|m| *m > 1);
     Algorithm::ALL
@@ -27,15 +27,30 @@ pub fn candidates(coll: Collective, ctx: &PlanContext) -> Vec<Algorithm> {
         .filter(|a| a.serves(coll))
         .filter(|a| !matches!(a, Algorithm::Hybrid(_)) || hierarchical)
         .filter(|a| *a != Algorithm::Tree || ctx.nranks > 2)
+        .filter(|a| *a != Algorithm::Ntree || crate::ntree::fallback_reason(ctx).is_none())
         .collect()
 }
 
-/// The context a cluster model describes (ranks numbered host by host).
+/// The context a cluster model describes (ranks numbered host by host; the NVLinks of the
+/// first host's GPUs when every host has the same ones, as plans assume).
 pub fn context_of(cluster: &Cluster) -> PlanContext {
-    PlanContext {
+    let ctx = PlanContext {
         nranks: cluster.nranks() as u32,
         host_of: cluster.host_of.clone(),
+        nvlinks: Vec::new(),
+        device_of: Vec::new(),
+    };
+    let links: Vec<Vec<Vec<u8>>> = cluster.hosts.iter().map(|h| h.nvlinks()).collect();
+    if links.iter().any(|l| *l != links[0]) {
+        return ctx;
     }
+    let mut ctx = ctx
+        .with_nvlinks(links[0].clone())
+        .expect("a topology model's NVLink matrix is square and symmetric");
+    if !ctx.device_of.is_empty() {
+        ctx.device_of = cluster.local_of.clone();
+    }
+    ctx
 }
 
 /// Predicted time of `algo` for `coll` with `bytes` of output per rank.

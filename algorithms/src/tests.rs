@@ -218,7 +218,7 @@ fn algorithm_names_and_refusals() {
     assert!(Algorithm::from_name("bogus")
         .unwrap_err()
         .to_string()
-        .contains("available: auto, ring, tree, hybrid"));
+        .contains("available: auto, ring, tree, ntree, hybrid"));
     let ctx = PlanContext::single_host(4);
     let e = Algorithm::Tree
         .plan(Collective::AllToAll, Rank(0), &ctx)

@@ -155,7 +155,7 @@ impl Tree {
             output_chunks: 2,
             scratch_factor: 0,
             weights: Vec::new(),
-            lanes: vec![Lane { steps: s.0 }],
+            lanes: vec![Lane::new(s.0)],
         }
     }
 }

@@ -1,7 +1,9 @@
-//! What a plan generator may know about the job: world size and which ranks share a host.
+//! What a plan generator may know about the job: world size, which ranks share a host,
+//! which GPU each rank drives and the fast (NVLink) links between a host's GPUs.
 //!
-//! Every rank builds the same context from facts exchanged at rendezvous (host identities),
-//! so every rank derives the same plans. Generators receive it read-only; they never probe.
+//! Every rank builds the same context from facts exchanged at rendezvous (host identities,
+//! and a topology every rank must agree on), so every rank derives the same plans.
+//! Generators receive it read-only; they never probe.
 
 use crate::error::{Error, Result};
 use crate::plan::Rank;
@@ -12,6 +14,12 @@ pub struct PlanContext {
     pub nranks: u32,
     /// Host index of each rank (hosts numbered 0.. in order of their lowest rank).
     pub host_of: Vec<u32>,
+    /// NVLink count between GPU `i` and GPU `j` of a host (every host alike, as on the
+    /// machines clusters are built from); empty when no fast links are known.
+    pub nvlinks: Vec<Vec<u8>>,
+    /// The GPU index on its host that each rank drives (empty: none known). Ranks take GPUs
+    /// in local-rank order, as torchrun's `LOCAL_RANK` -> `cuda:LOCAL_RANK` convention does.
+    pub device_of: Vec<u32>,
 }
 
 impl PlanContext {
@@ -20,6 +28,8 @@ impl PlanContext {
         PlanContext {
             nranks,
             host_of: vec![0; nranks as usize],
+            nvlinks: Vec::new(),
+            device_of: Vec::new(),
         }
     }
 
@@ -39,6 +49,8 @@ impl PlanContext {
         Ok(PlanContext {
             nranks: host_of.len() as u32,
             host_of,
+            nvlinks: Vec::new(),
+            device_of: Vec::new(),
         })
     }
 
@@ -58,7 +70,55 @@ impl PlanContext {
         PlanContext {
             nranks: names.len() as u32,
             host_of,
+            nvlinks: Vec::new(),
+            device_of: Vec::new(),
         }
+    }
+
+    /// The same job with the GPUs of every host joined by `nvlinks` (count per GPU pair):
+    /// each rank drives the GPU of its local index (local ranks beyond the GPU count wrap).
+    /// A matrix without any link leaves the context without fast links.
+    pub fn with_nvlinks(mut self, nvlinks: Vec<Vec<u8>>) -> Result<PlanContext> {
+        let g = nvlinks.len();
+        if nvlinks.iter().any(|row| row.len() != g) {
+            return Err(Error::invalid(format!(
+                "NVLink matrix is not square ({g} rows of lengths {:?})",
+                nvlinks.iter().map(|r| r.len()).collect::<Vec<_>>()
+            )));
+        }
+        if (0..g).any(|i| (0..g).any(|j| nvlinks[i][j] != nvlinks[j][i])) {
+            return Err(Error::invalid("NVLink matrix is not symmetric"));
+        }
+        if nvlinks.iter().flatten().all(|n| *n == 0) {
+            self.nvlinks = Vec::new();
+            self.device_of = Vec::new();
+            return Ok(self);
+        }
+        let mut seen = vec![0u32; self.nhosts()];
+        self.device_of = self
+            .host_of
+            .iter()
+            .map(|h| {
+                let l = seen[*h as usize];
+                seen[*h as usize] += 1;
+                l % g as u32
+            })
+            .collect();
+        self.nvlinks = nvlinks;
+        Ok(self)
+    }
+
+    /// NVLinks between the GPUs of ranks `a` and `b` (0 across hosts, for the same GPU, or
+    /// when no fast links are known).
+    pub fn nvlinks_between(&self, a: Rank, b: Rank) -> u8 {
+        if self.nvlinks.is_empty() || self.host_of[a.idx()] != self.host_of[b.idx()] {
+            return 0;
+        }
+        let (da, db) = (self.device_of[a.idx()], self.device_of[b.idx()]);
+        if da == db {
+            return 0;
+        }
+        self.nvlinks[da as usize][db as usize]
     }
 
     pub fn nhosts(&self) -> usize {
@@ -97,6 +157,13 @@ impl PlanContext {
                 "plan context: host {h} has no rank (hosts must be numbered 0.. densely)"
             )));
         }
+        if !self.nvlinks.is_empty() && self.device_of.len() != self.nranks as usize {
+            return Err(Error::invalid(format!(
+                "plan context: {} device entries for {} ranks",
+                self.device_of.len(),
+                self.nranks
+            )));
+        }
         Ok(())
     }
 }
@@ -120,6 +187,8 @@ mod tests {
         let bad = PlanContext {
             nranks: 2,
             host_of: vec![0, 2],
+            nvlinks: Vec::new(),
+            device_of: Vec::new(),
         };
         assert!(bad.check().unwrap_err().to_string().contains("host 1"));
     }

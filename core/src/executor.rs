@@ -108,7 +108,7 @@ impl Executor {
         self
     }
 
-    /// Runs `plan`. Buffer lengths must match the plan's collective for `call.count`.
+    /// Runs `plan` over one transport (a plan on channel 0 only).
     pub fn run(
         &self,
         plan: &RankPlan,
@@ -116,6 +116,28 @@ impl Executor {
         call: CallInfo,
         bufs: Buffers,
     ) -> Result<()> {
+        self.run_on(plan, &[t], call, bufs)
+    }
+
+    /// Runs `plan`; lanes on channel `c` use `channels[c]`. Buffer lengths must match the
+    /// plan's collective for `call.count`.
+    pub fn run_on(
+        &self,
+        plan: &RankPlan,
+        channels: &[&dyn Transport],
+        call: CallInfo,
+        bufs: Buffers,
+    ) -> Result<()> {
+        if plan.channels() as usize > channels.len() || channels.is_empty() {
+            return Err(Error::invalid(format!(
+                "{} plan of {} uses {} channels but the communicator has {} (channels are set up at init from the agreed topology)",
+                plan.algorithm,
+                plan.collective.name(),
+                plan.channels(),
+                channels.len()
+            )));
+        }
+        let abort_all = |why: &str| channels.iter().for_each(|t| t.abort(why));
         let es = call.dtype.size();
         let (ie, oe) = plan
             .collective
@@ -157,10 +179,11 @@ impl Executor {
             segment_bytes: seg,
             ..self.params
         };
+        let on = |l: usize| channels[plan.lanes[l].channel as usize];
         let result = if nl <= 1 {
             match scratch.first_mut() {
                 Some(s) => {
-                    let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, 0, s);
+                    let mut ctx = LaneCtx::new(plan, on(0), call, bufs, params, tmp_addr, 0, s);
                     ctx.stall = self.stall.as_ref();
                     ctx.run_lane(None)
                 }
@@ -178,13 +201,15 @@ impl Executor {
                     .enumerate()
                     .map(|(l, s)| {
                         let progress = &progress;
+                        let abort_all = &abort_all;
+                        let t = on(l);
                         sc.spawn(move || {
                             let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s);
                             ctx.stall = stall;
                             let r = ctx.run_lane(Some(progress));
                             if let Err(e) = &r {
-                                // Unblock sibling lanes waiting on the transport or on us.
-                                t.abort(&e.to_string());
+                                // Unblock sibling lanes waiting on a transport or on us.
+                                abort_all(&e.to_string());
                                 progress.fail();
                             }
                             r
@@ -204,7 +229,7 @@ impl Executor {
             })
         };
         if let Err(e) = &result {
-            t.abort(&e.to_string());
+            abort_all(&e.to_string());
         }
         self.scratch
             .lock()

@@ -7,9 +7,10 @@
 //! fused vocabulary NCCL and MSCCL settled on (`RecvReduceSend`, `RecvCopySend`, ...), because
 //! fusion is where the speed is. [`crate::verify`] checks plans symbolically before they run.
 //!
-//! Matching rule: for each ordered pair of ranks, all sends from `a` to `b` are issued by one
-//! lane of `a`, and all receives of `b` from `a` by one lane of `b`; messages then match in
-//! issue order. The verifier enforces it, which keeps transports simple FIFO pipes.
+//! Matching rule: for each ordered pair of ranks and each channel, all sends from `a` to `b`
+//! are issued by one lane of `a`, and all receives of `b` from `a` by one lane of `b`;
+//! messages then match in issue order. The verifier enforces it, which keeps transports
+//! simple FIFO pipes (a channel is another set of pipes).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -374,9 +375,26 @@ impl From<Op> for Step {
     }
 }
 
+/// The most channels a plan may use (each is a transport instance per peer).
+pub const MAX_CHANNELS: u32 = 16;
+
+/// Steps that run in order on one executor thread, over one channel.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lane {
+    /// The channel the lane's messages travel on: channels are independent FIFO pipes
+    /// between the same two ranks (each its own transport instance), so lanes that share a
+    /// peer — the trees of n-trees — run concurrently instead of serialising on one pipe.
+    /// The matching rule holds per channel.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub channel: u32,
     pub steps: Vec<Step>,
+}
+
+impl Lane {
+    /// A lane on channel 0.
+    pub fn new(steps: Vec<Step>) -> Lane {
+        Lane { channel: 0, steps }
+    }
 }
 
 /// Everything one rank does in one collective.
@@ -463,6 +481,11 @@ impl RankPlan {
             .get(id.step as usize)
     }
 
+    /// Channels the plan uses (the highest lane channel + 1).
+    pub fn channels(&self) -> u32 {
+        self.lanes.iter().map(|l| l.channel + 1).max().unwrap_or(1)
+    }
+
     pub fn num_steps(&self) -> usize {
         self.lanes.iter().map(|l| l.steps.len()).sum()
     }
@@ -543,13 +566,11 @@ mod tests {
             output_chunks: 1,
             scratch_factor: 0,
             weights: vec![],
-            lanes: vec![Lane {
-                steps: vec![Op::Recv {
-                    from: Rank(1),
-                    dst: ChunkRef::out(0),
-                }
-                .into()],
-            }],
+            lanes: vec![Lane::new(vec![Op::Recv {
+                from: Rank(1),
+                dst: ChunkRef::out(0),
+            }
+            .into()])],
         };
         assert_eq!(RankPlan::from_json(&p.to_json()).unwrap(), p);
         let mut q = p.clone();

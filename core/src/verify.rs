@@ -5,7 +5,7 @@
 //! postcondition: an allreduce must leave each chunk on every rank with every rank's
 //! contribution exactly once (missing *and* double reduction are caught). It also rejects
 //! deadlocks, dependency cycles, out-of-bounds chunks, unmatched messages, sending
-//! uninitialised data, breaking the one-lane-per-peer matching rule, and (given a concrete
+//! uninitialised data, breaking the one-lane-per-peer-and-channel matching rule, and (given a concrete
 //! element count) messages whose sender and receiver chunk sizes differ.
 
 use crate::error::{Error, Result};
@@ -127,7 +127,8 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
         })
         .collect();
 
-    let mut queues: HashMap<(usize, usize), VecDeque<Msg>> = HashMap::new();
+    // FIFO per (sender, receiver, channel).
+    let mut queues: HashMap<(usize, usize, u32), VecDeque<Msg>> = HashMap::new();
     // Bounded model: messages sent but not yet taken, per sending rank: (chunk, id, to).
     let mut in_flight: Vec<Vec<(ChunkRef, usize, usize)>> = vec![Vec::new(); n];
     let mut next_id = 0usize;
@@ -151,10 +152,11 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
                         break;
                     }
                     let here = format!("rank {r} lane {l} step {}", pc[r][l]);
+                    let ch = lane.channel;
                     let from = step.op.recv_peers();
                     if !from
                         .iter()
-                        .all(|f| queues.get(&(f.idx(), r)).is_some_and(|q| !q.is_empty()))
+                        .all(|f| queues.get(&(f.idx(), r, ch)).is_some_and(|q| !q.is_empty()))
                     {
                         break;
                     }
@@ -173,7 +175,7 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
                         .iter()
                         .map(|f| {
                             queues
-                                .get_mut(&(f.idx(), r))
+                                .get_mut(&(f.idx(), r, ch))
                                 .and_then(|q| q.pop_front())
                                 .expect("checked non-empty")
                         })
@@ -187,7 +189,7 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
                         let sent = step.op.sent_chunk().expect("a sending step");
                         let elems = elems_of(&plans[r], sent);
                         for to in step.op.send_peers() {
-                            queues.entry((r, to.idx())).or_default().push_back(Msg {
+                            queues.entry((r, to.idx(), ch)).or_default().push_back(Msg {
                                 value: value.clone(),
                                 elems,
                                 id: next_id,
@@ -233,9 +235,9 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
             )));
         }
     }
-    if let Some(((a, b), q)) = queues.iter().find(|(_, q)| !q.is_empty()) {
+    if let Some(((a, b, c), q)) = queues.iter().find(|(_, q)| !q.is_empty()) {
         return Err(err(format!(
-            "{} message(s) from rank {a} to rank {b} were never received",
+            "{} message(s) from rank {a} to rank {b} on channel {c} were never received",
             q.len()
         )));
     }
@@ -341,6 +343,13 @@ fn check_structure(p: &RankPlan) -> Result<()> {
         )));
     }
     for (l, lane) in p.lanes.iter().enumerate() {
+        if lane.channel >= crate::plan::MAX_CHANNELS {
+            return Err(err(format!(
+                "rank {r} lane {l}: channel {} (at most {} channels)",
+                lane.channel,
+                crate::plan::MAX_CHANNELS
+            )));
+        }
         for (i, s) in lane.steps.iter().enumerate() {
             for c in s.op.chunks() {
                 if c.index >= p.chunks_of(c.buf) {
@@ -438,8 +447,8 @@ fn check_acyclic(p: &RankPlan) -> Result<()> {
 
 fn check_lane_rule(plans: &[RankPlan]) -> Result<()> {
     for p in plans {
-        let mut send_lane: HashMap<u32, usize> = HashMap::new();
-        let mut recv_lane: HashMap<u32, usize> = HashMap::new();
+        let mut send_lane: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut recv_lane: HashMap<(u32, u32), usize> = HashMap::new();
         for (l, lane) in p.lanes.iter().enumerate() {
             for s in &lane.steps {
                 for (peers, map, what) in [
@@ -447,9 +456,9 @@ fn check_lane_rule(plans: &[RankPlan]) -> Result<()> {
                     (s.op.recv_peers(), &mut recv_lane, "receives from"),
                 ] {
                     for peer in peers {
-                        let prev = *map.entry(peer.0).or_insert(l);
+                        let prev = *map.entry((peer.0, lane.channel)).or_insert(l);
                         if prev != l {
-                            return Err(err(format!("rank {} {what} rank {peer} from lanes {prev} and {l}; one lane per peer and direction", p.rank)));
+                            return Err(err(format!("rank {} {what} rank {peer} on channel {} from lanes {prev} and {l}; one lane per peer, direction and channel", p.rank, lane.channel)));
                         }
                     }
                 }

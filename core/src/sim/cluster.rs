@@ -102,6 +102,26 @@ impl HostModel {
         })
     }
 
+    /// NVLink count between each pair of this host's GPUs (empty for a CPU host).
+    pub fn nvlinks(&self) -> Vec<Vec<u8>> {
+        match &self.kind {
+            HostKind::Cpu => Vec::new(),
+            HostKind::Gpu { model } => {
+                let gpus = self.max_ranks().unwrap_or(0);
+                (0..gpus)
+                    .map(|i| {
+                        (0..gpus)
+                            .map(|j| match model.classes[i][j] {
+                                PathClass::NV(n) => n,
+                                _ => 0,
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Ranks this host can hold (GPUs for a GPU host; unbounded for CPU hosts).
     pub fn max_ranks(&self) -> Option<usize> {
         match &self.kind {

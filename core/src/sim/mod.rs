@@ -60,14 +60,14 @@ impl Ord for Time {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
-    /// The next message of pair (a, b) has arrived.
-    Arrive(usize, usize),
+    /// The next message of pair (a, b) on channel c has arrived.
+    Arrive(usize, usize, u32),
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Token {
-    /// A message of pair (a, b) has left the sender.
-    Transfer(usize, usize),
+    /// A message of pair (a, b) on channel c has left the sender.
+    Transfer(usize, usize, u32),
     /// CPU work of rank r, lane l finished.
     Work(usize, usize),
 }
@@ -97,7 +97,8 @@ struct Sim<'a> {
     events: BinaryHeap<(Time, u64, Event)>,
     seq: u64,
     now: f64,
-    pairs: HashMap<(usize, usize), Pair>,
+    /// FIFO pipes per (sender, receiver, channel).
+    pairs: HashMap<(usize, usize, u32), Pair>,
     lanes: Vec<Vec<LaneState>>,
     cpu: Vec<ResId>,
     nic_out: Vec<ResId>,
@@ -173,8 +174,8 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
             sim.finish(tok);
         }
         while sim.events.peek().is_some_and(|(t, _, _)| t.0 <= sim.now) {
-            let (_, _, Event::Arrive(a, b)) = sim.events.pop().expect("peeked");
-            sim.pairs.get_mut(&(a, b)).expect("pair").arrived += 1;
+            let (_, _, Event::Arrive(a, b, c)) = sim.events.pop().expect("peeked");
+            sim.pairs.get_mut(&(a, b, c)).expect("pair").arrived += 1;
             sim.pump_rank(b);
         }
     }
@@ -222,15 +223,20 @@ impl Sim<'_> {
             .start(work, vec![self.cpu[h]], host.copy_gbps * GBPS, tok);
     }
 
-    fn send(&mut self, a: usize, b: usize, len: usize) {
+    fn send(&mut self, a: usize, b: usize, c: u32, len: usize) {
         self.messages += 1;
-        self.pairs.entry((a, b)).or_default().queue.push_back(len);
-        self.kick(a, b);
+        self.pairs
+            .entry((a, b, c))
+            .or_default()
+            .queue
+            .push_back(len);
+        self.kick(a, b, c);
     }
 
-    /// Starts the next queued message of pair (a, b) if none is on the wire.
-    fn kick(&mut self, a: usize, b: usize) {
-        let pair = self.pairs.get_mut(&(a, b)).expect("pair");
+    /// Starts the next queued message of pair (a, b) on channel c if none is on the wire
+    /// (channels are separate pipes, so they share the path's resources concurrently).
+    fn kick(&mut self, a: usize, b: usize, c: u32) {
+        let pair = self.pairs.get_mut(&(a, b, c)).expect("pair");
         if pair.active {
             return;
         }
@@ -239,7 +245,7 @@ impl Sim<'_> {
         };
         pair.active = true;
         let (res, weight, cap) = self.path(a, b);
-        let tok = self.token(Token::Transfer(a, b));
+        let tok = self.token(Token::Transfer(a, b, c));
         self.fluid.start(len as f64 * weight, res, cap, tok);
     }
 
@@ -304,7 +310,7 @@ impl Sim<'_> {
 
     fn finish(&mut self, tok: usize) {
         match self.tokens[tok] {
-            Token::Transfer(a, b) => {
+            Token::Transfer(a, b, c) => {
                 let lat = if self.cl.host_of[a] == self.cl.host_of[b] {
                     self.host(b).latency_us
                 } else {
@@ -312,9 +318,9 @@ impl Sim<'_> {
                 };
                 self.seq += 1;
                 self.events
-                    .push((Time(self.now + lat), self.seq, Event::Arrive(a, b)));
-                self.pairs.get_mut(&(a, b)).expect("pair").active = false;
-                self.kick(a, b);
+                    .push((Time(self.now + lat), self.seq, Event::Arrive(a, b, c)));
+                self.pairs.get_mut(&(a, b, c)).expect("pair").active = false;
+                self.kick(a, b, c);
             }
             Token::Work(r, l) => {
                 self.lanes[r][l].busy = false;
@@ -373,18 +379,19 @@ impl Sim<'_> {
                 self.lanes[r][l].started = true;
             }
             let op = step.op;
+            let ch = self.plans[r].lanes[l].channel;
             let segs = self.seglens(r, &op);
             match op {
                 Op::Send { to, .. } => {
                     for &len in &segs {
-                        self.send(r, to.idx(), len);
+                        self.send(r, to.idx(), ch, len);
                     }
                     self.next_step(r, l);
                 }
                 Op::Fan { from, to, .. } if from.is_empty() => {
                     for &len in &segs {
                         for t in to.iter() {
-                            self.send(r, t.idx(), len);
+                            self.send(r, t.idx(), ch, len);
                         }
                     }
                     self.next_step(r, l);
@@ -406,14 +413,17 @@ impl Sim<'_> {
                     let i = st.seg;
                     let ready = srcs.iter().all(|s| {
                         self.pairs
-                            .get(&(s.idx(), r))
+                            .get(&(s.idx(), r, ch))
                             .is_some_and(|p| p.arrived > p.consumed)
                     });
                     if !ready {
                         return moved;
                     }
                     for s in &srcs {
-                        self.pairs.get_mut(&(s.idx(), r)).expect("pair").consumed += 1;
+                        self.pairs
+                            .get_mut(&(s.idx(), r, ch))
+                            .expect("pair")
+                            .consumed += 1;
                     }
                     let len = segs[i];
                     // CPU time to take the segment in: a reduction pass per source, except
@@ -451,8 +461,9 @@ impl Sim<'_> {
         }
         let segs = self.seglens(r, &op);
         let len = segs[st.seg];
+        let ch = self.plans[r].lanes[l].channel;
         for t in op.send_peers() {
-            self.send(r, t.idx(), len);
+            self.send(r, t.idx(), ch, len);
         }
         if st.seg + 1 >= segs.len() {
             self.next_step(r, l);

@@ -30,9 +30,7 @@ fn plan(rank: u32, n: u32, chunks: u32, steps: Vec<Op>) -> RankPlan {
         output_chunks: chunks,
         scratch_factor: 0,
         weights: vec![],
-        lanes: vec![Lane {
-            steps: steps.into_iter().map(Into::into).collect(),
-        }],
+        lanes: vec![Lane::new(steps.into_iter().map(Into::into).collect())],
     }
 }
 

@@ -131,6 +131,21 @@ impl TopoDescription {
             .collect()
     }
 
+    /// NVLink count between each pair of GPUs (0 where they are joined otherwise).
+    pub fn nvlink_matrix(&self) -> Vec<Vec<u8>> {
+        let g = self.gpus.len().min(self.paths.len());
+        (0..g)
+            .map(|i| {
+                (0..g)
+                    .map(|j| match self.paths[i].get(j) {
+                        Some(PathClass::NV(n)) => *n,
+                        _ => 0,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Checks the matrix is square, has X exactly on the diagonal and is symmetric.
     pub fn validate(&self) -> crate::Result<()> {
         let n = self.gpus.len() + self.nics.len();
