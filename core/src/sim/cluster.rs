@@ -122,6 +122,15 @@ impl HostModel {
         }
     }
 
+    /// Whether the GPUs sit behind an NVSwitch: three or more GPUs, every pair joined by the
+    /// same number of NVLinks (what `nvidia-smi topo -m` prints for a switch fabric; direct
+    /// meshes such as DGX-1 leave some pairs without NVLink).
+    pub fn nvswitch(&self) -> bool {
+        let nv = self.nvlinks();
+        let g = nv.len();
+        g >= 3 && (0..g).all(|i| (0..g).all(|j| i == j || (nv[i][j] > 0 && nv[i][j] == nv[0][1])))
+    }
+
     /// Ranks this host can hold (GPUs for a GPU host; unbounded for CPU hosts).
     pub fn max_ranks(&self) -> Option<usize> {
         match &self.kind {

@@ -276,6 +276,20 @@ impl Sim<'_> {
                 let (bw, class) = Cluster::gpu_path(model, la, lb);
                 if let PathClass::NV(_) = class {
                     let fl = &mut self.fluid;
+                    if host.nvswitch() {
+                        // Behind an NVSwitch, `NV#` is a GPU's links to the switch, shared by
+                        // all its peers: flows share the sender's egress and receiver's ingress.
+                        let o = *self
+                            .nv
+                            .entry((ha, la, u32::MAX))
+                            .or_insert_with(|| fl.add_resource(bw * GBPS));
+                        let fl = &mut self.fluid;
+                        let i = *self
+                            .nv
+                            .entry((ha, u32::MAX, lb))
+                            .or_insert_with(|| fl.add_resource(bw * GBPS));
+                        return (vec![o, i], 1.0, f64::INFINITY);
+                    }
                     let r = *self
                         .nv
                         .entry((ha, la, lb))

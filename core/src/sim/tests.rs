@@ -235,3 +235,50 @@ fn mismatched_inputs_are_errors() {
     assert!(Cluster::new(vec![fast_host()], &[0], net(8.0, None, 1, 0.0)).is_err());
     assert!(Cluster::new(vec![fast_host()], &[1], net(8.0, None, 0, 0.0)).is_err());
 }
+
+#[test]
+fn nvswitch_gpus_share_their_links_to_the_switch() {
+    // GPU 0 sends 4 MiB to GPUs 1 and 2 at once. Behind a switch (every pair NV2) both
+    // flows share GPU 0's two links; in a mesh (1-2 not NVLinked) each pair has its own.
+    let host = |row12: &str| {
+        let text = format!(
+            "\tGPU0\tGPU1\tGPU2\tCPU Affinity\nGPU0\t X \tNV2\tNV2\t0-1\nGPU1\tNV2\t X \t{row12}\t0-1\nGPU2\tNV2\t{row12}\t X \t0-1\n"
+        );
+        HostModel::gpu(&crate::topology::nvsmi::parse(&text).unwrap()).unwrap()
+    };
+    let fan = |h: HostModel| {
+        assert_eq!(h.nvswitch(), h.nvlinks()[1][2] > 0);
+        let cl = Cluster::new(vec![h], &[3], net(8.0, None, 1, 0.0)).unwrap();
+        let c = ChunkRef::out(0);
+        let mut plans = vec![plan(
+            0,
+            3,
+            1,
+            vec![Op::Fan {
+                from: Peers::none(),
+                to: Peers::new(&[Rank(1), Rank(2)]),
+                dst: c,
+                reduce: false,
+            }],
+        )];
+        for r in 1..3 {
+            plans.push(plan(
+                r,
+                3,
+                1,
+                vec![Op::Recv {
+                    from: Rank(0),
+                    dst: c,
+                }],
+            ));
+        }
+        simulate(&plans, &cl, params(4 * MIB, 4 * MIB))
+            .unwrap()
+            .time_us
+    };
+    let (switch, mesh) = (fan(host("NV2")), fan(host("PHB")));
+    assert!(
+        switch > 1.9 * mesh && switch < 2.1 * mesh,
+        "{switch} vs {mesh}"
+    );
+}
