@@ -12,8 +12,8 @@ use acspeed_core::config::AlgoChoice;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
 use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{
-    kernels, Config, DType, Error, FrameHeader, OpHandle, PlanContext, Rank, ReduceOp, Result,
-    Transport,
+    kernels, Config, DType, Error, FrameHeader, HostStage, OpHandle, PlanContext, Rank, ReduceOp,
+    Result, Transport,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,9 @@ pub struct Communicator {
     /// Channels 1.. (channel 0 is `transport`): more pipes to the same peers, for plans whose
     /// lanes share a peer (n-trees), set up at init from the agreed context.
     channels: Vec<Arc<dyn Transport>>,
+    /// CPU-Reduce's staging area shared with this host's other ranks (none without
+    /// shared memory or on a host of one rank).
+    staging: Option<Arc<dyn HostStage>>,
     exec: Executor,
     cfg: Config,
     /// The forced algorithm (`ACSPEED_ALGO`, or `set_algorithm`).
@@ -65,14 +68,16 @@ impl Communicator {
         hosts: Vec<String>,
     ) -> Result<Communicator> {
         let ctx = PlanContext::from_host_names(&hosts).with_nvlinks(nvlinks_of(&cfg)?)?;
-        Communicator::with_channels(transport, Vec::new(), cfg, hosts, ctx)
+        Communicator::with_channels(transport, Vec::new(), None, cfg, hosts, ctx)
     }
 
-    /// Wraps connected transports: `transport` is channel 0, `channels` are channels 1.., and
-    /// `ctx` is the context every rank agreed on.
+    /// Wraps connected transports: `transport` is channel 0, `channels` are channels 1..,
+    /// `staging` the host's CPU-Reduce staging area, and `ctx` the context every rank agreed
+    /// on.
     pub fn with_channels(
         transport: Arc<dyn Transport>,
         channels: Vec<Arc<dyn Transport>>,
+        staging: Option<Arc<dyn HostStage>>,
         cfg: Config,
         hosts: Vec<String>,
         ctx: PlanContext,
@@ -109,6 +114,7 @@ impl Communicator {
             nranks,
             transport,
             channels,
+            staging,
             exec,
             cfg,
             algo: Mutex::new(algo),
@@ -338,7 +344,9 @@ impl Communicator {
         let t0 = std::time::Instant::now();
         let mut pipes: Vec<&dyn Transport> = vec![&*self.transport];
         pipes.extend(self.channels.iter().map(|t| &**t));
-        let r = self.exec.run_on(&plan, &pipes, call, bufs);
+        let r = self
+            .exec
+            .run_with(&plan, &pipes, self.staging.as_deref(), call, bufs);
         if let Some(tl) = &self.timeline {
             tl.complete(
                 coll.name(),
@@ -507,6 +515,9 @@ impl Communicator {
             Some(format!("aborted: {reason}"));
         self.transport.abort(reason);
         self.channels.iter().for_each(|t| t.abort(reason));
+        if let Some(s) = &self.staging {
+            s.abort(reason);
+        }
     }
 
     fn check_usable(&self) -> Result<()> {

@@ -252,7 +252,32 @@ pub fn init_with_store(
         };
         channels.push(Arc::new(m.connect(l, None, &wants, false)?));
     }
-    Communicator::with_channels(Arc::new(transport), channels, cfg, hosts, ctx)
+    // CPU-Reduce's staging area, shared by this host's ranks (shared memory only).
+    let local: Vec<u32> = (0..nranks)
+        .filter(|q| *q == rank || paths[*q as usize] == Path::Shm)
+        .collect();
+    let staging: Option<Arc<dyn acspeed_core::HostStage>> = if local.len() > 1 {
+        Some(Arc::new(acspeed_transports::HostStaging::connect(
+            Rank(rank),
+            &local,
+            &secret,
+            staging_params(&cfg),
+            t,
+        )?))
+    } else {
+        None
+    };
+    Communicator::with_channels(Arc::new(transport), channels, staging, cfg, hosts, ctx)
+}
+
+/// The staging area's shape from the configuration (the same on every rank).
+pub fn staging_params(cfg: &Config) -> acspeed_transports::StagingParams {
+    acspeed_transports::StagingParams {
+        pipelines: cfg.cpu_reduce_pipelines,
+        threads: cfg.cpu_reduce_threads,
+        seg_bytes: cfg.segment_bytes.clamp(16 << 10, 1 << 20),
+        ..Default::default()
+    }
 }
 
 /// What connecting one mesh (one channel) needs.

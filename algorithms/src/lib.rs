@@ -7,6 +7,7 @@
 //! any transport. This crate depends on `acspeed-core` only, never on a transport.
 
 mod compose;
+pub mod cpu_reduce;
 pub mod hybrid;
 pub mod ntree;
 pub mod ring;
@@ -16,6 +17,7 @@ pub mod tree;
 use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{Error, PlanContext, Rank, Result};
 
+pub use cpu_reduce::CpuReduce;
 pub use hybrid::{Hybrid, InterHost};
 pub use ntree::NTrees;
 pub use ring::Ring;
@@ -31,15 +33,18 @@ pub enum Algorithm {
     Ntree,
     /// Intra-host reduce-scatter, inter-host allreduce per stripe, intra-host allgather.
     Hybrid(InterHost),
+    /// The host's ranks reduce through a shared staging area (across hosts: per stripe).
+    CpuReduce,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 5] = [
+    pub const ALL: [Algorithm; 6] = [
         Algorithm::Ring,
         Algorithm::Tree,
         Algorithm::Ntree,
         Algorithm::Hybrid(InterHost::Ring),
         Algorithm::Hybrid(InterHost::Tree),
+        Algorithm::CpuReduce,
     ];
 
     /// The name `--algo` and `ACSPEED_ALGO` spell (`hybrid` alone means `hybrid:ring`).
@@ -50,6 +55,7 @@ impl Algorithm {
             Algorithm::Ntree => "ntree",
             Algorithm::Hybrid(InterHost::Ring) => "hybrid",
             Algorithm::Hybrid(InterHost::Tree) => "hybrid:tree",
+            Algorithm::CpuReduce => "cpu_reduce",
         }
     }
 
@@ -78,6 +84,7 @@ impl Algorithm {
             Algorithm::Tree => Tree::serves(coll),
             Algorithm::Ntree => NTrees::serves(coll),
             Algorithm::Hybrid(_) => Hybrid::serves(coll),
+            Algorithm::CpuReduce => CpuReduce::serves(coll),
         }
     }
 
@@ -105,6 +112,14 @@ impl Algorithm {
             Algorithm::Tree => Tree.plan_for_rank(coll, rank, ctx.nranks),
             Algorithm::Ntree => NTrees.plan_for_rank(coll, rank, ctx),
             Algorithm::Hybrid(inter) => Hybrid { inter }.plan_for_rank(coll, rank, ctx)?,
+            Algorithm::CpuReduce => match CpuReduce.plan_for_rank(coll, rank, ctx) {
+                Some(p) => p,
+                None if ctx.nhosts() > 1 => Hybrid {
+                    inter: InterHost::Ring,
+                }
+                .plan_for_rank(coll, rank, ctx)?,
+                None => Ring::default().plan_for_rank(coll, rank, ctx.nranks),
+            },
         })
     }
 

@@ -28,6 +28,7 @@ pub fn candidates(coll: Collective, ctx: &PlanContext) -> Vec<Algorithm> {
         .filter(|a| !matches!(a, Algorithm::Hybrid(_)) || hierarchical)
         .filter(|a| *a != Algorithm::Tree || ctx.nranks > 2)
         .filter(|a| *a != Algorithm::Ntree || crate::ntree::fallback_reason(ctx).is_none())
+        .filter(|a| *a != Algorithm::CpuReduce || crate::cpu_reduce::fallback_reason(ctx).is_none())
         .collect()
 }
 

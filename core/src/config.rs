@@ -14,7 +14,9 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_STALL_WARN_SECS", "60", "A collective that waits this long logs (then again every as many seconds) which rank it is waiting for, in which call (number, kind, size, algorithm); 0 = never. Independent of the timeout."),
     ("ACSPEED_SEGMENT_BYTES", "256K", "Pipeline segment size: each chunk moves in segments of this many bytes."),
     ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
-    ("ACSPEED_ALGO", "auto", "auto, ring, tree, ntree, hybrid or hybrid:tree (a forced algorithm runs the collectives it serves; the others run ring)."),
+    ("ACSPEED_ALGO", "auto", "auto, ring, tree, ntree, hybrid, hybrid:tree or cpu_reduce (a forced algorithm runs the collectives it serves; the others run ring)."),
+    ("ACSPEED_CPU_REDUCE_PIPELINES", "1", "cpu_reduce: independent slot rings in the host staging area, each driven by its own thread per rank (more overlap on hosts with cores to spare)."),
+    ("ACSPEED_CPU_REDUCE_THREADS", "1", "cpu_reduce: threads each rank reduces its part of a staging slot with (a rayon pool)."),
     ("ACSPEED_ALLREDUCE", "(off)", "Algorithm per size range for allreduce, oneCCL style: `tree:0-16K;ring:16K-1M;hybrid:1M-max` (upper bounds exclusive). Overrides ACSPEED_ALGO and auto where a range matches."),
     ("ACSPEED_BROADCAST", "(off)", "Algorithm per size range for broadcast (ring or tree), as ACSPEED_ALLREDUCE."),
     ("ACSPEED_REDUCE", "(off)", "Algorithm per size range for reduce (ring or tree), as ACSPEED_ALLREDUCE."),
@@ -162,6 +164,10 @@ pub struct Config {
     pub stall_warn: Duration,
     pub segment_bytes: usize,
     pub pipeline_depth: usize,
+    /// CPU-Reduce staging: slot rings (`ACSPEED_CPU_REDUCE_PIPELINES`) and reducer threads
+    /// per rank (`ACSPEED_CPU_REDUCE_THREADS`).
+    pub cpu_reduce_pipelines: usize,
+    pub cpu_reduce_threads: usize,
     pub algo: AlgoChoice,
     /// Per-size algorithm rules (`ACSPEED_ALLREDUCE`, `ACSPEED_BROADCAST`, `ACSPEED_REDUCE`).
     pub allreduce_rules: Vec<SizeRule>,
@@ -195,6 +201,8 @@ impl Default for Config {
             stall_warn: Duration::from_secs(60),
             segment_bytes: 256 << 10,
             pipeline_depth: 4,
+            cpu_reduce_pipelines: 1,
+            cpu_reduce_threads: 1,
             algo: AlgoChoice::Auto,
             allreduce_rules: Vec::new(),
             broadcast_rules: Vec::new(),
@@ -305,6 +313,18 @@ impl Config {
                 .ok()
                 .filter(|d| (1..=64).contains(d))
                 .ok_or_else(|| bad("ACSPEED_PIPELINE_DEPTH", v, "an integer from 1 to 64"))?;
+        }
+        for (name, field) in [
+            ("ACSPEED_CPU_REDUCE_PIPELINES", &mut c.cpu_reduce_pipelines),
+            ("ACSPEED_CPU_REDUCE_THREADS", &mut c.cpu_reduce_threads),
+        ] {
+            if let Some(v) = lookup(vars, name) {
+                *field = v
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=16).contains(d))
+                    .ok_or_else(|| bad(name, v, "an integer from 1 to 16"))?;
+            }
         }
         if let Some(v) = lookup(vars, "ACSPEED_ALGO") {
             c.algo = match v.to_ascii_lowercase().as_str() {

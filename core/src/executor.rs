@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::plan::{Buf, ChunkRef, Op, RankPlan, StepId};
-use crate::transport::{FrameHeader, OpHandle, Transport};
+use crate::transport::{FrameHeader, HostStage, OpHandle, Transport};
 use crate::{DType, ReduceOp};
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -86,6 +86,8 @@ struct LaneCtx<'a> {
     stall: Option<&'a StallSink>,
     /// The plan's algorithm wire code, looked up once (every segment's header carries it).
     algo: u8,
+    /// Where `HostReduce` steps meet (CPU-Reduce).
+    staging: Option<&'a dyn HostStage>,
 }
 
 impl Executor {
@@ -119,12 +121,24 @@ impl Executor {
         self.run_on(plan, &[t], call, bufs)
     }
 
-    /// Runs `plan`; lanes on channel `c` use `channels[c]`. Buffer lengths must match the
-    /// plan's collective for `call.count`.
+    /// Runs `plan` over one transport (a plan on channel 0 only).
     pub fn run_on(
         &self,
         plan: &RankPlan,
         channels: &[&dyn Transport],
+        call: CallInfo,
+        bufs: Buffers,
+    ) -> Result<()> {
+        self.run_with(plan, channels, None, call, bufs)
+    }
+
+    /// Runs `plan`; lanes on channel `c` use `channels[c]`, and `HostReduce` steps meet in
+    /// `staging`. Buffer lengths must match the plan's collective for `call.count`.
+    pub fn run_with(
+        &self,
+        plan: &RankPlan,
+        channels: &[&dyn Transport],
+        staging: Option<&dyn HostStage>,
         call: CallInfo,
         bufs: Buffers,
     ) -> Result<()> {
@@ -137,7 +151,10 @@ impl Executor {
                 channels.len()
             )));
         }
-        let abort_all = |why: &str| channels.iter().for_each(|t| t.abort(why));
+        let abort_all = |why: &str| {
+            channels.iter().for_each(|t| t.abort(why));
+            staging.iter().for_each(|s| s.abort(why));
+        };
         let es = call.dtype.size();
         let (ie, oe) = plan
             .collective
@@ -185,6 +202,7 @@ impl Executor {
                 Some(s) => {
                     let mut ctx = LaneCtx::new(plan, on(0), call, bufs, params, tmp_addr, 0, s);
                     ctx.stall = self.stall.as_ref();
+                    ctx.staging = staging;
                     ctx.run_lane(None)
                 }
                 None => Ok(()),
@@ -206,6 +224,7 @@ impl Executor {
                         sc.spawn(move || {
                             let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s);
                             ctx.stall = stall;
+                            ctx.staging = staging;
                             let r = ctx.run_lane(Some(progress));
                             if let Err(e) = &r {
                                 // Unblock sibling lanes waiting on a transport or on us.
@@ -309,6 +328,7 @@ impl<'a> LaneCtx<'a> {
             scratch,
             stall: None,
             algo: crate::plan::algorithm_code(&plan.algorithm),
+            staging: None,
         }
     }
 
@@ -458,6 +478,39 @@ impl<'a> LaneCtx<'a> {
 
     fn run_step(&mut self, op: &Op) -> Result<()> {
         match *op {
+            Op::HostReduce { dst, group } => {
+                let st = self.staging.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{} plan: a host reduce needs the host's shared staging area, and this communicator has none (local ranks without shared memory: ACSPEED_SHM=0, or one rank per host)",
+                        self.plan.algorithm
+                    ))
+                })?;
+                if group.len() != st.group().len() || !group.iter().all(|g| st.group().contains(&g))
+                {
+                    return Err(Error::invalid(format!(
+                        "{} plan: host reduce among ranks {:?}, but the staging area is shared by ranks {:?}",
+                        self.plan.algorithm,
+                        group,
+                        st.group()
+                    )));
+                }
+                let r = self.range(dst);
+                self.clear_hazard(dst.buf, &r)?;
+                let op = self.reduce_op()?;
+                // SAFETY: the range lies in a buffer of this call, no pending send reads it
+                // (cleared above) and no other lane of a verified plan touches it meanwhile.
+                unsafe {
+                    st.host_reduce(
+                        self.ptr(dst.buf, r.start),
+                        r.len(),
+                        self.call.dtype,
+                        op,
+                        self.call.seq,
+                        self.call.count as u64,
+                        self.params.timeout,
+                    )
+                }
+            }
             Op::Send { to, src } => {
                 for s in self.segments(self.range(src)) {
                     self.send(to, src.buf, s)?;

@@ -32,4 +32,4 @@ pub use context::PlanContext;
 pub use dtype::{DType, ReduceOp};
 pub use error::{Error, Result};
 pub use plan::{Buf, ChunkRef, Collective, Op, Peers, Rank, RankPlan};
-pub use transport::{FrameHeader, OpHandle, Transport};
+pub use transport::{FrameHeader, HostStage, OpHandle, Transport};

@@ -287,6 +287,11 @@ pub enum Op {
         dst: ChunkRef,
         reduce: bool,
     },
+    /// Allreduce of `dst` among `group` (this rank and others of its host) through the host's
+    /// shared staging area: every member copies its chunk in, the members reduce disjoint
+    /// parts of it, every member copies the result out, pipelined segment by segment (the
+    /// CPU-Reduce step). Members meet at their n-th `HostReduce` in plan order.
+    HostReduce { dst: ChunkRef, group: Peers },
 }
 
 impl Op {
@@ -298,7 +303,9 @@ impl Op {
             | Op::RecvReduceSend { from, .. }
             | Op::RecvCopySend { from, .. } => vec![from],
             Op::Fan { from, .. } => from.to_vec(),
-            Op::Send { .. } | Op::Copy { .. } | Op::Reduce { .. } => Vec::new(),
+            Op::Send { .. } | Op::Copy { .. } | Op::Reduce { .. } | Op::HostReduce { .. } => {
+                Vec::new()
+            }
         }
     }
     /// Ranks the step sends to.
@@ -318,6 +325,7 @@ impl Op {
             Op::RecvReduce { .. }
                 | Op::RecvReduceSend { .. }
                 | Op::Reduce { .. }
+                | Op::HostReduce { .. }
                 | Op::Fan { reduce: true, .. }
         )
     }
@@ -329,6 +337,7 @@ impl Op {
             | Op::RecvReduce { dst, .. }
             | Op::RecvReduceSend { dst, .. }
             | Op::RecvCopySend { dst, .. }
+            | Op::HostReduce { dst, .. }
             | Op::Fan { dst, .. } => vec![dst],
             Op::Copy { src, dst } | Op::Reduce { src, dst } => vec![src, dst],
         }

@@ -314,6 +314,36 @@ pub trait Transport: Send + Sync {
     fn abort(&self, reason: &str);
 }
 
+/// A staging area in memory shared by the ranks of one host, where CPU-Reduce's
+/// `HostReduce` steps meet: each member copies its bytes in, the members reduce disjoint parts,
+/// each copies the result out, pipelined over slots.
+pub trait HostStage: Send + Sync {
+    /// The ranks that share the area, ascending (every `HostReduce` group must be these).
+    fn group(&self) -> &[Rank];
+
+    /// Allreduces `len` bytes of `dtype` at `data` with every other member, which must make
+    /// the same call (same `seq` and `count`) at the same point; a member that does not
+    /// arrive within `timeout` is named in the error, and one that differs gets a `Mismatch`.
+    ///
+    /// # Safety
+    /// `data..data+len` must be valid for reads and writes and unused by others until the
+    /// call returns.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn host_reduce(
+        &self,
+        data: *mut u8,
+        len: usize,
+        dtype: DType,
+        op: crate::ReduceOp,
+        seq: u64,
+        count: u64,
+        timeout: Duration,
+    ) -> Result<()>;
+
+    /// Fails the calls of every member that wait on the area, naming this rank.
+    fn abort(&self, reason: &str);
+}
+
 /// Raw pointer that may cross threads; the `Transport` safety contract keeps it valid.
 #[derive(Clone, Copy, Debug)]
 pub struct SendPtr(pub *const u8);

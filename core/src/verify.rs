@@ -135,6 +135,9 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
     let mut pc: Vec<Vec<usize>> = plans.iter().map(|p| vec![0; p.lanes.len()]).collect();
     let done =
         |pc: &Vec<Vec<usize>>, r: usize, id: StepId| pc[r][id.lane as usize] > id.step as usize;
+    // HostReduce rendezvous: (group, occurrence) -> members arrived, with their lane.
+    let mut host_done: Vec<usize> = vec![0; n];
+    let mut arrived: HashMap<(Vec<u32>, usize), BTreeMap<usize, usize>> = HashMap::new();
 
     loop {
         let mut progressed = false;
@@ -152,6 +155,23 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
                         break;
                     }
                     let here = format!("rank {r} lane {l} step {}", pc[r][l]);
+                    if let Op::HostReduce { group, .. } = step.op {
+                        let mut key: Vec<u32> = group.iter().map(|g| g.0).collect();
+                        key.sort();
+                        let k = (key, host_done[r]);
+                        arrived.entry(k.clone()).or_default().insert(r, l);
+                        if arrived[&k].len() < k.0.len() {
+                            break;
+                        }
+                        let members = arrived.remove(&k).expect("just checked");
+                        host_reduce(plans, &mut st, &pc, &members, count, &here)?;
+                        for (m, ml) in members {
+                            pc[m][ml] += 1;
+                            host_done[m] += 1;
+                        }
+                        progressed = true;
+                        continue;
+                    }
                     let ch = lane.channel;
                     let from = step.op.recv_peers();
                     if !from
@@ -244,6 +264,53 @@ pub fn verify_with(plans: &[RankPlan], opts: VerifyOptions) -> Result<()> {
     check_post(coll, plans, &st)
 }
 
+/// Completes a `HostReduce` whose members (rank -> lane) have all arrived: each member's
+/// chunk becomes the sum of all members' chunks.
+fn host_reduce(
+    plans: &[RankPlan],
+    st: &mut [RankState],
+    pc: &[Vec<usize>],
+    members: &BTreeMap<usize, usize>,
+    count: Option<usize>,
+    here: &str,
+) -> Result<()> {
+    let mut total = Value::new();
+    let mut elems = None;
+    let mut dsts = Vec::new();
+    for (&m, &ml) in members {
+        let op = plans[m].lanes[ml].steps[pc[m][ml]].op;
+        let Op::HostReduce { dst, group } = op else {
+            unreachable!("members arrived at a HostReduce");
+        };
+        if group.len() != members.len() || !group.iter().all(|g| members.contains_key(&g.idx())) {
+            return Err(err(format!(
+                "{here}: rank {m} meets this host reduce with group {:?}, not {:?}",
+                group,
+                members.keys().collect::<Vec<_>>()
+            )));
+        }
+        let e = count.map(|c| plans[m].chunk_elems(dst, c).len());
+        if elems.is_some() && e != elems {
+            return Err(err(format!(
+                "{here}: host reduce of {e:?} elements on rank {m} but {elems:?} on another member"
+            )));
+        }
+        elems = e;
+        let v = st[m]
+            .slot(dst)
+            .clone()
+            .ok_or_else(|| err(format!("{here}: rank {m} host-reduces uninitialised {dst}")))?;
+        for (k, c) in v {
+            *total.entry(k).or_default() += c;
+        }
+        dsts.push((m, dst));
+    }
+    for (m, dst) in dsts {
+        *st[m].slot(dst) = Some(total.clone());
+    }
+    Ok(())
+}
+
 /// Runs one step on the symbolic state; returns the value to send, if the step sends.
 fn execute(
     s: &mut RankState,
@@ -281,6 +348,7 @@ fn execute(
             *s.slot(dst) = Some(v);
             None
         }
+        Op::HostReduce { .. } => unreachable!("host reduces complete in the rendezvous"),
         Op::Reduce { src, dst } => {
             let mut v = read(s, dst)?;
             add(&mut v, &read(s, src)?);
@@ -371,6 +439,14 @@ fn check_structure(p: &RankPlan) -> Result<()> {
                     "rank {r} lane {l} step {i}: a peer appears twice in {:?}",
                     s.op
                 )));
+            }
+            if let Op::HostReduce { group, .. } = s.op {
+                let g = group.to_vec();
+                if !g.contains(&r) || dup(&g) || g.iter().any(|q| q.0 >= p.nranks) {
+                    return Err(err(format!(
+                        "rank {r} lane {l} step {i}: a host reduce group must hold distinct ranks including this one ({group:?})"
+                    )));
+                }
             }
             if let Op::Fan { reduce, .. } = s.op {
                 if (reduce && from.is_empty()) || (!reduce && from.len() > 1) {

@@ -26,7 +26,7 @@ pub use connect::{establish, listen};
 #[cfg(not(loom))]
 pub use multi::Multi;
 #[cfg(not(loom))]
-pub use shm::{ShmParams, ShmTransport};
+pub use shm::{HostStaging, ShmParams, ShmTransport, StagingParams};
 #[cfg(not(loom))]
 pub use tcp::TcpTransport;
 

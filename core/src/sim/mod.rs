@@ -88,6 +88,9 @@ struct LaneState {
     started: bool,
 }
 
+/// A host reduce's rendezvous: its group (sorted) and the occurrence among the members'.
+type HostMeet = (Vec<u32>, usize);
+
 struct Sim<'a> {
     plans: &'a [RankPlan],
     cl: &'a Cluster,
@@ -109,6 +112,9 @@ struct Sim<'a> {
     sys: HashMap<usize, ResId>,
     nv: HashMap<(usize, u32, u32), ResId>,
     messages: usize,
+    /// HostReduce rendezvous: (group, occurrence) -> members (rank, lane) arrived.
+    host_wait: HashMap<HostMeet, Vec<(usize, usize)>>,
+    host_done: Vec<usize>,
 }
 
 /// Predicts how long `plans` (one per rank) take on `cluster`.
@@ -149,6 +155,8 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
         sys: HashMap::new(),
         nv: HashMap::new(),
         messages: 0,
+        host_wait: HashMap::new(),
+        host_done: vec![0; plans.len()],
     };
     for r in 0..plans.len() {
         sim.pump_rank(r);
@@ -221,6 +229,47 @@ impl Sim<'_> {
         let work = bytes as f64 * host.copy_gbps / gbps;
         self.fluid
             .start(work, vec![self.cpu[h]], host.copy_gbps * GBPS, tok);
+    }
+
+    /// Member `r`'s share of a host reduce of `bytes`: on a CPU host its copy in, its part of
+    /// the reduction and its copy out, on the host's shared cores; on a GPU host the device
+    /// copies down and up over the GPU's PCIe uplink (and the inter-socket link when its GPU
+    /// sits on the other socket from the first member's), the three stages pipelined so the
+    /// slowest resource sets the pace (host reduction on many cores is not the bottleneck).
+    fn host_reduce_work(&mut self, r: usize, l: usize, first: usize, bytes: usize) {
+        let h = self.cl.host_of[r] as usize;
+        let host = &self.cl.hosts[h];
+        let HostKind::Gpu { model } = &host.kind else {
+            let rate = 1.0 / (2.0 / host.copy_gbps + 1.0 / host.reduce_gbps);
+            self.work(r, l, bytes, rate);
+            return;
+        };
+        let (g, g0) = (self.cl.local_of[r], self.cl.local_of[first]);
+        let far = Cluster::gpu_path(model, g, g0).1 == PathClass::SYS;
+        let pix = crate::topology::LINK_TABLE
+            .iter()
+            .find(|row| row.0 == "PIX")
+            .map(|row| row.1)
+            .unwrap_or(12.0);
+        let fl = &mut self.fluid;
+        let (o, i) = *self
+            .pcie
+            .entry((h, g))
+            .or_insert_with(|| (fl.add_resource(pix * GBPS), fl.add_resource(pix * GBPS)));
+        let mut res = vec![o, i];
+        if far {
+            let sys_bw = Cluster::gpu_path(model, g, g0).0;
+            let fl = &mut self.fluid;
+            res.push(
+                *self
+                    .sys
+                    .entry(h)
+                    .or_insert_with(|| fl.add_resource(sys_bw * GBPS)),
+            );
+        }
+        self.lanes[r][l].busy = true;
+        let tok = self.token(Token::Work(r, l));
+        self.fluid.start(bytes as f64, res, pix * GBPS, tok);
     }
 
     fn send(&mut self, a: usize, b: usize, c: u32, len: usize) {
@@ -410,6 +459,26 @@ impl Sim<'_> {
                     }
                     self.next_step(r, l);
                 }
+                Op::HostReduce { group, .. } => {
+                    let mut key: Vec<u32> = group.iter().map(|g| g.0).collect();
+                    key.sort();
+                    let k = (key, self.host_done[r]);
+                    let w = self.host_wait.entry(k.clone()).or_default();
+                    if !w.contains(&(r, l)) {
+                        w.push((r, l));
+                    }
+                    if w.len() < k.0.len() {
+                        return moved;
+                    }
+                    let members = self.host_wait.remove(&k).expect("just filled");
+                    let bytes: usize = segs.iter().sum();
+                    let first = members.iter().map(|m| m.0).min().expect("a member");
+                    for (m, ml) in members {
+                        self.host_done[m] += 1;
+                        self.host_reduce_work(m, ml, first, bytes);
+                    }
+                    return true;
+                }
                 Op::Copy { .. } | Op::Reduce { .. } => {
                     let bytes = segs.iter().sum();
                     let host = self.host(r);
@@ -469,7 +538,10 @@ impl Sim<'_> {
     fn after_work(&mut self, r: usize, l: usize) {
         let st = self.lanes[r][l].clone();
         let op = self.plans[r].lanes[l].steps[st.step].op;
-        if matches!(op, Op::Copy { .. } | Op::Reduce { .. }) {
+        if matches!(
+            op,
+            Op::Copy { .. } | Op::Reduce { .. } | Op::HostReduce { .. }
+        ) {
             self.next_step(r, l);
             return;
         }

@@ -449,7 +449,7 @@ impl Peer {
 /// False once the process is gone: `kill(pid, 0)` fails, or the process has exited and
 /// waits as a zombie for a parent that has not reaped it yet (a launcher busy elsewhere;
 /// `kill` still succeeds on a zombie, which once left survivors waiting for the timeout).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     if pid <= 0 {
         return true;
     }

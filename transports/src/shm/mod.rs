@@ -21,3 +21,7 @@ pub use engine::{ShmParams, ShmTransport};
 
 #[cfg(not(loom))]
 mod engine;
+#[cfg(not(loom))]
+mod staging;
+#[cfg(not(loom))]
+pub use staging::{HostStaging, StagingParams};
