@@ -511,3 +511,72 @@ fn topology_files_that_differ_across_ranks_fail_init_naming_the_rank() {
         );
     }
 }
+
+/// CPU-Reduce: ranks whose counts differ meet in the staging area with different call tags
+/// and fail with a mismatch naming the other rank, never a wrong result.
+#[test]
+fn cpu_reduce_mismatches_are_named() {
+    for f in [Fabric::Memory, Fabric::Shm] {
+        let cfg = acspeed::Config {
+            algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
+            ..test_config(1 << 16, 4, 20)
+        };
+        let res = run_group(f, 3, cfg, |comm| {
+            let mut v = vec![1.0f32; if comm.rank() == 1 { 100_000 } else { 200_000 }];
+            comm.allreduce(&mut v, ReduceOp::Sum)
+                .err()
+                .map(|e| e.to_string())
+        });
+        let msgs: Vec<String> = res.into_iter().flatten().collect();
+        assert_eq!(msgs.len(), 3, "{f:?}: every rank must fail: {msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("rank 1") && m.contains("cpu_reduce")),
+            "{f:?}: {msgs:?}"
+        );
+    }
+}
+
+/// CPU-Reduce: a rank SIGKILLed while the others wait for it in the staging area is named by
+/// every survivor within about two seconds, long before the timeout.
+#[test]
+fn cpu_reduce_names_a_killed_rank_quickly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let spawn = |r: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_acspeed-bench"));
+        crate::util::without_launch_env(&mut c)
+            .args(["-b", "64M", "-e", "64M", "--iters", "2000", "-w", "0"])
+            .envs([
+                ("RANK", r),
+                ("WORLD_SIZE", "3"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", port.as_str()),
+                ("ACSPEED_TIMEOUT_SECS", "60"),
+                ("ACSPEED_ALGO", "cpu_reduce"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (r0, mut r1, r2) = (spawn("0"), spawn("1"), spawn("2"));
+    std::thread::sleep(Duration::from_millis(2500));
+    let t = Instant::now();
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    for r in [r0, r2] {
+        let out = r.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("rank 1"), "{err}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "survivors took {:?} to name the dead rank",
+        t.elapsed()
+    );
+}

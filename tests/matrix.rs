@@ -428,6 +428,29 @@ fn matrix_ntree() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// CPU-Reduce: one host (the staging area; beyond 8 ranks the plan is the ring), and uneven
+/// hosts (staging inside each host, stripes across hosts over TCP).
+#[test]
+fn matrix_cpu_reduce() {
+    let one = Algo {
+        name: "cpu_reduce",
+        shape: one_host,
+    };
+    run_matrix_algo(one, Fabric::Memory, &COUNTS, &DType::ALL);
+    run_matrix_algo(
+        one,
+        Fabric::Shm,
+        &COUNTS,
+        &[DType::F32, DType::BF16, DType::I64],
+    );
+    let hosts = Algo {
+        name: "cpu_reduce",
+        shape: uneven_hosts,
+    };
+    run_matrix_algo(hosts, Fabric::Memory, &COUNTS, &[DType::F32, DType::U8]);
+    run_matrix_algo(hosts, Fabric::Shm, &COUNTS, &[DType::F32]);
+}
+
 /// Hybrid over uneven hosts (e.g. 3+1+2+1 for 7 ranks), with ring and tree between hosts.
 #[test]
 fn matrix_hybrid() {

@@ -76,6 +76,8 @@ pub(crate) fn run_group_on_hosts<T: Send>(
         .enumerate()
         .flat_map(|(h, m)| std::iter::repeat_n(format!("h{h}"), *m as usize))
         .collect();
+    static GROUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let group = GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let store = MemStore::new();
     let mut mem: Vec<Option<MemoryTransport>> = match fabric {
         Fabric::Memory => MemoryTransport::fabric(n).into_iter().map(Some).collect(),
@@ -136,14 +138,18 @@ pub(crate) fn run_group_on_hosts<T: Send>(
                 };
                 s.spawn(move || {
                     let comm = match m {
-                        Some(t) => Communicator::with_channels(
-                            Arc::new(t),
-                            channels,
-                            cfg,
-                            hosts.clone(),
-                            ctx,
-                        )
-                        .unwrap(),
+                        Some(t) => {
+                            let staging = memory_staging(r, group, hosts, &cfg);
+                            Communicator::with_channels(
+                                Arc::new(t),
+                                channels,
+                                staging,
+                                cfg,
+                                hosts.clone(),
+                                ctx,
+                            )
+                            .unwrap()
+                        }
                         None => acspeed::init_with_store(
                             &*store,
                             "t",
@@ -163,6 +169,35 @@ pub(crate) fn run_group_on_hosts<T: Send>(
             .map(|h| h.join().expect("rank thread panicked"))
             .collect()
     })
+}
+
+/// The CPU-Reduce staging area an in-memory fabric's rank `r` shares with the other ranks of
+/// its host (as init would connect it). `group` tells concurrent harness calls apart (the
+/// rendezvous socket is named after the secret).
+fn memory_staging(
+    r: u32,
+    group: u64,
+    hosts: &[String],
+    cfg: &Config,
+) -> Option<Arc<dyn acspeed_core::HostStage>> {
+    let local: Vec<u32> = (0..hosts.len() as u32)
+        .filter(|q| hosts[*q as usize] == hosts[r as usize])
+        .collect();
+    if local.len() < 2 {
+        return None;
+    }
+    let mut secret = [0u8; 16];
+    secret[..8].copy_from_slice(&(std::process::id() as u64 | group << 32).to_le_bytes());
+    Some(Arc::new(
+        acspeed_transports::HostStaging::connect(
+            acspeed_core::Rank(r),
+            &local,
+            &secret,
+            acspeed::init::staging_params(cfg),
+            cfg.timeout,
+        )
+        .unwrap(),
+    ))
 }
 
 /// A command that starts its own local job: the launcher's variables of the test process
