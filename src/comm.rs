@@ -67,7 +67,10 @@ impl Communicator {
         cfg: Config,
         hosts: Vec<String>,
     ) -> Result<Communicator> {
-        let ctx = PlanContext::from_host_names(&hosts).with_nvlinks(nvlinks_of(&cfg)?)?;
+        let (nvlinks, sockets) = gpu_facts(&cfg)?;
+        let ctx = PlanContext::from_host_names(&hosts)
+            .with_nvlinks(nvlinks)?
+            .with_sockets(&sockets);
         Communicator::with_channels(transport, Vec::new(), None, cfg, hosts, ctx)
     }
 
@@ -786,14 +789,16 @@ fn human(b: usize) -> String {
     }
 }
 
-/// NVLink counts between the GPUs of `ACSPEED_TOPO_FILE` (empty without a file). acspeed
-/// moves bytes over shared memory and sockets, never GPU to GPU, so probed NVLinks are not
-/// planned on: a topology file is the user saying which links plans should treat as fast.
-pub fn nvlinks_of(cfg: &Config) -> Result<Vec<Vec<u8>>> {
+/// NVLink counts between the GPUs of `ACSPEED_TOPO_FILE`, and each GPU's socket (both empty
+/// without a file). acspeed moves bytes over shared memory and sockets, never GPU to GPU, so
+/// probed links are not planned on: a topology file is the user saying which links plans
+/// should treat as fast and which GPUs (ranks) sit on which socket.
+pub fn gpu_facts(cfg: &Config) -> Result<(Vec<Vec<u8>>, Vec<u32>)> {
     if cfg.topo_file.is_none() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
-    Ok(crate::probe::discover(cfg)?.nvlink_matrix())
+    let d = crate::probe::discover(cfg)?;
+    Ok((d.nvlink_matrix(), d.gpu_sockets()))
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub fn route_ip(target: SocketAddr) -> Result<IpAddr> {
 }
 
 /// The settings every rank's plans depend on, as exchanged at rendezvous.
-fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>]) -> String {
+fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>], sockets: &[u32]) -> String {
     let algo = match &cfg.algo {
         acspeed_core::config::AlgoChoice::Auto => "auto".to_string(),
         acspeed_core::config::AlgoChoice::Named(n) => n.to_ascii_lowercase(),
@@ -82,7 +82,8 @@ fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>]) -> String {
             .join("/")
     };
     format!(
-        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={} NVLinks(ACSPEED_TOPO_FILE)={links}",
+        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={} ACSPEED_CPU_REDUCE_PIPELINES={} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
+        cfg.cpu_reduce_pipelines,
         cfg.segment_bytes,
         rules(&cfg.allreduce_rules),
         rules(&cfg.broadcast_rules),
@@ -160,8 +161,8 @@ pub fn init_with_store(
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
-    let nvlinks = crate::comm::nvlinks_of(&cfg)?;
-    let facts = plan_facts(&cfg, &nvlinks);
+    let (nvlinks, sockets) = crate::comm::gpu_facts(&cfg)?;
+    let facts = plan_facts(&cfg, &nvlinks, &sockets);
     store.set(&key(&format!("plan/{rank}")), facts.as_bytes())?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
@@ -211,7 +212,9 @@ pub fn init_with_store(
     let transport = mesh.connect(listener, rdma, &wants, true)?;
     // More channels when the agreed context's n-trees share rank pairs: each a mesh of its
     // own (sockets and shared-memory rings), connected in the same order on every rank.
-    let ctx = acspeed_core::PlanContext::from_host_names(&hosts).with_nvlinks(nvlinks)?;
+    let ctx = acspeed_core::PlanContext::from_host_names(&hosts)
+        .with_nvlinks(nvlinks)?
+        .with_sockets(&sockets);
     let want = acspeed_algorithms::ntree::channels_needed(&ctx);
     let mut channels: Vec<Arc<dyn acspeed_core::Transport>> = Vec::new();
     for c in 1..want {
@@ -252,8 +255,15 @@ pub fn init_with_store(
         };
         channels.push(Arc::new(m.connect(l, None, &wants, false)?));
     }
-    // CPU-Reduce's staging area, shared by this host's ranks (shared memory only).
-    let local: Vec<u32> = (0..nranks)
+    // CPU-Reduce's staging area, shared by the ranks of this rank's domain (its host's
+    // ranks on its socket) over shared memory.
+    let local: Vec<u32> = ctx
+        .domains()
+        .into_iter()
+        .find(|d| d.contains(&Rank(rank)))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.0)
         .filter(|q| *q == rank || paths[*q as usize] == Path::Shm)
         .collect();
     let staging: Option<Arc<dyn acspeed_core::HostStage>> = if local.len() > 1 {

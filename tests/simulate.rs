@@ -26,7 +26,8 @@ fn simulate_json_rows_mark_one_pick_per_size() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3 * 4, "{out}");
+    // Ring, tree, both hybrids, n-trees (NVLinks) and CPU-Reduce (several GPUs per host).
+    assert_eq!(rows.len(), 3 * 6, "{out}");
     for r in rows {
         for k in ["algo", "bytes", "time_us", "busbw_gbps", "selected"] {
             assert!(r.get(k).is_some(), "row without {k}: {r}");
@@ -51,9 +52,16 @@ fn simulate_json_rows_mark_one_pick_per_size() {
         rows.iter().map(|r| r["algo"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["hybrid:ring", "hybrid:tree", "ring", "tree"]
-            .into_iter()
-            .collect()
+        [
+            "cpu_reduce",
+            "hybrid:ring",
+            "hybrid:tree",
+            "ntree",
+            "ring",
+            "tree"
+        ]
+        .into_iter()
+        .collect()
     );
 }
 

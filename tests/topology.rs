@@ -214,3 +214,20 @@ fn topo_cli_on_this_machine_files_and_dumps() {
     );
     assert!(!ok && err.contains("ACSPEED_TOPO_FILE"), "{err}");
 }
+
+/// Sockets of the GPUs, from the NUMA column when every GPU has one, else from PCIe classes
+/// and shared NICs (NVLinks hide PCIe placement: DGX-1 links GPUs across its sockets).
+#[test]
+fn gpu_sockets_of_the_real_outputs() {
+    for (f, want) in [
+        ("03-p100-dgx1-8gpu-sheffield", vec![0, 0, 0, 0, 1, 1, 1, 1]),
+        ("04-savio4-8gpu-pcie-pxb-pix", vec![0, 0, 0, 0, 1, 1, 1, 1]),
+        ("10-titanx-4gpu-pcie-phb-sys-2nic", vec![0, 0, 1, 1]),
+        ("11-a10-4gpu-flat-allsys-2nic", vec![0, 0, 0, 0]),
+        ("12-rtx3090-2gpu-nvlink-nv4", vec![0, 0]),
+    ] {
+        let text = std::fs::read_to_string(format!("tests/fixtures/nvsmi/{f}.txt")).unwrap();
+        let d = acspeed_core::topology::nvsmi::parse(&text).unwrap();
+        assert_eq!(d.gpu_sockets(), want, "{f}");
+    }
+}

@@ -88,9 +88,11 @@ pub(crate) fn run_group_on_hosts<T: Send>(
         _ => (0..n).map(|_| None).collect(),
     };
     // In-memory fabrics get the extra channels init would connect (n-trees that share pairs).
+    let (nvlinks, sockets) = acspeed::comm::gpu_facts(&cfg).unwrap();
     let ctx = acspeed_core::PlanContext::from_host_names(&hosts)
-        .with_nvlinks(acspeed::comm::nvlinks_of(&cfg).unwrap())
-        .unwrap();
+        .with_nvlinks(nvlinks)
+        .unwrap()
+        .with_sockets(&sockets);
     let mut extra: Vec<Vec<Arc<dyn acspeed_core::Transport>>> =
         (0..n).map(|_| Vec::new()).collect();
     if mem[0].is_some() {
@@ -139,7 +141,7 @@ pub(crate) fn run_group_on_hosts<T: Send>(
                 s.spawn(move || {
                     let comm = match m {
                         Some(t) => {
-                            let staging = memory_staging(r, group, hosts, &cfg);
+                            let staging = memory_staging(r, group, &ctx, &cfg);
                             Communicator::with_channels(
                                 Arc::new(t),
                                 channels,
@@ -177,11 +179,16 @@ pub(crate) fn run_group_on_hosts<T: Send>(
 fn memory_staging(
     r: u32,
     group: u64,
-    hosts: &[String],
+    ctx: &acspeed_core::PlanContext,
     cfg: &Config,
 ) -> Option<Arc<dyn acspeed_core::HostStage>> {
-    let local: Vec<u32> = (0..hosts.len() as u32)
-        .filter(|q| hosts[*q as usize] == hosts[r as usize])
+    let local: Vec<u32> = ctx
+        .domains()
+        .into_iter()
+        .find(|d| d.contains(&acspeed_core::Rank(r)))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|q| q.0)
         .collect();
     if local.len() < 2 {
         return None;

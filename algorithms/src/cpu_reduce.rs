@@ -6,14 +6,19 @@
 //! rank writes its bytes once, reduces 1/L of them from all L inputs, and reads the result
 //! once, in one pipelined step instead of 2(L-1) ring steps of receive, reduce and forward.
 //!
-//! Across hosts (the seed's multi-host CPU-Reduce): the buffer is striped as for hybrid
-//! (`C x H` chunks, local rank `q` owns the stripes `c % m == q`); each host first reduces
-//! every chunk in its staging area, then each stripe's owners allreduce it host to host (ring,
-//! one owner per host, every local rank driving its own stripes over its own sockets), and
-//! the host allgathers the finished stripes. Hosts of one rank skip the staging step.
+//! Across hosts and sockets (the seed's multi-host CPU-Reduce): ranks are grouped into
+//! staging domains, one per (host, socket) — a dual-socket box keeps a staging area on each
+//! side, so only partial sums cross the inter-socket link, never every GPU's copies. The
+//! buffer is striped as for hybrid (`C x D` chunks for `D` domains; local rank `q` of a domain
+//! of `m` owns the stripes `c % m == q`). Each domain host-reduces every chunk, and only the
+//! chunk's owner copies the result out: the reduced shard goes straight to the exchange. Each
+//! stripe's owners then allreduce it between domains (ring: over shared memory between the
+//! sockets of a host, over the network between hosts, each local rank driving its own stripes
+//! over its own sockets), and each domain allgathers the finished stripes (ring). Domains of
+//! one rank skip the staging step.
 //!
 //! Limits: a `HostReduce` group holds at most 8 ranks (`Peers::MAX`, the size of the 8-GPU
-//! boxes CPU-Reduce is for); with a larger host the plan is the ring (one host) or hybrid
+//! boxes CPU-Reduce is for); with a larger domain the plan is the ring (one host) or hybrid
 //! (several), the same on every rank ([`fallback_reason`] says why).
 
 use crate::compose::{ring_allgather, ring_allreduce, Steps};
@@ -23,15 +28,16 @@ use acspeed_core::{PlanContext, Rank};
 
 /// Why CPU-Reduce's plan on `ctx` is not a CPU-Reduce plan, or `None`.
 pub fn fallback_reason(ctx: &PlanContext) -> Option<String> {
-    let shape = ctx.shape();
-    if let Some(m) = shape.iter().find(|m| **m as usize > Peers::MAX) {
+    let domains = ctx.domains();
+    if let Some(d) = domains.iter().find(|d| d.len() > Peers::MAX) {
         return Some(format!(
-            "a host has {m} ranks; a host reduce group holds at most {}",
+            "{} ranks share a staging area; a host reduce group holds at most {}",
+            d.len(),
             Peers::MAX
         ));
     }
-    if shape.iter().all(|m| *m == 1) {
-        return Some("no host has two ranks to share a staging area".into());
+    if domains.iter().all(|d| d.len() == 1) {
+        return Some("no host (or socket) has two ranks to share a staging area".into());
     }
     None
 }
@@ -54,48 +60,64 @@ impl CpuReduce {
         if fallback_reason(ctx).is_some() || coll != Collective::AllReduce {
             return None;
         }
-        let hosts = ctx.hosts();
-        let local = &hosts[ctx.host_of[rank.idx()] as usize];
-        let group = Peers::new(local);
+        let domains = ctx.domains();
+        let dom = domains
+            .iter()
+            .find(|d| d.contains(&rank))
+            .expect("every rank is in a domain");
+        let group = Peers::new(dom);
         let mut s = Steps::default();
-        let host_reduce = |s: &mut Steps, dst: ChunkRef| {
-            if local.len() > 1 {
-                s.0.push(Op::HostReduce { dst, group }.into());
-            }
-        };
-        let chunks = if hosts.len() == 1 {
-            host_reduce(&mut s, ChunkRef::out(0));
+        let chunks = if domains.len() == 1 {
+            s.0.push(
+                Op::HostReduce {
+                    dst: ChunkRef::out(0),
+                    group,
+                    to: group,
+                }
+                .into(),
+            );
             1
         } else {
-            let h_count = hosts.len() as u32;
-            let c_count = stripes(&ctx.shape());
-            let chunk = |c: u32, s: u32| ChunkRef::out(c * h_count + s);
-            for i in 0..c_count * h_count {
-                host_reduce(&mut s, ChunkRef::out(i));
+            let d_count = domains.len() as u32;
+            let shape: Vec<u32> = domains.iter().map(|d| d.len() as u32).collect();
+            let c_count = stripes(&shape);
+            let chunk = |c: u32, s: u32| ChunkRef::out(c * d_count + s);
+            let owner = |d: &[Rank], c: u32| d[(c % d.len() as u32) as usize];
+            if dom.len() > 1 {
+                for c in 0..c_count {
+                    let to = Peers::new(&[owner(dom, c)]);
+                    for k in 0..d_count {
+                        s.0.push(
+                            Op::HostReduce {
+                                dst: chunk(c, k),
+                                group,
+                                to,
+                            }
+                            .into(),
+                        );
+                    }
+                }
             }
-            let m = local.len() as u32;
-            let q = local
+            let m = dom.len() as u32;
+            let q = dom
                 .iter()
                 .position(|r| *r == rank)
-                .expect("rank on its host") as u32;
+                .expect("rank in its domain") as u32;
             for c in (0..c_count).filter(|c| c % m == q) {
-                let owners: Vec<Rank> = hosts
-                    .iter()
-                    .map(|h| h[(c % h.len() as u32) as usize])
-                    .collect();
-                let g: Vec<Vec<ChunkRef>> = (0..h_count).map(|s| vec![chunk(c, s)]).collect();
+                let owners: Vec<Rank> = domains.iter().map(|d| owner(d, c)).collect();
+                let g: Vec<Vec<ChunkRef>> = (0..d_count).map(|k| vec![chunk(c, k)]).collect();
                 ring_allreduce(&mut s, &owners, rank, &g);
             }
             let groups: Vec<Vec<ChunkRef>> = (0..m)
                 .map(|p| {
                     (0..c_count)
                         .filter(|c| c % m == p)
-                        .flat_map(|c| (0..h_count).map(move |s| chunk(c, s)))
+                        .flat_map(|c| (0..d_count).map(move |k| chunk(c, k)))
                         .collect()
                 })
                 .collect();
-            ring_allgather(&mut s, local, rank, &groups, false);
-            c_count * h_count
+            ring_allgather(&mut s, dom, rank, &groups, false);
+            c_count * d_count
         };
         Some(RankPlan {
             collective: coll,

@@ -40,11 +40,18 @@ pub fn context_of(cluster: &Cluster) -> PlanContext {
         host_of: cluster.host_of.clone(),
         nvlinks: Vec::new(),
         device_of: Vec::new(),
+        socket_of: Vec::new(),
     };
     let links: Vec<Vec<Vec<u8>>> = cluster.hosts.iter().map(|h| h.nvlinks()).collect();
-    if links.iter().any(|l| *l != links[0]) {
+    let sockets: Vec<Vec<u32>> = cluster.hosts.iter().map(|h| h.gpu_sockets()).collect();
+    if links.iter().any(|l| *l != links[0]) || sockets.iter().any(|s| *s != sockets[0]) {
         return ctx;
     }
+    let ctx = if sockets[0].is_empty() {
+        ctx
+    } else {
+        ctx.with_sockets(&sockets[0])
+    };
     let mut ctx = ctx
         .with_nvlinks(links[0].clone())
         .expect("a topology model's NVLink matrix is square and symmetric");

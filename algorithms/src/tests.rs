@@ -249,3 +249,93 @@ fn hybrid_keeps_inter_host_traffic_to_stripe_owners() {
         assert_eq!(peers, [local, remote].into_iter().collect(), "rank {r}");
     }
 }
+
+#[test]
+fn host_reduce_steps_are_checked() {
+    use acspeed_core::plan::Peers;
+    let ctx = PlanContext::single_host(3);
+    let plans = Algorithm::CpuReduce
+        .all_plans(Collective::AllReduce, &ctx)
+        .unwrap();
+    assert!(plans.iter().all(|p| p.algorithm == "cpu_reduce"));
+    verify_all_models(&plans, Some(1001)).unwrap();
+    // A member that names another group.
+    let mut bad = plans.clone();
+    let g = Peers::new(&[Rank(1), Rank(2)]);
+    bad[2].lanes[0].steps[0].op = Op::HostReduce {
+        dst: ChunkRef::out(0),
+        group: g,
+        to: g,
+    };
+    assert!(verify(&bad, None).is_err());
+    // A member that never arrives: a deadlock naming the waiting step.
+    let mut missing = plans.clone();
+    missing[1].lanes[0].steps.clear();
+    let e = verify(&missing, None).unwrap_err().to_string();
+    assert!(e.contains("deadlock") && e.contains("HostReduce"), "{e}");
+    // A group without the rank itself is malformed.
+    let mut foreign = plans;
+    foreign[0].lanes[0].steps[0].op = Op::HostReduce {
+        dst: ChunkRef::out(0),
+        group: g,
+        to: g,
+    };
+    let e = verify(&foreign, None).unwrap_err().to_string();
+    assert!(e.contains("host reduce group"), "{e}");
+    // Too many ranks on a host for one group: the ring, the same everywhere.
+    let big = PlanContext::single_host(9);
+    let p = Algorithm::CpuReduce
+        .plan(Collective::AllReduce, Rank(0), &big)
+        .unwrap();
+    assert_eq!(p.algorithm, "ring");
+    assert!(crate::cpu_reduce::fallback_reason(&big).is_some());
+}
+
+#[test]
+fn cpu_reduce_keeps_a_staging_area_per_socket() {
+    let sockets = [0, 0, 0, 0, 1, 1, 1, 1];
+    for shape in [&[8u32][..], &[8, 8], &[6, 3], &[5]] {
+        let ctx = PlanContext::from_shape(shape)
+            .unwrap()
+            .with_sockets(&sockets);
+        let plans = Algorithm::CpuReduce
+            .all_plans(Collective::AllReduce, &ctx)
+            .unwrap();
+        verify_all_models(&plans, Some(1001)).unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+        assert!(
+            plans.iter().all(|p| p.algorithm == "cpu_reduce"),
+            "{shape:?}"
+        );
+        for p in &plans {
+            for st in &p.lanes[0].steps {
+                if let Op::HostReduce { group, to, .. } = st.op {
+                    // Groups never span sockets, and only one owner takes each chunk when
+                    // there are several domains.
+                    let s: Vec<u32> = group.iter().map(|r| ctx.socket_of[r.idx()]).collect();
+                    assert!(s.iter().all(|x| *x == s[0]), "{shape:?}: {group:?}");
+                    assert_eq!(
+                        to.len(),
+                        if ctx.domains().len() > 1 {
+                            1
+                        } else {
+                            group.len()
+                        }
+                    );
+                }
+            }
+        }
+    }
+    // Four ranks stay on socket 0: one domain, one host reduce of the whole buffer.
+    let ctx = PlanContext::from_shape(&[4])
+        .unwrap()
+        .with_sockets(&sockets);
+    assert_eq!(ctx.domains().len(), 1);
+    // Five reach socket 1: two domains.
+    let ctx = PlanContext::from_shape(&[5])
+        .unwrap()
+        .with_sockets(&sockets);
+    assert_eq!(
+        ctx.domains(),
+        vec![(0..4).map(Rank).collect::<Vec<_>>(), vec![Rank(4)]]
+    );
+}

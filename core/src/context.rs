@@ -20,6 +20,9 @@ pub struct PlanContext {
     /// The GPU index on its host that each rank drives (empty: none known). Ranks take GPUs
     /// in local-rank order, as torchrun's `LOCAL_RANK` -> `cuda:LOCAL_RANK` convention does.
     pub device_of: Vec<u32>,
+    /// The socket (NUMA side) of each rank's GPU on its host; empty when every rank of a
+    /// host shares one (or nothing is known). CPU-Reduce keeps a staging area per socket.
+    pub socket_of: Vec<u32>,
 }
 
 impl PlanContext {
@@ -30,6 +33,7 @@ impl PlanContext {
             host_of: vec![0; nranks as usize],
             nvlinks: Vec::new(),
             device_of: Vec::new(),
+            socket_of: Vec::new(),
         }
     }
 
@@ -51,6 +55,7 @@ impl PlanContext {
             host_of,
             nvlinks: Vec::new(),
             device_of: Vec::new(),
+            socket_of: Vec::new(),
         })
     }
 
@@ -72,6 +77,7 @@ impl PlanContext {
             host_of,
             nvlinks: Vec::new(),
             device_of: Vec::new(),
+            socket_of: Vec::new(),
         }
     }
 
@@ -106,6 +112,49 @@ impl PlanContext {
             .collect();
         self.nvlinks = nvlinks;
         Ok(self)
+    }
+
+    /// The same job with each host's GPUs on the sockets `gpu_socket` gives (per GPU index;
+    /// local rank `i` drives GPU `i`, wrapping). One socket leaves the context without any.
+    pub fn with_sockets(mut self, gpu_socket: &[u32]) -> PlanContext {
+        self.socket_of = Vec::new();
+        if gpu_socket
+            .iter()
+            .all(|s| *s == gpu_socket.first().copied().unwrap_or(0))
+        {
+            return self;
+        }
+        let mut seen = vec![0usize; self.nhosts()];
+        self.socket_of = self
+            .host_of
+            .iter()
+            .map(|h| {
+                let l = seen[*h as usize];
+                seen[*h as usize] += 1;
+                gpu_socket[l % gpu_socket.len()]
+            })
+            .collect();
+        self
+    }
+
+    /// Ranks of each staging domain: a host's ranks on one socket, hosts in order, sockets in
+    /// order within a host (the hosts themselves without socket information).
+    pub fn domains(&self) -> Vec<Vec<Rank>> {
+        let mut keys: Vec<(u32, u32)> = Vec::new();
+        let mut out: Vec<Vec<Rank>> = Vec::new();
+        for r in 0..self.nranks as usize {
+            let k = (self.host_of[r], self.socket_of.get(r).copied().unwrap_or(0));
+            match keys.iter().position(|x| *x == k) {
+                Some(i) => out[i].push(Rank(r as u32)),
+                None => {
+                    keys.push(k);
+                    out.push(vec![Rank(r as u32)]);
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_key(|i| keys[*i]);
+        order.into_iter().map(|i| out[i].clone()).collect()
     }
 
     /// NVLinks between the GPUs of ranks `a` and `b` (0 across hosts, for the same GPU, or
@@ -189,6 +238,7 @@ mod tests {
             host_of: vec![0, 2],
             nvlinks: Vec::new(),
             device_of: Vec::new(),
+            socket_of: Vec::new(),
         };
         assert!(bad.check().unwrap_err().to_string().contains("host 1"));
     }

@@ -478,7 +478,7 @@ impl<'a> LaneCtx<'a> {
 
     fn run_step(&mut self, op: &Op) -> Result<()> {
         match *op {
-            Op::HostReduce { dst, group } => {
+            Op::HostReduce { dst, group, to } => {
                 let st = self.staging.ok_or_else(|| {
                     Error::invalid(format!(
                         "{} plan: a host reduce needs the host's shared staging area, and this communicator has none (local ranks without shared memory: ACSPEED_SHM=0, or one rank per host)",
@@ -507,6 +507,7 @@ impl<'a> LaneCtx<'a> {
                         op,
                         self.call.seq,
                         self.call.count as u64,
+                        to.iter().any(|t| t == self.plan.rank),
                         self.params.timeout,
                     )
                 }

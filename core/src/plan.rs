@@ -287,11 +287,16 @@ pub enum Op {
         dst: ChunkRef,
         reduce: bool,
     },
-    /// Allreduce of `dst` among `group` (this rank and others of its host) through the host's
-    /// shared staging area: every member copies its chunk in, the members reduce disjoint
-    /// parts of it, every member copies the result out, pipelined segment by segment (the
-    /// CPU-Reduce step). Members meet at their n-th `HostReduce` in plan order.
-    HostReduce { dst: ChunkRef, group: Peers },
+    /// Reduction of `dst` among `group` (this rank and others of its host) through the
+    /// host's shared staging area: every member copies its chunk in, the members reduce
+    /// disjoint parts of it, and the members in `to` copy the result out (the others keep
+    /// their chunk as it was), pipelined segment by segment (the CPU-Reduce step). Members
+    /// meet at their n-th `HostReduce` in plan order.
+    HostReduce {
+        dst: ChunkRef,
+        group: Peers,
+        to: Peers,
+    },
 }
 
 impl Op {

@@ -321,9 +321,10 @@ pub trait HostStage: Send + Sync {
     /// The ranks that share the area, ascending (every `HostReduce` group must be these).
     fn group(&self) -> &[Rank];
 
-    /// Allreduces `len` bytes of `dtype` at `data` with every other member, which must make
-    /// the same call (same `seq` and `count`) at the same point; a member that does not
-    /// arrive within `timeout` is named in the error, and one that differs gets a `Mismatch`.
+    /// Reduces `len` bytes of `dtype` at `data` with every other member, which must make the
+    /// same call (same `seq` and `count`) at the same point, and (with `copy_out`) writes the
+    /// result back to `data`; a member that does not arrive within `timeout` is named in the
+    /// error, and one that differs gets a `Mismatch`.
     ///
     /// # Safety
     /// `data..data+len` must be valid for reads and writes and unused by others until the
@@ -337,6 +338,7 @@ pub trait HostStage: Send + Sync {
         op: crate::ReduceOp,
         seq: u64,
         count: u64,
+        copy_out: bool,
         timeout: Duration,
     ) -> Result<()>;
 

@@ -277,11 +277,21 @@ fn host_reduce(
     let mut total = Value::new();
     let mut elems = None;
     let mut dsts = Vec::new();
+    let mut receivers: Option<Vec<u32>> = None;
     for (&m, &ml) in members {
         let op = plans[m].lanes[ml].steps[pc[m][ml]].op;
-        let Op::HostReduce { dst, group } = op else {
+        let Op::HostReduce { dst, group, to } = op else {
             unreachable!("members arrived at a HostReduce");
         };
+        let mut t: Vec<u32> = to.iter().map(|r| r.0).collect();
+        t.sort();
+        if receivers.as_ref().is_some_and(|x| *x != t) {
+            return Err(err(format!(
+                "{here}: rank {m} sends this host reduce's result to ranks {t:?}, another member to {:?}",
+                receivers.unwrap_or_default()
+            )));
+        }
+        receivers = Some(t);
         if group.len() != members.len() || !group.iter().all(|g| members.contains_key(&g.idx())) {
             return Err(err(format!(
                 "{here}: rank {m} meets this host reduce with group {:?}, not {:?}",
@@ -305,8 +315,11 @@ fn host_reduce(
         }
         dsts.push((m, dst));
     }
+    let receivers = receivers.unwrap_or_default();
     for (m, dst) in dsts {
-        *st[m].slot(dst) = Some(total.clone());
+        if receivers.contains(&(m as u32)) {
+            *st[m].slot(dst) = Some(total.clone());
+        }
     }
     Ok(())
 }
@@ -440,11 +453,16 @@ fn check_structure(p: &RankPlan) -> Result<()> {
                     s.op
                 )));
             }
-            if let Op::HostReduce { group, .. } = s.op {
+            if let Op::HostReduce { group, to, .. } = s.op {
                 let g = group.to_vec();
-                if !g.contains(&r) || dup(&g) || g.iter().any(|q| q.0 >= p.nranks) {
+                if !g.contains(&r)
+                    || dup(&g)
+                    || g.iter().any(|q| q.0 >= p.nranks)
+                    || dup(&to.to_vec())
+                    || to.iter().any(|t| !g.contains(&t))
+                {
                     return Err(err(format!(
-                        "rank {r} lane {l} step {i}: a host reduce group must hold distinct ranks including this one ({group:?})"
+                        "rank {r} lane {l} step {i}: a host reduce group must hold distinct ranks including this one, and its receivers must be members ({group:?} to {to:?})"
                     )));
                 }
             }

@@ -343,7 +343,7 @@ fn simulate(args: SimArgs) -> Result<()> {
                 "cpu x{} cores, copy {:.1} GB/s, reduce {:.1} GB/s, shm stream {:.1} GB/s (slots) / {:.1} GB/s (CMA), message {:.1} us",
                 h.cores, h.copy_gbps, h.reduce_gbps, h.shm_gbps, h.shm_cma_gbps, h.latency_us
             ),
-            acspeed_core::sim::HostKind::Gpu { model } => format!("{} devices from topology", model.devices.len()),
+            acspeed_core::sim::HostKind::Gpu { model, .. } => format!("{} devices from topology", model.devices.len()),
         },
         args.net.net_gbps,
         args.net.flow_gbps.map(|f| format!(", {f} Gbit/s per flow")).unwrap_or_default(),

@@ -20,7 +20,12 @@ pub enum HostKind {
     Cpu,
     /// Device buffers: ranks are GPUs; messages between them use the path of the topology
     /// (NVLink pairs, PCIe uplinks, the inter-socket link), reductions run on the device.
-    Gpu { model: TopoModel },
+    Gpu {
+        model: TopoModel,
+        /// Each GPU's socket (`TopoDescription::gpu_sockets`).
+        #[serde(default)]
+        sockets: Vec<u32>,
+    },
 }
 
 /// One host.
@@ -91,7 +96,10 @@ impl HostModel {
         }
         let model = TopoModel::from_description(d)?;
         Ok(HostModel {
-            kind: HostKind::Gpu { model },
+            kind: HostKind::Gpu {
+                model,
+                sockets: d.gpu_sockets(),
+            },
             cores: d.cores.max(1) as f64,
             copy_gbps: 10.0,
             reduce_gbps: 8.0,
@@ -106,7 +114,7 @@ impl HostModel {
     pub fn nvlinks(&self) -> Vec<Vec<u8>> {
         match &self.kind {
             HostKind::Cpu => Vec::new(),
-            HostKind::Gpu { model } => {
+            HostKind::Gpu { model, .. } => {
                 let gpus = self.max_ranks().unwrap_or(0);
                 (0..gpus)
                     .map(|i| {
@@ -119,6 +127,18 @@ impl HostModel {
                     })
                     .collect()
             }
+        }
+    }
+
+    /// The socket of each of this host's GPUs (empty for a CPU host).
+    pub fn gpu_sockets(&self) -> Vec<u32> {
+        match &self.kind {
+            HostKind::Cpu => Vec::new(),
+            HostKind::Gpu { model, sockets } if sockets.is_empty() => {
+                let g = self.max_ranks().unwrap_or(0);
+                crate::topology::sockets_from(g, |i, j| model.classes[i][j] == PathClass::SYS)
+            }
+            HostKind::Gpu { sockets, .. } => sockets.clone(),
         }
     }
 
@@ -135,7 +155,7 @@ impl HostModel {
     pub fn max_ranks(&self) -> Option<usize> {
         match &self.kind {
             HostKind::Cpu => None,
-            HostKind::Gpu { model } => Some(
+            HostKind::Gpu { model, .. } => Some(
                 model
                     .devices
                     .iter()

@@ -86,6 +86,8 @@ struct LaneState {
     seg: usize,
     busy: bool,
     started: bool,
+    /// Work flows still running for the current step (a host reduce runs two).
+    works: u32,
 }
 
 /// A host reduce's rendezvous: its group (sorted) and the occurrence among the members'.
@@ -219,6 +221,7 @@ impl Sim<'_> {
         let h = self.cl.host_of[r] as usize;
         let host = &self.cl.hosts[h];
         self.lanes[r][l].busy = true;
+        self.lanes[r][l].works = 1;
         let tok = self.token(Token::Work(r, l));
         if matches!(host.kind, HostKind::Gpu { .. }) {
             // Device kernels: fast and off the CPU; model as one pass at device memory speed.
@@ -236,11 +239,12 @@ impl Sim<'_> {
     /// copies down and up over the GPU's PCIe uplink (and the inter-socket link when its GPU
     /// sits on the other socket from the first member's), the three stages pipelined so the
     /// slowest resource sets the pace (host reduction on many cores is not the bottleneck).
-    fn host_reduce_work(&mut self, r: usize, l: usize, first: usize, bytes: usize) {
+    fn host_reduce_work(&mut self, r: usize, l: usize, first: usize, bytes: usize, out: bool) {
         let h = self.cl.host_of[r] as usize;
         let host = &self.cl.hosts[h];
-        let HostKind::Gpu { model } = &host.kind else {
-            let rate = 1.0 / (2.0 / host.copy_gbps + 1.0 / host.reduce_gbps);
+        let copies = if out { 2.0 } else { 1.0 };
+        let HostKind::Gpu { model, .. } = &host.kind else {
+            let rate = 1.0 / (copies / host.copy_gbps + 1.0 / host.reduce_gbps);
             self.work(r, l, bytes, rate);
             return;
         };
@@ -256,20 +260,24 @@ impl Sim<'_> {
             .pcie
             .entry((h, g))
             .or_insert_with(|| (fl.add_resource(pix * GBPS), fl.add_resource(pix * GBPS)));
-        let mut res = vec![o, i];
-        if far {
+        // Down over the uplink, and up again for a member that takes the result: two flows,
+        // each crossing the inter-socket link when the GPU is on the far side.
+        let sys = far.then(|| {
             let sys_bw = Cluster::gpu_path(model, g, g0).0;
             let fl = &mut self.fluid;
-            res.push(
-                *self
-                    .sys
-                    .entry(h)
-                    .or_insert_with(|| fl.add_resource(sys_bw * GBPS)),
-            );
-        }
+            *self
+                .sys
+                .entry(h)
+                .or_insert_with(|| fl.add_resource(sys_bw * GBPS))
+        });
+        let flows: Vec<ResId> = if out { vec![o, i] } else { vec![o] };
         self.lanes[r][l].busy = true;
-        let tok = self.token(Token::Work(r, l));
-        self.fluid.start(bytes as f64, res, pix * GBPS, tok);
+        self.lanes[r][l].works = flows.len() as u32;
+        for link in flows {
+            let tok = self.token(Token::Work(r, l));
+            let res = std::iter::once(link).chain(sys).collect();
+            self.fluid.start(bytes as f64, res, pix * GBPS, tok);
+        }
     }
 
     fn send(&mut self, a: usize, b: usize, c: u32, len: usize) {
@@ -320,7 +328,7 @@ impl Sim<'_> {
                 let rate = host.shm_rate(self.p.count * self.p.elem_bytes);
                 (vec![self.cpu[ha]], 2.0, 2.0 * rate * GBPS)
             }
-            HostKind::Gpu { model } => {
+            HostKind::Gpu { model, .. } => {
                 let (la, lb) = (self.cl.local_of[a], self.cl.local_of[b]);
                 let (bw, class) = Cluster::gpu_path(model, la, lb);
                 if let PathClass::NV(_) = class {
@@ -386,9 +394,13 @@ impl Sim<'_> {
                 self.kick(a, b, c);
             }
             Token::Work(r, l) => {
-                self.lanes[r][l].busy = false;
-                self.after_work(r, l);
-                self.pump_rank(r);
+                let st = &mut self.lanes[r][l];
+                st.works = st.works.saturating_sub(1);
+                if st.works == 0 {
+                    st.busy = false;
+                    self.after_work(r, l);
+                    self.pump_rank(r);
+                }
             }
         }
     }
@@ -459,7 +471,7 @@ impl Sim<'_> {
                     }
                     self.next_step(r, l);
                 }
-                Op::HostReduce { group, .. } => {
+                Op::HostReduce { group, to, .. } => {
                     let mut key: Vec<u32> = group.iter().map(|g| g.0).collect();
                     key.sort();
                     let k = (key, self.host_done[r]);
@@ -475,7 +487,8 @@ impl Sim<'_> {
                     let first = members.iter().map(|m| m.0).min().expect("a member");
                     for (m, ml) in members {
                         self.host_done[m] += 1;
-                        self.host_reduce_work(m, ml, first, bytes);
+                        let out = to.iter().any(|t| t.idx() == m);
+                        self.host_reduce_work(m, ml, first, bytes, out);
                     }
                     return true;
                 }

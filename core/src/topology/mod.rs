@@ -146,6 +146,35 @@ impl TopoDescription {
             .collect()
     }
 
+    /// The socket (NUMA side) of each GPU, numbered from 0 in order of the lowest GPU: from
+    /// the NUMA affinity when every GPU has one (VMs print `SYS` between GPUs of one node);
+    /// else GPUs share a socket when their path is a PCIe one short of `SYS`, or both reach a
+    /// NIC that way (an `NV#` path hides the PCIe placement: DGX-1 has NVLinks across its
+    /// sockets). All zeros when nothing tells.
+    pub fn gpu_sockets(&self) -> Vec<u32> {
+        let g = self.gpus.len().min(self.paths.len());
+        let numa: Vec<Option<u32>> = self.gpus.iter().take(g).map(|x| x.numa_node).collect();
+        if numa.iter().all(Option::is_some) {
+            return sockets_from(g, |i, j| numa[i] != numa[j]);
+        }
+        let pcie_near = |a: usize, b: usize| {
+            matches!(
+                self.paths[a].get(b),
+                Some(PathClass::PIX | PathClass::PXB | PathClass::PHB | PathClass::NODE)
+            )
+        };
+        let n = self.paths.len();
+        let near = |i: usize, j: usize| {
+            pcie_near(i, j) || (g..n).any(|k| pcie_near(i, k) && pcie_near(j, k))
+        };
+        let s = sockets_from(g, |i, j| i != j && !near(i, j));
+        // Every GPU alone: the matrix said nothing about placement.
+        if g > 1 && s.iter().max().map_or(0, |m| *m as usize + 1) == g {
+            return vec![0; g];
+        }
+        s
+    }
+
     /// Checks the matrix is square, has X exactly on the diagonal and is symmetric.
     pub fn validate(&self) -> crate::Result<()> {
         let n = self.gpus.len() + self.nics.len();
@@ -185,6 +214,29 @@ impl TopoDescription {
         d.validate()?;
         Ok(d)
     }
+}
+
+/// Groups `g` GPUs into sockets: `i` and `j` share one unless `far(i, j)` (transitively).
+pub fn sockets_from(g: usize, far: impl Fn(usize, usize) -> bool) -> Vec<u32> {
+    let mut socket = vec![u32::MAX; g];
+    let mut next = 0;
+    for i in 0..g {
+        if socket[i] != u32::MAX {
+            continue;
+        }
+        let mut stack = vec![i];
+        socket[i] = next;
+        while let Some(a) = stack.pop() {
+            for (b, sb) in socket.iter_mut().enumerate() {
+                if *sb == u32::MAX && !far(a, b) {
+                    *sb = next;
+                    stack.push(b);
+                }
+            }
+        }
+        next += 1;
+    }
+    socket
 }
 
 /// Bandwidth (GB/s, one direction) and latency (us) per path class: the one table the model,
