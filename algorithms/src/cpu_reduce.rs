@@ -132,3 +132,46 @@ impl CpuReduce {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Algorithm;
+    use acspeed_core::plan::Collective;
+
+    #[test]
+    fn cpu_reduce_claim_needs_a_staging_area_per_socket() {
+        use acspeed_core::sim::{Cluster, HostKind, HostModel, NetModel};
+        let d = acspeed_core::topology::nvsmi::parse(include_str!(
+            "../../tests/fixtures/nvsmi/04-savio4-8gpu-pcie-pxb-pix.txt"
+        ))
+        .unwrap();
+        let net = NetModel {
+            nic_gbit: 25.0,
+            flow_gbit: None,
+            streams: 4,
+            latency_us: 30.0,
+        };
+        let predict = |sockets: Option<Vec<u32>>, algo: Algorithm, bytes: usize| {
+            let mut h = HostModel::gpu(&d).unwrap();
+            if let (Some(s), HostKind::Gpu { sockets, .. }) = (sockets, &mut h.kind) {
+                *sockets = s;
+            }
+            let cl = Cluster::new(vec![h], &[8], net.clone()).unwrap();
+            crate::select::predict(algo, Collective::AllReduce, &cl, bytes, 4, 256 << 10).unwrap()
+        };
+        for bytes in [4usize << 20, 128 << 20] {
+            let ring = predict(None, Algorithm::Ring, bytes);
+            let per_socket = ring / predict(None, Algorithm::CpuReduce, bytes);
+            let one_area = ring / predict(Some(vec![0; 8]), Algorithm::CpuReduce, bytes);
+            assert!(
+                per_socket >= 1.19,
+                "{bytes}: per-socket staging {per_socket:.2}x ring"
+            );
+            assert!(
+                one_area < 0.6,
+                "{bytes}: one staging area {one_area:.2}x ring"
+            );
+            eprintln!("{bytes}: per socket {per_socket:.3}x ring, one area {one_area:.3}x ring");
+        }
+    }
+}

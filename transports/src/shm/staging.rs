@@ -92,9 +92,8 @@ pub struct HostStaging {
     /// Segments each pipeline has processed so far (the same on every member).
     done: Mutex<Vec<u64>>,
     pool: Option<rayon::ThreadPool>,
-    /// How long a waiter spins before it yields and sleeps: some microseconds when every
-    /// member thread has a core of its own, none when they outnumber the cores (spinning
-    /// would keep the laggard off the core it needs).
+    /// How long a waiter spins before it yields and sleeps: 2 ms when every member thread
+    /// has a core of its own, none when they outnumber the cores.
     spin_for: Duration,
     _server: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -193,7 +192,7 @@ impl HostStaging {
             spin_for: {
                 let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
                 if l * p.pipelines <= cores {
-                    Duration::from_micros(50)
+                    Duration::from_millis(2)
                 } else {
                     Duration::ZERO
                 }
@@ -278,10 +277,11 @@ impl HostStaging {
                 });
             }
             polls += 1;
-            // Spin briefly (the laggard is usually microseconds away on its own core), then
-            // give the core away a few times (it may be the laggard's), then sleep in the
-            // kernel until the laggard publishes. Spinning longer measured bimodal: when the
-            // scheduler put two members on one core, each spin burnt the other's slice.
+            // Spin while every member has a core of its own (the laggard is microseconds away,
+            // or between two calls: a 50 us spin then a futex sleep cost 2 ranks 9x at 64 KiB
+            // through the wake-up latency), then give the core away a few times, then sleep in
+            // the kernel until the laggard publishes. With more members than cores there is
+            // no spin at all: it would keep the laggard off the core it needs.
             let now = if polls % 32 == 0 {
                 Instant::now()
             } else {
