@@ -90,9 +90,12 @@ impl Hybrid {
         let h_count = hosts.len() as u32;
         let c_count = stripes(&shape);
         let me_host = ctx.host_of[rank.idx()] as usize;
-        let local = &hosts[me_host];
-        let m = local.len() as u32;
-        let q = local
+        // Stripes belong to local ranks by ascending position (owners across hosts agree on
+        // that); the intra-host rings run in the order that follows the fast links.
+        let asc = &hosts[me_host];
+        let local = &crate::order::host_order(ctx, asc);
+        let m = asc.len() as u32;
+        let q = asc
             .iter()
             .position(|r| *r == rank)
             .expect("rank on its host") as u32;
@@ -108,7 +111,11 @@ impl Hybrid {
                 })
                 .collect()
         };
-        let groups = local_groups(m);
+        let by_owner = local_groups(m);
+        let groups: Vec<Vec<ChunkRef>> = local
+            .iter()
+            .map(|r| by_owner[asc.iter().position(|x| x == r).expect("same host")].clone())
+            .collect();
         let mut s = Steps::default();
         ring_reduce_scatter(&mut s, local, rank, &groups, false);
         for c in (0..c_count).filter(|c| c % m == q) {
