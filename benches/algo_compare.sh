@@ -3,17 +3,21 @@
 #   A. netsim (../shared/netsim: 2 Gbit/s per host, 500 Mbit/s per TCP flow): hybrid vs flat
 #      ring with 2 hosts x 2 ranks and 3 uneven hosts (3+1+2). Needs root.
 #   B. one host, 4 ranks over shared memory: double binary tree vs ring at 4 KiB-256 KiB.
+#   C. (cpu_reduce) one host, 2 and 4 ranks over shared memory: CPU-Reduce vs ring, with torch's
+#      gloo measured in the same run (../shared/bench/gloo_allreduce.py, .venv's python).
+#   D. (ntree) one host, 4 ranks over shared memory with a fake NVLink layout
+#      (tests/fixtures/fake-nvlink-4gpu.txt): n-trees vs ring and the double binary tree.
 # Every configuration runs RUNS times (alternating algorithms, so drift hits both); each cell is
 # min / median / max over runs of acspeed-bench's per-run time (median of --iters iterations
 # of the slowest rank). The ratio compares medians: ring time / algorithm time (> 1: faster).
-#   RUNS=5 bash benches/algo_compare.sh [netsim|local|all]
+#   RUNS=5 bash benches/algo_compare.sh [netsim|local|all|cpu_reduce|ntree]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
 BENCH="$PWD/target/release/acspeed-bench"
 RUNS="${RUNS:-5}"
 WHAT="${1:-all}"
-cargo build --release -q --bin acspeed-bench
+cargo build --release -q --bin acspeed-bench --bin acspeed
 RAW="$(mktemp -d)"
 trap 'bash "$NETSIM" down --kill >/dev/null 2>&1 || true; rm -rf "$RAW"' EXIT
 
@@ -80,4 +84,31 @@ if [[ "$WHAT" == all || "$WHAT" == local ]]; then
     done
   done
   table "one host, 4 ranks, shared memory, allreduce f32" "$f" ring ring tree
+fi
+if [[ "$WHAT" == cpu_reduce ]]; then
+  PY="${PYTHON:-$PWD/.venv/bin/python}"
+  for n in 2 4; do
+    f="$RAW/cpu-$n"
+    for ((i = 0; i < RUNS; i++)); do
+      for algo in ring cpu_reduce; do
+        echo "$algo $i $(timeout 600 "$BENCH" -n "$n" --algo "$algo" --json -b 64K -e 256M -f 4 --iters 10 -w 3 --check)" >>"$f"
+      done
+      "$PY" ../shared/bench/gloo_allreduce.py -W "$n" --min-bytes 65536 --max-bytes 268435456 --iters 10 --json "$RAW/gloo.json" >/dev/null
+      echo "gloo $i $(python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+print(json.dumps([dict(bytes=r["bytes"], time_us=r["time_us"], busbw_gbps=r["busbw_GBs"], wrong=0 if r.get("correct", True) else 1) for r in d["rows"]]))' "$RAW/gloo.json")" >>"$f"
+    done
+    table "one host, $n ranks, shared memory, allreduce f32: CPU-Reduce, ring and torch gloo" "$f" ring ring cpu_reduce gloo
+  done
+fi
+if [[ "$WHAT" == ntree ]]; then
+  topo="$RAW/topo.json"
+  "$PWD/target/release/acspeed" topo --nvidia-smi-topo tests/fixtures/fake-nvlink-4gpu.txt --dump "$topo" >/dev/null
+  f="$RAW/ntree"
+  for ((i = 0; i < RUNS; i++)); do
+    for algo in ring tree ntree; do
+      echo "$algo $i $(ACSPEED_TOPO_FILE="$topo" timeout 600 "$BENCH" -n 4 --algo "$algo" --json -b 1M -e 64M -f 4 --iters 10 -w 3 --check)" >>"$f"
+    done
+  done
+  table "one host, 4 ranks, shared memory, fake NVLink layout (2 trees, 2 channels), allreduce f32" "$f" ring ring tree ntree
 fi
