@@ -219,29 +219,18 @@ fn shared_memory_leaves_nothing_in_dev_shm_even_when_a_rank_is_killed() {
     );
     assert!(o.status.success(), "{}", text(&o).1);
     // A run whose rank 1 is killed mid-job (SIGKILL: no destructor runs).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let spawn = |r: &str| {
-        Command::new(env!("CARGO_BIN_EXE_acspeed-bench"))
-            .args(["-b", "64M", "-e", "64M", "--iters", "500", "-w", "0"])
-            .envs([
-                ("RANK", r),
-                ("WORLD_SIZE", "2"),
-                ("MASTER_ADDR", "127.0.0.1"),
-                ("MASTER_PORT", port.as_str()),
-                ("ACSPEED_TIMEOUT_SECS", "10"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+    let port = crate::util::free_port();
+    let spawn = |r: u32| {
+        crate::util::spawn_bench_rank(
+            r,
+            2,
+            &port,
+            &["-b", "64M", "-e", "64M", "--iters", "500", "-w", "0"],
+            &[("ACSPEED_TIMEOUT_SECS", "10")],
+        )
     };
-    let r0 = spawn("0");
-    let mut r1 = spawn("1");
+    let r0 = spawn(0);
+    let mut r1 = spawn(1);
     std::thread::sleep(Duration::from_millis(1500));
     r1.kill().unwrap();
     let _ = r1.wait();
@@ -284,20 +273,19 @@ fn socket_interface_choice() {
 #[test]
 fn bench_runs_ntree_from_a_topology_file() {
     let dir = std::env::temp_dir().join(format!("acspeed-bench-ntree-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let d = acspeed_core::topology::nvsmi::parse(
-        &std::fs::read_to_string("tests/fixtures/fake-nvlink-4gpu.txt").unwrap(),
-    )
-    .unwrap();
-    let topo = dir.join("topo.json");
-    std::fs::write(&topo, d.to_json()).unwrap();
+    let topo = crate::util::topo_json(
+        &dir,
+        "topo.json",
+        "tests/fixtures/fake-nvlink-4gpu.txt",
+        |_| {},
+    );
     let o = bench(
         &[
             "-n", "4", "--algo", "ntree", "-b", "4K", "-e", "1M", "-f", "16", "--check", "--iters",
             "3", "-w", "1",
         ],
         &[
-            ("ACSPEED_TOPO_FILE", topo.to_str().unwrap()),
+            ("ACSPEED_TOPO_FILE", topo.as_str()),
             ("ACSPEED_DEBUG", "INFO"),
         ],
     );

@@ -266,35 +266,13 @@ fn world_size_disagreement_and_duplicate_ranks_are_named() {
 /// instead of exchanging data under different plans.
 #[test]
 fn algorithm_settings_that_differ_across_ranks_fail_init_naming_the_rank() {
-    let store = acspeed::store::MemStore::new();
-    let errs: Vec<String> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..2u32)
-            .map(|r| {
-                let store = store.clone();
-                s.spawn(move || {
-                    let cfg = acspeed::Config {
-                        algo: if r == 1 {
-                            acspeed_core::config::AlgoChoice::Named("tree".into())
-                        } else {
-                            acspeed_core::config::AlgoChoice::Auto
-                        },
-                        ..test_config(1 << 16, 4, 10)
-                    };
-                    acspeed::init_with_store(
-                        &*store,
-                        "alg",
-                        r,
-                        2,
-                        "127.0.0.1".parse().unwrap(),
-                        cfg,
-                    )
-                    .map(|_| ())
-                    .unwrap_err()
-                    .to_string()
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    let errs = crate::util::init_errors_of_two("alg", |r| acspeed::Config {
+        algo: if r == 1 {
+            acspeed_core::config::AlgoChoice::Named("tree".into())
+        } else {
+            acspeed_core::config::AlgoChoice::Auto
+        },
+        ..test_config(1 << 16, 4, 10)
     });
     assert!(
         errs[0].contains("rank 1") && errs[0].contains("ACSPEED_ALGO=tree"),
@@ -464,44 +442,15 @@ fn several_communicators_used_concurrently_from_several_threads() {
 #[test]
 fn topology_files_that_differ_across_ranks_fail_init_naming_the_rank() {
     let dir = std::env::temp_dir().join(format!("acspeed-topo-agree-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let d = acspeed_core::topology::nvsmi::parse(
-        &std::fs::read_to_string("tests/fixtures/fake-nvlink-4gpu.txt").unwrap(),
-    )
-    .unwrap();
-    let a = dir.join("a.json");
-    std::fs::write(&a, d.to_json()).unwrap();
-    let mut other = d.clone();
-    other.paths[0][1] = acspeed_core::topology::PathClass::NV(1);
-    other.paths[1][0] = acspeed_core::topology::PathClass::NV(1);
-    let b = dir.join("b.json");
-    std::fs::write(&b, other.to_json()).unwrap();
-    let store = acspeed::store::MemStore::new();
-    let errs: Vec<String> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..2u32)
-            .map(|r| {
-                let store = store.clone();
-                let f = if r == 0 { &a } else { &b };
-                s.spawn(move || {
-                    let cfg = acspeed::Config {
-                        topo_file: Some(f.to_string_lossy().into_owned()),
-                        ..test_config(1 << 16, 4, 10)
-                    };
-                    acspeed::init_with_store(
-                        &*store,
-                        "topo",
-                        r,
-                        2,
-                        "127.0.0.1".parse().unwrap(),
-                        cfg,
-                    )
-                    .map(|_| ())
-                    .unwrap_err()
-                    .to_string()
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    let fixture = "tests/fixtures/fake-nvlink-4gpu.txt";
+    let a = crate::util::topo_json(&dir, "a.json", fixture, |_| {});
+    let b = crate::util::topo_json(&dir, "b.json", fixture, |d| {
+        d.paths[0][1] = acspeed_core::topology::PathClass::NV(1);
+        d.paths[1][0] = acspeed_core::topology::PathClass::NV(1);
+    });
+    let errs = crate::util::init_errors_of_two("topo", |r| acspeed::Config {
+        topo_file: Some(if r == 0 { a.clone() } else { b.clone() }),
+        ..test_config(1 << 16, 4, 10)
     });
     std::fs::remove_dir_all(&dir).ok();
     for (r, e) in errs.iter().enumerate() {
@@ -541,30 +490,20 @@ fn cpu_reduce_mismatches_are_named() {
 /// every survivor within about two seconds, long before the timeout.
 #[test]
 fn cpu_reduce_names_a_killed_rank_quickly() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let spawn = |r: &str| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_acspeed-bench"));
-        crate::util::without_launch_env(&mut c)
-            .args(["-b", "64M", "-e", "64M", "--iters", "2000", "-w", "0"])
-            .envs([
-                ("RANK", r),
-                ("WORLD_SIZE", "3"),
-                ("MASTER_ADDR", "127.0.0.1"),
-                ("MASTER_PORT", port.as_str()),
+    let port = crate::util::free_port();
+    let spawn = |r: u32| {
+        crate::util::spawn_bench_rank(
+            r,
+            3,
+            &port,
+            &["-b", "64M", "-e", "64M", "--iters", "2000", "-w", "0"],
+            &[
                 ("ACSPEED_TIMEOUT_SECS", "60"),
                 ("ACSPEED_ALGO", "cpu_reduce"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            ],
+        )
     };
-    let (r0, mut r1, r2) = (spawn("0"), spawn("1"), spawn("2"));
+    let (r0, mut r1, r2) = (spawn(0), spawn(1), spawn(2));
     std::thread::sleep(Duration::from_millis(2500));
     let t = Instant::now();
     r1.kill().unwrap();

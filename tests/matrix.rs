@@ -390,7 +390,7 @@ fn matrix_tree() {
 #[test]
 fn matrix_ntree() {
     let dir = std::env::temp_dir().join(format!("acspeed-ntree-{}", std::process::id()));
-    let file = |name: &str, fixture: &str| topo_json(&dir, name, fixture);
+    let file = |name: &str, fixture: &str| crate::util::topo_json(&dir, name, fixture, |_| {});
     let v100 = file(
         "v100.json",
         "tests/fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt",
@@ -421,26 +421,17 @@ fn matrix_ntree() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// `nvidia-smi topo -m` fixture `fixture` as a topology description file in `dir`.
-fn topo_json(dir: &std::path::Path, name: &str, fixture: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let d =
-        acspeed_core::topology::nvsmi::parse(&std::fs::read_to_string(fixture).unwrap()).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, d.to_json()).unwrap();
-    p.to_string_lossy().into_owned()
-}
-
 /// CPU-Reduce: one host (the staging area; beyond 8 ranks the plan is the ring), uneven
 /// hosts (staging inside each host, stripes across hosts over TCP), and a dual-socket box
 /// (a staging area per socket once ranks reach the second one: 7 and 8 ranks).
 #[test]
 fn matrix_cpu_reduce() {
     let dir = std::env::temp_dir().join(format!("acspeed-cpured-{}", std::process::id()));
-    let two_sockets = topo_json(
+    let two_sockets = crate::util::topo_json(
         &dir,
         "pcie8.json",
         "tests/fixtures/nvsmi/04-savio4-8gpu-pcie-pxb-pix.txt",
+        |_| {},
     );
     let one = Algo {
         name: "cpu_reduce",

@@ -265,3 +265,81 @@ fn loopback_fabric() {
     // SAFETY (set_var): done once, before any endpoint of this process exists.
     ONCE.call_once(|| std::env::set_var("FI_TCP_IFACE", "lo"));
 }
+
+/// `nvidia-smi topo -m` output `fixture` written into `dir` as a topology description (for
+/// `ACSPEED_TOPO_FILE`), `edit` applied first.
+pub(crate) fn topo_json(
+    dir: &std::path::Path,
+    name: &str,
+    fixture: &str,
+    edit: impl FnOnce(&mut acspeed_core::topology::TopoDescription),
+) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut d =
+        acspeed_core::topology::nvsmi::parse(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    edit(&mut d);
+    let p = dir.join(name);
+    std::fs::write(&p, d.to_json()).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// Init errors of a 2-rank job whose rank `r` uses `cfg(r)` (each must fail).
+pub(crate) fn init_errors_of_two(prefix: &str, cfg: impl Fn(u32) -> Config + Sync) -> Vec<String> {
+    let store = MemStore::new();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2u32)
+            .map(|r| {
+                let (store, cfg) = (store.clone(), &cfg);
+                s.spawn(move || {
+                    acspeed::init_with_store(
+                        &*store,
+                        prefix,
+                        r,
+                        2,
+                        "127.0.0.1".parse().unwrap(),
+                        cfg(r),
+                    )
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// A free TCP port on loopback (for a rendezvous of processes started by a test).
+pub(crate) fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
+/// Rank `r` of a `world`-rank acspeed-bench job at `port`, with `args` and extra `env`; its
+/// standard error is captured.
+pub(crate) fn spawn_bench_rank(
+    r: u32,
+    world: u32,
+    port: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_acspeed-bench"));
+    without_launch_env(&mut c)
+        .args(args)
+        .envs([
+            ("RANK", r.to_string().as_str()),
+            ("WORLD_SIZE", world.to_string().as_str()),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", port),
+        ])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}

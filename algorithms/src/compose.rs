@@ -4,7 +4,7 @@
 //! ring allgather inside the host again. Each block appends steps to one lane.
 
 use crate::tree::BinaryTree;
-use acspeed_core::plan::{ChunkRef, Op, Peers, Step};
+use acspeed_core::plan::{ChunkRef, Collective, Lane, Op, Peers, RankPlan, Step};
 use acspeed_core::Rank;
 
 /// Steps of one lane under construction.
@@ -184,5 +184,39 @@ pub(crate) fn tree_allreduce(s: &mut Steps, members: &[Rank], me: Rank, halves: 
         for op in ops {
             s.push(op);
         }
+    }
+}
+
+/// Chunks of the stripes each of `m` local ranks owns when stripe `c` (of `c_count`) belongs to
+/// local rank `c % m` and is made of the chunks `c * parts + k`, `k < parts`.
+pub(crate) fn owned_stripes(m: u32, c_count: u32, parts: u32) -> Vec<Vec<ChunkRef>> {
+    (0..m)
+        .map(|p| {
+            (0..c_count)
+                .filter(|c| c % m == p)
+                .flat_map(|c| (0..parts).map(move |k| ChunkRef::out(c * parts + k)))
+                .collect()
+        })
+        .collect()
+}
+
+/// An allreduce plan of one lane.
+pub(crate) fn allreduce_plan(
+    algorithm: String,
+    rank: Rank,
+    nranks: u32,
+    output_chunks: u32,
+    steps: Steps,
+) -> RankPlan {
+    RankPlan {
+        collective: Collective::AllReduce,
+        algorithm,
+        rank,
+        nranks,
+        input_chunks: 0,
+        output_chunks,
+        scratch_factor: 0,
+        weights: Vec::new(),
+        lanes: vec![Lane::new(steps.0)],
     }
 }

@@ -21,9 +21,9 @@
 //! boxes CPU-Reduce is for); with a larger domain the plan is the ring (one host) or hybrid
 //! (several), the same on every rank ([`fallback_reason`] says why).
 
-use crate::compose::{ring_allgather, ring_allreduce, Steps};
+use crate::compose::{allreduce_plan, owned_stripes, ring_allgather, ring_allreduce, Steps};
 use crate::hybrid::stripes;
-use acspeed_core::plan::{ChunkRef, Collective, Lane, Op, Peers, RankPlan};
+use acspeed_core::plan::{ChunkRef, Collective, Op, Peers, RankPlan};
 use acspeed_core::{PlanContext, Rank};
 
 /// Why CPU-Reduce's plan on `ctx` is not a CPU-Reduce plan, or `None`.
@@ -108,28 +108,17 @@ impl CpuReduce {
                 let g: Vec<Vec<ChunkRef>> = (0..d_count).map(|k| vec![chunk(c, k)]).collect();
                 ring_allreduce(&mut s, &owners, rank, &g);
             }
-            let groups: Vec<Vec<ChunkRef>> = (0..m)
-                .map(|p| {
-                    (0..c_count)
-                        .filter(|c| c % m == p)
-                        .flat_map(|c| (0..d_count).map(move |k| chunk(c, k)))
-                        .collect()
-                })
-                .collect();
+            let groups = owned_stripes(m, c_count, d_count);
             ring_allgather(&mut s, dom, rank, &groups, false);
             c_count * d_count
         };
-        Some(RankPlan {
-            collective: coll,
-            algorithm: "cpu_reduce".into(),
+        Some(allreduce_plan(
+            "cpu_reduce".into(),
             rank,
-            nranks: ctx.nranks,
-            input_chunks: 0,
-            output_chunks: chunks,
-            scratch_factor: 0,
-            weights: Vec::new(),
-            lanes: vec![Lane::new(s.0)],
-        })
+            ctx.nranks,
+            chunks,
+            s,
+        ))
     }
 }
 

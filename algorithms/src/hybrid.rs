@@ -14,8 +14,11 @@
 //! step of the same phase and stripe elsewhere: no deadlock, which the verifier checks in the
 //! bounded-buffer model as well.
 
-use crate::compose::{ring_allgather, ring_allreduce, ring_reduce_scatter, tree_allreduce, Steps};
-use acspeed_core::plan::{ChunkRef, Collective, Lane, RankPlan};
+use crate::compose::{
+    allreduce_plan, owned_stripes, ring_allgather, ring_allreduce, ring_reduce_scatter,
+    tree_allreduce, Steps,
+};
+use acspeed_core::plan::{ChunkRef, Collective, RankPlan};
 use acspeed_core::{Error, PlanContext, Rank, Result};
 
 /// How stripes are allreduced across hosts.
@@ -100,18 +103,7 @@ impl Hybrid {
             .position(|r| *r == rank)
             .expect("rank on its host") as u32;
         let chunk = |c: u32, s: u32| ChunkRef::out(c * h_count + s);
-        // Chunks of the stripes local rank `p` owns on a host of `m` ranks.
-        let local_groups = |m: u32| -> Vec<Vec<ChunkRef>> {
-            (0..m)
-                .map(|p| {
-                    (0..c_count)
-                        .filter(|c| c % m == p)
-                        .flat_map(|c| (0..h_count).map(move |s| chunk(c, s)))
-                        .collect()
-                })
-                .collect()
-        };
-        let by_owner = local_groups(m);
+        let by_owner = owned_stripes(m, c_count, h_count);
         let groups: Vec<Vec<ChunkRef>> = local
             .iter()
             .map(|r| by_owner[asc.iter().position(|x| x == r).expect("same host")].clone())
@@ -136,17 +128,13 @@ impl Hybrid {
             }
         }
         ring_allgather(&mut s, local, rank, &groups, false);
-        Ok(RankPlan {
-            collective: coll,
-            algorithm: format!("hybrid:{}", self.inter.name()),
+        Ok(allreduce_plan(
+            format!("hybrid:{}", self.inter.name()),
             rank,
-            nranks: ctx.nranks,
-            input_chunks: 0,
-            output_chunks: c_count * h_count,
-            scratch_factor: 0,
-            weights: Vec::new(),
-            lanes: vec![Lane::new(s.0)],
-        })
+            ctx.nranks,
+            c_count * h_count,
+            s,
+        ))
     }
 }
 

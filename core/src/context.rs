@@ -100,16 +100,7 @@ impl PlanContext {
             self.device_of = Vec::new();
             return Ok(self);
         }
-        let mut seen = vec![0u32; self.nhosts()];
-        self.device_of = self
-            .host_of
-            .iter()
-            .map(|h| {
-                let l = seen[*h as usize];
-                seen[*h as usize] += 1;
-                l % g as u32
-            })
-            .collect();
+        self.device_of = self.local_index().iter().map(|l| (*l % g) as u32).collect();
         self.nvlinks = nvlinks;
         Ok(self)
     }
@@ -124,17 +115,24 @@ impl PlanContext {
         {
             return self;
         }
-        let mut seen = vec![0usize; self.nhosts()];
         self.socket_of = self
-            .host_of
+            .local_index()
             .iter()
-            .map(|h| {
-                let l = seen[*h as usize];
-                seen[*h as usize] += 1;
-                gpu_socket[l % gpu_socket.len()]
-            })
+            .map(|l| gpu_socket[*l % gpu_socket.len()])
             .collect();
         self
+    }
+
+    /// Each rank's index among its host's ranks.
+    pub fn local_index(&self) -> Vec<usize> {
+        let mut seen = vec![0usize; self.nhosts()];
+        self.host_of
+            .iter()
+            .map(|h| {
+                seen[*h as usize] += 1;
+                seen[*h as usize] - 1
+            })
+            .collect()
     }
 
     /// Ranks of each staging domain: a host's ranks on one socket, hosts in order, sockets in
