@@ -191,7 +191,26 @@ impl Communicator {
 
     /// The algorithm for `coll` at `bytes`, and why (the layer that decided).
     fn choose(&self, coll: Collective, bytes: usize) -> (Algorithm, String) {
-        decide(&self.ctx, &self.rules, self.forced(), coll, bytes)
+        let (a, why) = decide(&self.ctx, &self.rules, self.forced(), coll, bytes);
+        match a {
+            // CPU-Reduce meets in shared memory; `ACSPEED_SHM` is the same on every rank
+            // (compared at rendezvous), so every rank falls back alike.
+            Algorithm::CpuReduce if !self.cfg.shm => {
+                let f = if self.ctx.nhosts() > 1 {
+                    Algorithm::Hybrid(acspeed_algorithms::InterHost::Ring)
+                } else {
+                    Algorithm::Ring
+                };
+                (
+                    f,
+                    format!(
+                        "{why}, but cpu_reduce needs shared memory (ACSPEED_SHM=0): {}",
+                        f.name()
+                    ),
+                )
+            }
+            _ => (a, why),
+        }
     }
 
     /// Which algorithm a collective of `bytes` (output size) runs and why, in one line.

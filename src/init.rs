@@ -82,8 +82,9 @@ fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>], sockets: &[u32]) -> String {
             .join("/")
     };
     format!(
-        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={} ACSPEED_CPU_REDUCE_PIPELINES={} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
+        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={} ACSPEED_CPU_REDUCE_PIPELINES={} ACSPEED_SHM={} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
         cfg.cpu_reduce_pipelines,
+        u8::from(cfg.shm),
         cfg.segment_bytes,
         rules(&cfg.allreduce_rules),
         rules(&cfg.broadcast_rules),

@@ -519,3 +519,26 @@ fn cpu_reduce_names_a_killed_rank_quickly() {
         t.elapsed()
     );
 }
+
+/// A forced `cpu_reduce` without shared memory (`ACSPEED_SHM=0`, here TCP between ranks of one
+/// host) runs the ring on every rank and says why, instead of failing.
+#[test]
+fn cpu_reduce_without_shared_memory_falls_back_and_says_so() {
+    let cfg = acspeed::Config {
+        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
+        ..test_config(1 << 16, 4, 20)
+    };
+    let res = run_group(Fabric::Tcp, 3, cfg, |comm| {
+        let mut v = vec![comm.rank() as f32; 10_000];
+        comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+        let why = comm.explain(acspeed_core::plan::Collective::AllReduce, 40_000);
+        (v.iter().all(|x| *x == 3.0), why)
+    });
+    for (ok, why) in res {
+        assert!(ok);
+        assert!(
+            why.contains("cpu_reduce needs shared memory") && why.contains(": ring"),
+            "{why}"
+        );
+    }
+}

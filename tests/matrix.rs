@@ -45,7 +45,7 @@ fn cases(n: u32) -> Vec<Case> {
 /// Which algorithm a matrix run forces, and how its ranks sit on hosts.
 #[derive(Clone, Copy, Debug)]
 struct Algo {
-    /// `ACSPEED_ALGO` (`auto`, `ring`, `tree`, `hybrid`, `hybrid:tree`).
+    /// `ACSPEED_ALGO` (`auto`, or an algorithm name such as `ring` or `hybrid:tree`).
     name: &'static str,
     /// Hosts for `n` ranks.
     shape: fn(u32) -> Vec<u32>,
@@ -459,7 +459,7 @@ fn matrix_cpu_reduce() {
 /// Hybrid over uneven hosts (e.g. 3+1+2+1 for 7 ranks), with ring and tree between hosts.
 #[test]
 fn matrix_hybrid() {
-    for name in ["hybrid", "hybrid:tree"] {
+    for name in ["hybrid", "hybrid:tree", "hybrid:butterfly", "hybrid:ps"] {
         let a = Algo {
             name,
             shape: uneven_hosts,
@@ -495,7 +495,16 @@ fn matrix_auto() {
 fn results_are_bitwise_identical_on_every_rank() {
     // Non-integer floats: rounding depends on reduction order, so this catches any rank that
     // reduces in its own order. Every algorithm, on two uneven hosts.
-    for algo in ["ring", "tree", "hybrid", "hybrid:tree"] {
+    for algo in [
+        "ring",
+        "tree",
+        "ntree",
+        "hybrid",
+        "hybrid:tree",
+        "hybrid:butterfly",
+        "hybrid:ps",
+        "cpu_reduce",
+    ] {
         let cfg = Config {
             algo: acspeed_core::config::AlgoChoice::Named(algo.into()),
             ..test_config(4096, 3, 60)
@@ -536,12 +545,15 @@ fn results_are_bitwise_identical_on_every_rank() {
 #[test]
 fn soak_10000_random_collectives_all_checked() {
     const CALLS: usize = 10_000;
-    const ALGOS: [Option<&str>; 5] = [
+    const ALGOS: [Option<&str>; 8] = [
         None,
         Some("ring"),
         Some("tree"),
         Some("hybrid"),
         Some("hybrid:tree"),
+        Some("hybrid:butterfly"),
+        Some("hybrid:ps"),
+        Some("cpu_reduce"),
     ];
     const SOAK_COUNTS: [usize; 7] = [0, 1, 7, 64, 1001, 4096, 20_011];
     let seed: u64 = std::env::var("ACSPEED_SOAK_SEED")
@@ -560,7 +572,7 @@ fn soak_10000_random_collectives_all_checked() {
         };
         let n = comm.nranks();
         let kinds = cases(n);
-        let mut counts = [0usize; 5];
+        let mut counts = [0usize; ALGOS.len()];
         for i in 0..CALLS {
             let algo = ALGOS[(next() % ALGOS.len() as u64) as usize];
             let case = kinds[(next() % kinds.len() as u64) as usize];

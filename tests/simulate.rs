@@ -26,8 +26,8 @@ fn simulate_json_rows_mark_one_pick_per_size() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    // Ring, tree, both hybrids, n-trees (NVLinks) and CPU-Reduce (several GPUs per host).
-    assert_eq!(rows.len(), 3 * 6, "{out}");
+    // Ring, tree, four hybrids, n-trees (NVLinks) and CPU-Reduce (several GPUs per host).
+    assert_eq!(rows.len(), 3 * 8, "{out}");
     for r in rows {
         for k in ["algo", "bytes", "time_us", "busbw_gbps", "selected"] {
             assert!(r.get(k).is_some(), "row without {k}: {r}");
@@ -54,6 +54,8 @@ fn simulate_json_rows_mark_one_pick_per_size() {
         names,
         [
             "cpu_reduce",
+            "hybrid:butterfly",
+            "hybrid:ps",
             "hybrid:ring",
             "hybrid:tree",
             "ntree",

@@ -114,7 +114,12 @@ pub(crate) fn run_group_on_hosts<T: Send>(
         cfg
     };
     let cfg = Config {
-        shm: matches!(fabric, Fabric::Shm | Fabric::ShmCma | Fabric::ShmStream),
+        // In-memory fabrics get a real staging area too (see `memory_staging`), so they count
+        // as having shared memory; TCP fabrics do not.
+        shm: matches!(
+            fabric,
+            Fabric::Shm | Fabric::ShmCma | Fabric::ShmStream | Fabric::Memory | Fabric::MemoryFused
+        ),
         shm_mode: if fabric == Fabric::ShmCma {
             acspeed_core::config::ShmMode::Cma
         } else {

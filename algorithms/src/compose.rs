@@ -220,3 +220,142 @@ pub(crate) fn allreduce_plan(
         lanes: vec![Lane::new(steps.0)],
     }
 }
+
+/// Butterfly allreduce among `members` (recursive halving, then recursive doubling, as in
+/// Rabenseifner's algorithm) over the chunks `parts`. With `m` members and `p` the largest
+/// power of two <= m, member `p + j` first hands all its chunks to member `j` and gets the
+/// result back at the end, so any member count works. Round `k` pairs position `i` with
+/// `i ^ (p >> (k + 1))`: each keeps the half of its current chunk set on its side of the split
+/// and sends the other half, so after log2 p rounds each holds 1/p of the chunks fully
+/// reduced, and the doubling rounds undo the halving in reverse.
+pub(crate) fn butterfly_allreduce(s: &mut Steps, members: &[Rank], me: Rank, parts: &[ChunkRef]) {
+    let m = members.len();
+    let Some(i) = members.iter().position(|r| *r == me) else {
+        return;
+    };
+    if m < 2 || parts.is_empty() {
+        return;
+    }
+    let p = 1usize << (usize::BITS - 1 - m.leading_zeros());
+    if i >= p {
+        // An extra member: contribute everything to its partner, then take the result.
+        let to = members[i - p];
+        for &c in parts {
+            s.push(Op::Send { to, src: c });
+        }
+        for &c in parts {
+            s.push(Op::Recv { from: to, dst: c });
+        }
+        return;
+    }
+    if i + p < m {
+        for &c in parts {
+            s.push(Op::RecvReduce {
+                from: members[i + p],
+                dst: c,
+            });
+        }
+    }
+    // Halving: the chunk range [lo, hi) this position is responsible for shrinks each round.
+    let (mut lo, mut hi) = (0usize, parts.len());
+    let mut rounds = Vec::new();
+    let mut d = p >> 1;
+    while d > 0 {
+        let partner = members[i ^ d];
+        let mid = lo + (hi - lo) / 2;
+        // The lower position of the pair keeps the lower half.
+        let (keep, give) = if i & d == 0 {
+            (lo..mid, mid..hi)
+        } else {
+            (mid..hi, lo..mid)
+        };
+        for c in give.clone() {
+            s.push(Op::Send {
+                to: partner,
+                src: parts[c],
+            });
+        }
+        for c in keep.clone() {
+            s.push(Op::RecvReduce {
+                from: partner,
+                dst: parts[c],
+            });
+        }
+        rounds.push((partner, keep.clone(), give));
+        (lo, hi) = (keep.start, keep.end);
+        d >>= 1;
+    }
+    // Doubling: send what is complete here, take the partner's half.
+    for (partner, keep, give) in rounds.into_iter().rev() {
+        for c in keep {
+            s.push(Op::Send {
+                to: partner,
+                src: parts[c],
+            });
+        }
+        for c in give {
+            s.push(Op::Recv {
+                from: partner,
+                dst: parts[c],
+            });
+        }
+    }
+    if i + p < m {
+        for &c in parts {
+            s.push(Op::Send {
+                to: members[i + p],
+                src: c,
+            });
+        }
+    }
+}
+
+/// Parameter-server allreduce among `members`: part `k` belongs to member `k % m`; every member
+/// pushes each part to its owner, the owner reduces what it was pushed (a fan-in step) and
+/// pulls it back out to everyone (a fan-out step). Two steps of latency, and every member both
+/// serves and pushes, so no single server is the bottleneck.
+pub(crate) fn ps_allreduce(s: &mut Steps, members: &[Rank], me: Rank, parts: &[ChunkRef]) {
+    let m = members.len();
+    if m < 2 || !members.contains(&me) {
+        return;
+    }
+    let others: Vec<Rank> = members.iter().copied().filter(|r| *r != me).collect();
+    let owner = |k: usize| members[k % m];
+    for (k, &c) in parts.iter().enumerate() {
+        if owner(k) != me {
+            s.push(Op::Send {
+                to: owner(k),
+                src: c,
+            });
+        }
+    }
+    for (k, &c) in parts.iter().enumerate() {
+        if owner(k) == me {
+            for group in others.chunks(Peers::MAX) {
+                s.push(Op::Fan {
+                    from: Peers::new(group),
+                    to: Peers::none(),
+                    dst: c,
+                    reduce: true,
+                });
+            }
+        }
+    }
+    for (k, &c) in parts.iter().enumerate() {
+        if owner(k) == me {
+            for group in others.chunks(Peers::MAX) {
+                s.push(Op::Fan {
+                    from: Peers::none(),
+                    to: Peers::new(group),
+                    dst: c,
+                    reduce: false,
+                });
+            }
+        } else {
+            s.push(Op::Recv {
+                from: owner(k),
+                dst: c,
+            });
+        }
+    }
+}

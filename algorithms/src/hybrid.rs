@@ -5,7 +5,8 @@
 //! hosts' rank counts, capped): chunk `(c, s)` is index `c*H + s`. On a host with `m` ranks,
 //! local rank `q` owns the stripes `c` with `c % m == q`. Phase 1 reduce-scatters the host's
 //! stripes among its ranks (ring); phase 2 allreduces each stripe `c` among its owners, one
-//! per host (ring or double binary tree over hosts; the `s` index splits the stripe); phase 3
+//! per host (ring, double binary tree, butterfly or parameter server over hosts; the `s` index
+//! splits the stripe); phase 3
 //! allgathers the stripes inside the host. Every local rank drives its own stripes over its
 //! own connections, so there is no leader and no single socket carries a host's traffic;
 //! hosts with different rank counts (3+1+2) work because stripes are assigned per host.
@@ -15,8 +16,8 @@
 //! bounded-buffer model as well.
 
 use crate::compose::{
-    allreduce_plan, owned_stripes, ring_allgather, ring_allreduce, ring_reduce_scatter,
-    tree_allreduce, Steps,
+    allreduce_plan, butterfly_allreduce, owned_stripes, ps_allreduce, ring_allgather,
+    ring_allreduce, ring_reduce_scatter, tree_allreduce, Steps,
 };
 use acspeed_core::plan::{ChunkRef, Collective, RankPlan};
 use acspeed_core::{Error, PlanContext, Rank, Result};
@@ -26,6 +27,10 @@ use acspeed_core::{Error, PlanContext, Rank, Result};
 pub enum InterHost {
     Ring,
     Tree,
+    /// Recursive halving-doubling (any host count).
+    Butterfly,
+    /// Parameter server: each host's owner of a part reduces it and serves it back.
+    Ps,
 }
 
 impl InterHost {
@@ -33,6 +38,8 @@ impl InterHost {
         match self {
             InterHost::Ring => "ring",
             InterHost::Tree => "tree",
+            InterHost::Butterfly => "butterfly",
+            InterHost::Ps => "ps",
         }
     }
 }
@@ -125,6 +132,8 @@ impl Hybrid {
                     let half = parts.len().div_ceil(2);
                     tree_allreduce(&mut s, &owners, rank, [&parts[..half], &parts[half..]]);
                 }
+                InterHost::Butterfly => butterfly_allreduce(&mut s, &owners, rank, &parts),
+                InterHost::Ps => ps_allreduce(&mut s, &owners, rank, &parts),
             }
         }
         ring_allgather(&mut s, local, rank, &groups, false);

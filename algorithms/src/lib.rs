@@ -39,12 +39,14 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 6] = [
+    pub const ALL: [Algorithm; 8] = [
         Algorithm::Ring,
         Algorithm::Tree,
         Algorithm::Ntree,
         Algorithm::Hybrid(InterHost::Ring),
         Algorithm::Hybrid(InterHost::Tree),
+        Algorithm::Hybrid(InterHost::Butterfly),
+        Algorithm::Hybrid(InterHost::Ps),
         Algorithm::CpuReduce,
     ];
 
@@ -56,6 +58,8 @@ impl Algorithm {
             Algorithm::Ntree => "ntree",
             Algorithm::Hybrid(InterHost::Ring) => "hybrid",
             Algorithm::Hybrid(InterHost::Tree) => "hybrid:tree",
+            Algorithm::Hybrid(InterHost::Butterfly) => "hybrid:butterfly",
+            Algorithm::Hybrid(InterHost::Ps) => "hybrid:ps",
             Algorithm::CpuReduce => "cpu_reduce",
         }
     }

@@ -339,3 +339,19 @@ fn cpu_reduce_keeps_a_staging_area_per_socket() {
         vec![(0..4).map(Rank).collect::<Vec<_>>(), vec![Rank(4)]]
     );
 }
+
+#[test]
+fn butterfly_and_ps_serve_any_host_count() {
+    for h in 1..=17usize {
+        for per_host in [1u32, 2] {
+            let ctx = PlanContext::from_shape(&vec![per_host; h]).unwrap();
+            for inter in [InterHost::Butterfly, InterHost::Ps] {
+                let plans = Algorithm::Hybrid(inter)
+                    .all_plans(Collective::AllReduce, &ctx)
+                    .unwrap();
+                verify_all_models(&plans, Some(777))
+                    .unwrap_or_else(|e| panic!("{inter:?} on {h} hosts of {per_host}: {e}"));
+            }
+        }
+    }
+}
