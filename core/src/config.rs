@@ -14,7 +14,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_STALL_WARN_SECS", "60", "A collective that waits this long logs (then again every as many seconds) which rank it is waiting for, in which call (number, kind, size, algorithm); 0 = never. Independent of the timeout."),
     ("ACSPEED_SEGMENT_BYTES", "256K", "Pipeline segment size: each chunk moves in segments of this many bytes."),
     ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
-    ("ACSPEED_ALGO", "auto", "auto, ring, tree, ntree, hybrid, hybrid:tree or cpu_reduce (a forced algorithm runs the collectives it serves; the others run ring)."),
+    ("ACSPEED_ALGO", "auto", "auto, ring, tree, ntree, hybrid (= hybrid:ring), hybrid:tree, hybrid:butterfly, hybrid:ps or cpu_reduce (a forced algorithm runs the collectives it serves; the others run ring)."),
     ("ACSPEED_CPU_REDUCE_PIPELINES", "1", "cpu_reduce: independent slot rings in the host staging area, each driven by its own thread per rank (more overlap on hosts with cores to spare)."),
     ("ACSPEED_CPU_REDUCE_THREADS", "1", "cpu_reduce: threads each rank reduces its part of a staging slot with (a rayon pool)."),
     ("ACSPEED_ALLREDUCE", "(off)", "Algorithm per size range for allreduce, oneCCL style: `tree:0-16K;ring:16K-1M;hybrid:1M-max` (upper bounds exclusive). Overrides ACSPEED_ALGO and auto where a range matches."),
