@@ -7,7 +7,27 @@ use acspeed::{DType, ReduceOp};
 use std::time::Duration;
 
 fn run(fabric: Fabric, n: u32, count: usize, chunk_bytes: usize, depth: usize, delay_us: u64) {
-    let outs = run_group(fabric, n, test_config(1 << 14, 2, 30), |comm| {
+    run_with(
+        fabric,
+        n,
+        count,
+        chunk_bytes,
+        depth,
+        delay_us,
+        test_config(1 << 14, 2, 30),
+    )
+}
+
+fn run_with(
+    fabric: Fabric,
+    n: u32,
+    count: usize,
+    chunk_bytes: usize,
+    depth: usize,
+    delay_us: u64,
+    cfg: acspeed::Config,
+) {
+    let outs = run_group(fabric, n, cfg, |comm| {
         let dev = HostStandIn::new(Duration::from_micros(delay_us));
         let r = comm.rank();
         // "Device memory": a host buffer addressed by its pointer.
@@ -52,6 +72,18 @@ fn staged_allreduce_is_exact_for_every_shape() {
         run(Fabric::Memory, n, count, chunk, depth, delay);
     }
     run(Fabric::Shm, 3, 33_333, 8192, 3, 5);
+}
+
+/// CPU-Reduce for device tensors: each staged chunk's host allreduce is a host reduce through
+/// the shared staging area (download, reduce in host memory, upload).
+#[test]
+fn staged_allreduce_through_cpu_reduce() {
+    let cfg = acspeed::Config {
+        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
+        ..test_config(1 << 14, 2, 30)
+    };
+    run_with(Fabric::Shm, 4, 100_003, 64 << 10, 3, 5, cfg.clone());
+    run_with(Fabric::Memory, 3, 10_007, 4096, 2, 0, cfg);
 }
 
 #[test]

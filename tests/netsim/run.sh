@@ -72,6 +72,13 @@ check_job hybrid-2x2-forced 2 -- -b 4K -e 16M -f 64 --check --iters 2 -w 1 --alg
 check_job hybrid-uneven-3+1+2 3,1,2 -- -b 4K -e 16M -f 64 --check --iters 2 -w 1 --algo hybrid
 check_job hybrid-tree-uneven-3+1+2 3,1,2 -- -b 4K -e 4M -f 32 --check --iters 2 -w 1 --algo hybrid:tree
 check_job tree-uneven-3+1+2 3,1,2 -- -b 4K -e 1M -f 16 --check --iters 2 -w 1 --algo tree
+check_job butterfly-uneven-3+1+2 3,1,2 -- -b 4K -e 4M -f 32 --check --iters 2 -w 1 --algo hybrid:butterfly
+check_job ps-uneven-3+1+2 3,1,2 -- -b 4K -e 4M -f 32 --check --iters 2 -w 1 --algo hybrid:ps
+check_job cpu-reduce-uneven-3+1+2 3,1,2 -- -b 4K -e 4M -f 32 --check --iters 2 -w 1 --algo cpu_reduce
+# n-trees across hosts: each host's two ranks on GPUs joined by NV2 (a fake layout), trees
+# joined across the network at their roots.
+"$PWD/target/release/acspeed" topo --nvidia-smi-topo tests/fixtures/fake-nvlink-4gpu.txt --dump "$OUT/fake4.json" >/dev/null
+check_job ntree-2x2 2 ACSPEED_TOPO_FILE="$OUT/fake4.json" -- -b 4K -e 4M -f 32 --check --iters 2 -w 1 --algo ntree
 check_job auto-uneven-3+1+2 3,1,2 ACSPEED_DEBUG=INFO -- -b 4K -e 4M -f 32 --check --iters 2 -w 1
 if grep -q "hybrid beyond" "$OUT/auto-uneven-3+1+2.0.err" && grep -Eq "^ +4194304 .* hybrid " "$OUT/auto-uneven-3+1+2.0.out"; then
   ok "auto-picks-hybrid-across-uneven-hosts"
