@@ -68,11 +68,11 @@ if [[ "$WHAT" == all || "$WHAT" == netsim ]]; then
   for shape in 2,2 3,1,2; do
     f="$RAW/netsim-$shape"
     for ((i = 0; i < RUNS; i++)); do
-      for algo in ring hybrid hybrid:tree; do
+      for algo in ring hybrid hybrid:tree hybrid:butterfly hybrid:ps cpu_reduce; do
         echo "$algo $i $(netsim_job "$shape" --algo "$algo" --json -b 1M -e 64M -f 4 --iters 3 -w 1 --check)" >>"$f"
       done
     done
-    table "netsim, hosts $shape (2 Gbit/s per host, 500 Mbit/s per flow), allreduce f32" "$f" ring ring hybrid hybrid:tree
+    table "netsim, hosts $shape (2 Gbit/s per host, 500 Mbit/s per flow), allreduce f32" "$f" ring ring hybrid hybrid:tree hybrid:butterfly hybrid:ps cpu_reduce
   done
   bash "$NETSIM" down --kill >/dev/null 2>&1 || true
 fi
