@@ -209,7 +209,10 @@ impl Communicator {
                     ),
                 )
             }
-            _ => (a, why),
+            _ => match fallback_note(&self.ctx, a) {
+                Some(note) => (a, format!("{why}; {note}")),
+                None => (a, why),
+            },
         }
     }
 
@@ -227,6 +230,13 @@ impl Communicator {
     }
 
     fn log_init(&self) {
+        // A forced algorithm whose plan falls back is worth a warning: the user asked for it.
+        if let Some(note) = self.forced().and_then(|a| fallback_note(&self.ctx, a)) {
+            self.log.warn(&format!(
+                "ACSPEED_ALGO={}: {note}",
+                self.forced().map(|a| a.name()).unwrap_or("?")
+            ));
+        }
         if !log_enabled(&self.log, acspeed_core::config::LogLevel::Info) {
             return;
         }
@@ -778,6 +788,20 @@ fn auto_rule(ctx: &PlanContext, coll: Collective, bytes: usize) -> Algorithm {
             Algorithm::Tree
         }
         _ => Algorithm::Ring,
+    }
+}
+
+/// Why `a`'s plan on `ctx` is another algorithm's, if it is (n-trees without NVLinks,
+/// CPU-Reduce without a host of several ranks): the same on every rank.
+fn fallback_note(ctx: &PlanContext, a: Algorithm) -> Option<String> {
+    match a {
+        Algorithm::Ntree => acspeed_algorithms::ntree::fallback_reason(ctx)
+            .map(|r| format!("{r}, so it runs the double binary tree")),
+        Algorithm::CpuReduce => acspeed_algorithms::cpu_reduce::fallback_reason(ctx).map(|r| {
+            let f = if ctx.nhosts() > 1 { "hybrid" } else { "ring" };
+            format!("{r}, so it runs {f}")
+        }),
+        _ => None,
     }
 }
 

@@ -306,3 +306,22 @@ fn bench_runs_ntree_from_a_topology_file() {
         assert_eq!((f[4], f[f.len() - 1]), ("ntree", "0"), "{r}");
     }
 }
+
+/// A forced `ntree` without NVLinks warns that it runs the double binary tree, and is right.
+#[test]
+fn forced_ntree_without_nvlinks_warns_and_runs_the_tree() {
+    let o = bench(
+        &[
+            "-n", "3", "--algo", "ntree", "-b", "4K", "-e", "64K", "-f", "16", "--check",
+            "--iters", "2", "-w", "1",
+        ],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("WARN ACSPEED_ALGO=ntree") && err.contains("runs the double binary tree"),
+        "{err}"
+    );
+    assert!(out.contains("Out of bounds values : 0 OK"), "{out}");
+}

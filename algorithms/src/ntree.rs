@@ -196,7 +196,7 @@ impl JobTree {
 /// so that trees sharing a rank pair never share a channel.
 pub fn job_trees(ctx: &PlanContext) -> Result<Vec<JobTree>, String> {
     if ctx.nvlinks.is_empty() {
-        return Err("no NVLink is known for this job (n-trees need a topology with NVLinks: the probe's or ACSPEED_TOPO_FILE)".into());
+        return Err("no NVLink is known for this job (n-trees pack their trees on the NVLinks of ACSPEED_TOPO_FILE, or of the topology given to acspeed simulate)".into());
     }
     let hosts = ctx.hosts();
     let mut per_host = Vec::new();

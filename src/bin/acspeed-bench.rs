@@ -42,8 +42,9 @@ struct Args {
     /// Reduction: sum, prod, min, max, avg (band, bor, bxor for integers).
     #[arg(short = 'o', long = "op", default_value = "sum")]
     op: ReduceOp,
-    /// Algorithm: auto, ring, tree, hybrid, hybrid:tree; same as ACSPEED_ALGO. With auto
-    /// the algo column says which one ran at each size.
+    /// Algorithm: auto, ring, tree, ntree, hybrid (= hybrid:ring), hybrid:tree,
+    /// hybrid:butterfly, hybrid:ps, cpu_reduce; same as ACSPEED_ALGO. With auto the algo
+    /// column says which one ran at each size.
     #[arg(long = "algo", default_value = "auto")]
     algo: String,
     /// With -n: group the local ranks into emulated hosts of these sizes, e.g. 3,1,2 (each
