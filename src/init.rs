@@ -211,12 +211,13 @@ pub fn init_with_store(
         cfg: &cfg,
     };
     let transport = mesh.connect(listener, rdma, &wants, true)?;
-    // More channels when the agreed context's n-trees share rank pairs: each a mesh of its
-    // own (sockets and shared-memory rings), connected in the same order on every rank.
+    // More channels when the agreed context's plans need them (n-trees sharing rank pairs,
+    // hybrid's stripe lanes on uneven hosts): each a mesh of its own (sockets and
+    // shared-memory rings), connected in the same order on every rank.
     let ctx = acspeed_core::PlanContext::from_host_names(&hosts)
         .with_nvlinks(nvlinks)?
         .with_sockets(&sockets);
-    let want = acspeed_algorithms::ntree::channels_needed(&ctx);
+    let want = acspeed_algorithms::channels_needed(&ctx);
     let mut channels: Vec<Arc<dyn acspeed_core::Transport>> = Vec::new();
     for c in 1..want {
         let l = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.socket_buffer)?;

@@ -96,7 +96,7 @@ pub(crate) fn run_group_on_hosts<T: Send>(
     let mut extra: Vec<Vec<Arc<dyn acspeed_core::Transport>>> =
         (0..n).map(|_| Vec::new()).collect();
     if mem[0].is_some() {
-        for _ in 1..acspeed_algorithms::ntree::channels_needed(&ctx) {
+        for _ in 1..acspeed_algorithms::channels_needed(&ctx) {
             for (r, t) in MemoryTransport::fabric(n).into_iter().enumerate() {
                 extra[r].push(Arc::new(t));
             }

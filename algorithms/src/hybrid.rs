@@ -19,7 +19,7 @@ use crate::compose::{
     allreduce_plan, butterfly_allreduce, owned_stripes, ps_allreduce, ring_allgather,
     ring_allreduce, ring_reduce_scatter, tree_allreduce, Steps,
 };
-use acspeed_core::plan::{ChunkRef, Collective, RankPlan};
+use acspeed_core::plan::{ChunkRef, Collective, Lane, RankPlan, StepId};
 use acspeed_core::{Error, PlanContext, Rank, Result};
 
 /// How stripes are allreduced across hosts.
@@ -117,35 +117,93 @@ impl Hybrid {
             .collect();
         let mut s = Steps::default();
         ring_reduce_scatter(&mut s, local, rank, &groups, false);
+        let rs_len = s.0.len();
+        // Stripe c's inter-host phase runs on lane c % k (one lane when hosts are even).
+        let k = channels_needed(ctx);
+        let mut lanes: Vec<Steps> = (0..k).map(|_| Steps::default()).collect();
         for c in (0..c_count).filter(|c| c % m == q) {
             let owners: Vec<Rank> = hosts
                 .iter()
                 .map(|h| h[(c % h.len() as u32) as usize])
                 .collect();
             let parts: Vec<ChunkRef> = (0..h_count).map(|s| chunk(c, s)).collect();
+            let out = if k == 1 {
+                &mut s
+            } else {
+                &mut lanes[(c % k) as usize]
+            };
             match self.inter {
                 InterHost::Ring => {
                     let g: Vec<Vec<ChunkRef>> = parts.iter().map(|c| vec![*c]).collect();
-                    ring_allreduce(&mut s, &owners, rank, &g);
+                    ring_allreduce(out, &owners, rank, &g);
                 }
                 InterHost::Tree => {
                     let half = parts.len().div_ceil(2);
-                    tree_allreduce(&mut s, &owners, rank, [&parts[..half], &parts[half..]]);
+                    tree_allreduce(out, &owners, rank, [&parts[..half], &parts[half..]]);
                 }
-                InterHost::Butterfly => butterfly_allreduce(&mut s, &owners, rank, &parts),
-                InterHost::Ps => ps_allreduce(&mut s, &owners, rank, &parts),
+                InterHost::Butterfly => butterfly_allreduce(out, &owners, rank, &parts),
+                InterHost::Ps => ps_allreduce(out, &owners, rank, &parts),
             }
         }
+        let ag_start = s.0.len();
         ring_allgather(&mut s, local, rank, &groups, false);
-        Ok(allreduce_plan(
+        let mut plan = allreduce_plan(
             format!("hybrid:{}", self.inter.name()),
             rank,
             ctx.nranks,
             c_count * h_count,
             s,
-        ))
+        );
+        if k > 1 {
+            // Stripe lanes start once the reduce-scatter is done; the allgather starts once
+            // every stripe lane is done.
+            let rs_done = rs_len.checked_sub(1).map(|i| StepId {
+                lane: 0,
+                step: i as u32,
+            });
+            for (x, l) in lanes
+                .into_iter()
+                .enumerate()
+                .filter(|(_, l)| !l.0.is_empty())
+            {
+                let mut steps = l.0;
+                steps[0].deps.extend(rs_done);
+                plan.lanes.push(Lane {
+                    channel: x as u32,
+                    steps,
+                });
+            }
+            let done: Vec<StepId> = plan.lanes[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, l)| StepId {
+                    lane: i as u32 + 1,
+                    step: l.steps.len() as u32 - 1,
+                })
+                .collect();
+            if let Some(first) = plan.lanes[0].steps.get_mut(ag_start) {
+                first.deps.extend(done);
+            }
+        }
+        Ok(plan)
     }
 }
+
+/// Lanes (and channels) hybrid spreads a rank's stripes over: with uneven hosts some ranks own
+/// several stripes (the host of one rank on 3+1+2 owns all six), and their inter-host phases
+/// run concurrently on lanes of their own, each on its own channel, so no stripe waits for
+/// another's messages. At most 4, and 1 (a single lane, as before) on even hosts.
+pub fn channels_needed(ctx: &PlanContext) -> u32 {
+    let shape = ctx.shape();
+    if shape.len() < 2 {
+        return 1;
+    }
+    let m_min = shape.iter().copied().min().unwrap_or(1).max(1);
+    (stripes(&shape) / m_min).clamp(1, MAX_STRIPE_LANES)
+}
+
+/// Most stripe lanes per rank (each is a channel: another mesh of connections at init).
+const MAX_STRIPE_LANES: u32 = 4;
 
 #[cfg(test)]
 mod tests {

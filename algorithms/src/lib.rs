@@ -152,6 +152,12 @@ impl Algorithm {
     }
 }
 
+/// Channels the communicator must connect for the plans of `ctx` (n-trees that share rank
+/// pairs; hybrid's stripe lanes on uneven hosts); the same on every rank.
+pub fn channels_needed(ctx: &PlanContext) -> u32 {
+    ntree::channels_needed(ctx).max(hybrid::channels_needed(ctx))
+}
+
 /// Plans of every rank (for verification and simulation at test scale).
 pub fn all_plans(algo: impl Fn(Rank) -> RankPlan, nranks: u32) -> Vec<RankPlan> {
     (0..nranks).map(|r| algo(Rank(r))).collect()
