@@ -168,3 +168,35 @@ fn explain_names_the_layer_that_decided_and_the_predictions() {
         "{err}"
     );
 }
+
+/// Uneven emulated hosts (3+1+2): the host of one rank runs its six stripes on four lanes and
+/// channels, which wait on the intra-host phases over shared memory. A lane waiting on
+/// another must keep the shared memory moving (its own sends leave only when polled): without
+/// that, these runs hung within a few dozen calls.
+#[test]
+fn stripe_lanes_on_uneven_hosts_keep_shared_memory_moving() {
+    for algo in [
+        "hybrid",
+        "hybrid:tree",
+        "hybrid:butterfly",
+        "hybrid:ps",
+        "cpu_reduce",
+    ] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_acspeed-bench"));
+        let o = crate::util::without_launch_env(&mut c)
+            .args(["-n", "6", "--hosts", "3,1,2", "--algo", algo, "--check"])
+            .args([
+                "-b", "1M", "-e", "16M", "-f", "4", "--iters", "8", "-w", "1",
+            ])
+            .args(["--time-limit", "120"])
+            .env("ACSPEED_TIMEOUT_SECS", "20")
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{algo}: {out}{err}");
+        assert!(out.contains("Out of bounds values : 0 OK"), "{algo}: {out}");
+    }
+}

@@ -278,7 +278,15 @@ impl Progress {
         }
         self.cv.notify_all();
     }
-    fn wait(&self, deps: &[StepId], timeout: Duration) -> Result<()> {
+    /// Waits for `deps`. With `drive`, the waiter keeps calling it (the lane's transport's
+    /// `progress`): on transports whose bytes move only when polled, this lane's sends still in
+    /// flight would otherwise never leave, and the lanes waited for may be waiting on them.
+    fn wait(
+        &self,
+        deps: &[StepId],
+        timeout: Duration,
+        drive: Option<&dyn Fn() -> bool>,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -294,9 +302,21 @@ impl Progress {
                     "timed out waiting for lane dependencies {deps:?}"
                 )));
             }
+            let nap = match drive {
+                Some(drive) => {
+                    drop(d);
+                    let moved = drive();
+                    d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+                    if moved {
+                        continue;
+                    }
+                    Duration::from_micros(100)
+                }
+                None => deadline - now,
+            };
             d = self
                 .cv
-                .wait_timeout(d, deadline - now)
+                .wait_timeout(d, nap.min(deadline - now))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -337,7 +357,10 @@ impl<'a> LaneCtx<'a> {
         for (i, step) in lane.steps.iter().enumerate() {
             self.step = i;
             if let (Some(p), false) = (progress, step.deps.is_empty()) {
-                p.wait(&step.deps, self.params.timeout)?;
+                let t = self.t;
+                let drive = || t.progress();
+                let drive: Option<&dyn Fn() -> bool> = t.needs_progress().then_some(&drive);
+                p.wait(&step.deps, self.params.timeout, drive)?;
             }
             self.run_step(&step.op)?;
             if let Some(p) = progress {
