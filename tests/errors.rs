@@ -542,3 +542,49 @@ fn cpu_reduce_without_shared_memory_falls_back_and_says_so() {
         );
     }
 }
+
+/// A plan that needs more channels than the communicator connected (here: n-trees sharing
+/// links, on communicators wrapped without their extra channels) is refused with an error that
+/// says so, on every rank, before any byte moves — not a hang.
+#[test]
+fn a_plan_needing_missing_channels_is_refused_clearly() {
+    let dir = std::env::temp_dir().join(format!("acspeed-channels-{}", std::process::id()));
+    let topo = crate::util::topo_json(
+        &dir,
+        "fake4.json",
+        "tests/fixtures/fake-nvlink-4gpu.txt",
+        |_| {},
+    );
+    let cfg = acspeed::Config {
+        algo: acspeed_core::config::AlgoChoice::Named("ntree".into()),
+        topo_file: Some(topo),
+        ..test_config(1 << 16, 4, 10)
+    };
+    let ts = acspeed_core::memory::MemoryTransport::fabric(4);
+    let hosts = vec!["h".to_string(); 4];
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = ts
+            .into_iter()
+            .map(|t| {
+                let (cfg, hosts) = (cfg.clone(), hosts.clone());
+                s.spawn(move || {
+                    let comm =
+                        acspeed::Communicator::from_transport(std::sync::Arc::new(t), cfg, hosts)
+                            .unwrap();
+                    let mut v = vec![1.0f32; 1000];
+                    comm.allreduce(&mut v, ReduceOp::Sum)
+                        .unwrap_err()
+                        .to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    std::fs::remove_dir_all(&dir).ok();
+    for e in errs {
+        assert!(
+            e.contains("uses 2 channels but the communicator has 1"),
+            "{e}"
+        );
+    }
+}

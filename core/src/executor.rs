@@ -121,7 +121,7 @@ impl Executor {
         self.run_on(plan, &[t], call, bufs)
     }
 
-    /// Runs `plan` over one transport (a plan on channel 0 only).
+    /// Runs `plan` with the lanes of channel `c` on `channels[c]`, without a staging area.
     pub fn run_on(
         &self,
         plan: &RankPlan,

@@ -114,6 +114,8 @@ struct Sim<'a> {
     sys: HashMap<usize, ResId>,
     nv: HashMap<(usize, u32, u32), ResId>,
     messages: usize,
+    /// Per host: GPUs behind an NVSwitch (computed once; `path` runs for every message).
+    switched: Vec<bool>,
     /// HostReduce rendezvous: (group, occurrence) -> members (rank, lane) arrived.
     host_wait: HashMap<HostMeet, Vec<(usize, usize)>>,
     host_done: Vec<usize>,
@@ -157,6 +159,7 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
         sys: HashMap::new(),
         nv: HashMap::new(),
         messages: 0,
+        switched: cluster.hosts.iter().map(HostModel::nvswitch).collect(),
         host_wait: HashMap::new(),
         host_done: vec![0; plans.len()],
     };
@@ -333,7 +336,7 @@ impl Sim<'_> {
                 let (bw, class) = Cluster::gpu_path(model, la, lb);
                 if let PathClass::NV(_) = class {
                     let fl = &mut self.fluid;
-                    if host.nvswitch() {
+                    if self.switched[ha] {
                         // Behind an NVSwitch, `NV#` is a GPU's links to the switch, shared by
                         // all its peers: flows share the sender's egress and receiver's ingress.
                         let o = *self

@@ -100,8 +100,9 @@ pub struct HostStaging {
 
 /// Calls of at least this many bytes fill staging areas with streaming stores. Their lines
 /// sit in the other members' caches from the last use, and taking them back with ordinary
-/// stores made large calls bimodal (2 ranks: 1.6 or 7.5 GB/s at 64 MiB from run to run;
-/// streaming: 4.3-4.7 every run). Smaller calls stay in cache, where ordinary stores win.
+/// stores made large calls bimodal (2 ranks, 2026-11-29 spot runs of acspeed-bench: 1.6 or
+/// 7.5 GB/s at 64 MiB from run to run; streaming 4.3-4.7 in 4 of 4 runs). Smaller calls stay
+/// in cache, where ordinary stores win.
 const STREAM_FROM: usize = 4 << 20;
 
 /// The copy that fills a staging area.
@@ -278,7 +279,7 @@ impl HostStaging {
             }
             polls += 1;
             // Spin while every member has a core of its own (the laggard is microseconds away,
-            // or between two calls: a 50 us spin then a futex sleep cost 2 ranks 9x at 64 KiB
+            // or between two calls: a 50 us spin then a futex sleep cost 2 ranks ~9x at 64 KiB in a spot run
             // through the wake-up latency), then give the core away a few times, then sleep in
             // the kernel until the laggard publishes. With more members than cores there is
             // no spin at all: it would keep the laggard off the core it needs.
