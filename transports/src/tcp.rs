@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Smallest stripe worth a separate frame.
-const MIN_STRIPE: usize = 64 << 10;
+pub(crate) const MIN_STRIPE: usize = 64 << 10;
 
 struct SendMsg {
     hdr: FrameHeader,
