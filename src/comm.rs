@@ -5,6 +5,7 @@
 //! doing get a `Mismatch` error naming the other rank rather than wrong data. After any
 //! transport-level error the communicator is poisoned: it says so on every later call.
 
+use crate::autotune::{Class, Next, Tuner};
 use crate::element::Element;
 use crate::log::{log_enabled, Logger};
 use acspeed_algorithms::Algorithm;
@@ -42,6 +43,8 @@ pub struct Communicator {
     rules: SizeRules,
     /// `ACSPEED_TIMELINE`: one Chrome-trace event per collective.
     timeline: Option<crate::timeline::Timeline>,
+    /// `ACSPEED_AUTOTUNE`: measured choices where `auto` decides.
+    tuner: Option<Tuner>,
     log: Logger,
 }
 
@@ -112,6 +115,16 @@ impl Communicator {
             )?),
             None => None,
         };
+        let mut warnings = Vec::new();
+        let tuner = cfg.autotune.then(|| {
+            Tuner::new(
+                tune_key(&ctx, &cfg),
+                cfg.autotune_file.as_deref(),
+                cfg.cache_dir.as_deref(),
+                &mut warnings,
+            )
+        });
+        warnings.iter().for_each(|w| log.warn(w));
         let c = Communicator {
             rank,
             nranks,
@@ -130,6 +143,7 @@ impl Communicator {
             ctx,
             rules,
             timeline,
+            tuner,
             log,
         };
         c.log_init();
@@ -189,9 +203,25 @@ impl Communicator {
         self.choose(coll, bytes).0
     }
 
-    /// The algorithm for `coll` at `bytes`, and why (the layer that decided).
+    /// The algorithm for `coll` at `bytes`, and why (the layer that decided). With
+    /// `ACSPEED_AUTOTUNE`, what the autotuner runs next where `auto` decides.
     fn choose(&self, coll: Collective, bytes: usize) -> (Algorithm, String) {
-        let (a, why) = decide(&self.ctx, &self.rules, self.forced(), coll, bytes);
+        let (a, why, auto) = decide_layer(&self.ctx, &self.rules, self.forced(), coll, bytes);
+        let tuned = match (&self.tuner, auto, Class::of(coll, bytes)) {
+            (Some(t), true, Some(class)) => t.next(class, &self.tune_candidates(coll)),
+            _ => None,
+        };
+        let (a, why) = match tuned {
+            Some(Next::Run { algo, why, .. }) => (algo, why),
+            Some(Next::Confirm(c)) => (
+                c,
+                format!(
+                    "ACSPEED_AUTOTUNE: cached in {}, to be confirmed by every rank at the first call",
+                    self.tuner.as_ref().map(|t| t.path().display().to_string()).unwrap_or_default()
+                ),
+            ),
+            None => (a, why),
+        };
         match a {
             // CPU-Reduce meets in shared memory; `ACSPEED_SHM` is the same on every rank
             // (compared at rendezvous), so every rank falls back alike.
@@ -357,8 +387,106 @@ impl Communicator {
         if let Some(op) = op {
             op.check_dtype(dtype)?;
         }
+        let (algo, trial) = self.pick(coll, output.len())?;
+        let t0 = std::time::Instant::now();
+        self.run_as(coll, algo, dtype, op, count, input, output)?;
+        if let (Some(t), Some(class)) = (&self.tuner, trial) {
+            if let Some(local) = t.record(class, t0.elapsed().as_secs_f64()) {
+                self.tune_decide(t, class, &local)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The algorithm of the next call, and the class whose trial it is (autotune).
+    fn pick(&self, coll: Collective, bytes: usize) -> Result<(Algorithm, Option<Class>)> {
+        let (a, _) = self.choose(coll, bytes);
+        let (_, _, auto) = decide_layer(&self.ctx, &self.rules, self.forced(), coll, bytes);
+        let (Some(t), true, Some(class)) = (&self.tuner, auto, Class::of(coll, bytes)) else {
+            return Ok((a, None));
+        };
+        let cands = self.tune_candidates(coll);
+        loop {
+            match t.next(class, &cands) {
+                None => return Ok((a, None)),
+                Some(Next::Run { algo, trial, .. }) => return Ok((algo, trial.then_some(class))),
+                Some(Next::Confirm(c)) => {
+                    // Every rank reads its own cache: use it only if all read the same choice.
+                    let mine = cands
+                        .iter()
+                        .position(|x| *x == c)
+                        .map_or(0, |i| i as i64 + 1);
+                    let mut v = encode_i64(&[mine, -mine]);
+                    self.run_as(
+                        Collective::AllReduce,
+                        Algorithm::Ring,
+                        DType::I64,
+                        Some(ReduceOp::Max),
+                        2,
+                        &[],
+                        &mut v,
+                    )?;
+                    let m = decode_i64(&v);
+                    let agreed = mine > 0 && m[0] == mine && -m[1] == mine;
+                    if !agreed {
+                        self.log.info(&format!(
+                            "ACSPEED_AUTOTUNE: ranks read different cached choices for {}; measuring again",
+                            class.name()
+                        ));
+                    }
+                    t.confirm(class, &cands, agreed);
+                }
+            }
+        }
+    }
+
+    /// The algorithms the autotuner tries for `coll`, in the same order on every rank.
+    fn tune_candidates(&self, coll: Collective) -> Vec<Algorithm> {
+        acspeed_algorithms::select::candidates(coll, &self.ctx)
+            .into_iter()
+            // Without a staging area CPU-Reduce runs another algorithm's plan.
+            .filter(|a| *a != Algorithm::CpuReduce || (self.cfg.shm && self.staging.is_some()))
+            .collect()
+    }
+
+    /// Agrees on the slowest rank's time of every trial of `class` and decides it.
+    fn tune_decide(&self, t: &Tuner, class: Class, local: &[f64]) -> Result<()> {
+        let mut v: Vec<u8> = local.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.run_as(
+            Collective::AllReduce,
+            Algorithm::Ring,
+            DType::F64,
+            Some(ReduceOp::Max),
+            local.len(),
+            &[],
+            &mut v,
+        )?;
+        let maxed: Vec<f64> = v
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let d = t.decide(class, &maxed)?;
+        if let Err(e) = d.saved {
+            self.log
+                .warn(&format!("{e} (the choice still holds for this job)"));
+        }
+        self.log.info(&d.summary);
+        Ok(())
+    }
+
+    /// Runs one collective with `algo`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_as(
+        &self,
+        coll: Collective,
+        algo: Algorithm,
+        dtype: DType,
+        op: Option<ReduceOp>,
+        count: usize,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let algo = self.algorithm_for(coll, output.len());
         let plan = self.plan(&mut st, coll, algo)?;
         st.seq += 1;
         let call = CallInfo {
@@ -652,6 +780,38 @@ impl Communicator {
     }
 }
 
+fn encode_i64(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn decode_i64(b: &[u8]) -> Vec<i64> {
+    b.chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// What the autotuner's choices depend on besides the measurements: the job's shape and the
+/// settings that change how algorithms perform. Its hash names the default cache file.
+fn tune_key(ctx: &PlanContext, cfg: &Config) -> String {
+    format!(
+        "acspeed {} ranks={} hosts={:?} nvlinks={:?} sockets={:?} shm={} shm_mode={:?} cma_min={} nstreams={:?} rdma={:?} segment={} depth={} cpu_reduce={}x{}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.nranks,
+        ctx.host_of,
+        ctx.nvlinks,
+        ctx.socket_of,
+        cfg.shm,
+        cfg.shm_mode,
+        cfg.shm_cma_min,
+        cfg.nstreams,
+        cfg.rdma,
+        cfg.segment_bytes,
+        cfg.pipeline_depth,
+        cfg.cpu_reduce_pipelines,
+        cfg.cpu_reduce_threads
+    )
+}
+
 /// Frame code of point-to-point messages (`Collective::name_of_code` knows it).
 const P2P_CODE: u8 = 8;
 
@@ -665,6 +825,18 @@ pub fn decide(
     coll: Collective,
     bytes: usize,
 ) -> (Algorithm, String) {
+    let (a, why, _) = decide_layer(ctx, rules, forced, coll, bytes);
+    (a, why)
+}
+
+/// [`decide`], and whether `auto` decided (neither a size rule nor a forced algorithm).
+fn decide_layer(
+    ctx: &PlanContext,
+    rules: &SizeRules,
+    forced: Option<Algorithm>,
+    coll: Collective,
+    bytes: usize,
+) -> (Algorithm, String, bool) {
     let rules = match coll {
         Collective::AllReduce => &rules.0,
         Collective::Broadcast { .. } => &rules.1,
@@ -684,11 +856,12 @@ pub fn decide(
                 coll.name().to_ascii_uppercase(),
                 human(*lo)
             ),
+            false,
         );
     }
     if let Some(a) = forced {
         return if a.serves(coll) {
-            (a, format!("ACSPEED_ALGO={}", a.name()))
+            (a, format!("ACSPEED_ALGO={}", a.name()), false)
         } else {
             (
                 Algorithm::Ring,
@@ -697,6 +870,7 @@ pub fn decide(
                     a.name(),
                     coll.name()
                 ),
+                false,
             )
         };
     }
@@ -715,7 +889,7 @@ pub fn decide(
         ),
         _ => "auto: ring (bandwidth-optimal; no hierarchy or latency rule applies)".into(),
     };
-    (a, why)
+    (a, why, true)
 }
 
 /// Per-size rules (allreduce, broadcast, reduce, others): (algorithm, from, to).

@@ -81,14 +81,17 @@ fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>], sockets: &[u32]) -> String {
             .collect::<Vec<_>>()
             .join("/")
     };
+    // Named arguments: the message names each setting, and a positional list once paired
+    // them wrongly.
     format!(
-        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={} ACSPEED_ALLREDUCE={} ACSPEED_BROADCAST={} ACSPEED_REDUCE={} ACSPEED_CPU_REDUCE_PIPELINES={} ACSPEED_SHM={} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
-        cfg.cpu_reduce_pipelines,
-        u8::from(cfg.shm),
-        cfg.segment_bytes,
-        rules(&cfg.allreduce_rules),
-        rules(&cfg.broadcast_rules),
-        rules(&cfg.reduce_rules)
+        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={segment} ACSPEED_ALLREDUCE={allreduce} ACSPEED_BROADCAST={broadcast} ACSPEED_REDUCE={reduce} ACSPEED_CPU_REDUCE_PIPELINES={pipelines} ACSPEED_SHM={shm} ACSPEED_AUTOTUNE={autotune} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
+        segment = cfg.segment_bytes,
+        allreduce = rules(&cfg.allreduce_rules),
+        broadcast = rules(&cfg.broadcast_rules),
+        reduce = rules(&cfg.reduce_rules),
+        pipelines = cfg.cpu_reduce_pipelines,
+        shm = u8::from(cfg.shm),
+        autotune = u8::from(cfg.autotune),
     )
 }
 

@@ -14,6 +14,7 @@
 //! # Ok::<(), acspeed::Error>(())
 //! ```
 
+pub mod autotune;
 pub mod bench;
 pub mod charts;
 pub mod comm;

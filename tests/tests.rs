@@ -2,6 +2,7 @@
 
 mod util;
 
+mod autotune;
 mod cli;
 mod errors;
 mod exec_props;

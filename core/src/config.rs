@@ -20,6 +20,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_ALLREDUCE", "(off)", "Algorithm per size range for allreduce, oneCCL style: `tree:0-16K;ring:16K-1M;hybrid:1M-max` (upper bounds exclusive). Overrides ACSPEED_ALGO and auto where a range matches."),
     ("ACSPEED_BROADCAST", "(off)", "Algorithm per size range for broadcast (ring or tree), as ACSPEED_ALLREDUCE."),
     ("ACSPEED_REDUCE", "(off)", "Algorithm per size range for reduce (ring or tree), as ACSPEED_ALLREDUCE."),
+    ("ACSPEED_AUTOTUNE", "0", "1 = choose by measurement where auto decides: the first calls of each collective and power-of-two size class try every candidate algorithm 3 times, the ranks agree on the fastest (median of the slowest rank's times) and later jobs of the same shape read the choice from ACSPEED_AUTOTUNE_FILE (checked by every rank before use). Same value on every rank."),
+    ("ACSPEED_AUTOTUNE_FILE", "~/.cache/acspeed/autotune-<key>.json", "Where ACSPEED_AUTOTUNE keeps its choices; the default name hashes the job's shape and settings, so a different job never reads another's."),
     ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
     ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
     ("ACSPEED_SHM_CMA_MIN", "16M", "Collective size from which shared memory takes its large-message path: streaming stores into the slots (auto) or cross-memory attach for messages of 64 KiB or more (cma). Smaller collectives stay in cache through the slot rings, which is faster there."),
@@ -192,6 +194,13 @@ pub struct Config {
     pub rdma_provider: Option<String>,
     /// TCP socket buffer size (`None`: kernel autotuning).
     pub socket_buffer: Option<usize>,
+    /// Measured algorithm choice where `auto` decides (`ACSPEED_AUTOTUNE`).
+    pub autotune: bool,
+    /// The autotuner's cache file (`None`: a file per job shape under `cache_dir`).
+    pub autotune_file: Option<String>,
+    /// The user's cache directory for acspeed (`$XDG_CACHE_HOME/acspeed`, else
+    /// `$HOME/.cache/acspeed`; `None`: the system's temporary directory).
+    pub cache_dir: Option<String>,
 }
 
 impl Default for Config {
@@ -221,6 +230,9 @@ impl Default for Config {
             rdma: RdmaChoice::Auto,
             rdma_provider: None,
             socket_buffer: None,
+            autotune: false,
+            autotune_file: None,
+            cache_dir: None,
         }
     }
 }
@@ -361,6 +373,21 @@ impl Config {
                 _ => return Err(bad("ACSPEED_SHM", v, "1 or 0")),
             };
         }
+        if let Some(v) = lookup(vars, "ACSPEED_AUTOTUNE") {
+            c.autotune = match v.to_ascii_lowercase().as_str() {
+                "1" | "on" | "true" | "yes" => true,
+                "0" | "off" | "false" | "no" => false,
+                _ => return Err(bad("ACSPEED_AUTOTUNE", v, "1 or 0")),
+            };
+        }
+        c.autotune_file = lookup(vars, "ACSPEED_AUTOTUNE_FILE")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        c.cache_dir = match (lookup(vars, "XDG_CACHE_HOME"), lookup(vars, "HOME")) {
+            (Some(x), _) if !x.is_empty() => Some(format!("{x}/acspeed")),
+            (_, Some(h)) if !h.is_empty() => Some(format!("{h}/.cache/acspeed")),
+            _ => None,
+        };
         if let Some(v) = lookup(vars, "ACSPEED_SHM_MODE") {
             c.shm_mode = match v.to_ascii_lowercase().as_str() {
                 "auto" => ShmMode::Auto,
