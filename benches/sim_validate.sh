@@ -25,6 +25,23 @@ bmax=$(python3 -c "print('$SIZES'.split(',')[-1])")
 
 . benches/netsim_lib.sh
 
+# measure NAME SHAPE ALGOS: RUNS x every algorithm, one JSON line each into $RAW/NAME.meas
+# (local shared memory when SHAPE has one host, else a job on the netsim hosts).
+measure() {
+  local name="$1" shape="$2" algos="$3"
+  IFS=, read -ra hosts <<<"$shape"
+  for ((i = 0; i < RUNS; i++)); do
+    for algo in ${algos//,/ }; do
+      local args=(--algo "$algo" --json -b "$bmin" -e "$bmax" -f 4 --iters 5 -w 1 --check)
+      if ((${#hosts[@]} == 1)); then
+        echo "$algo $("$BENCH" -n "${hosts[0]}" "${args[@]}")" >>"$RAW/$name.meas"
+      else
+        echo "$algo $(netsim_job "$shape" "${args[@]}")" >>"$RAW/$name.meas"
+      fi
+    done
+  done
+}
+
 # predict NAME SHAPE ALGOS SIM_ARGS...
 predict() {
   local name="$1" shape="$2" algos="$3"; shift 3

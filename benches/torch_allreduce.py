@@ -59,7 +59,9 @@ def main() -> None:
         dist.all_reduce(okt)
         med = statistics.median(tt.tolist())
         algbw = size / med / 1e9
-        rows.append(dict(bytes=size, time_us=med * 1e6, algbw_gbps=algbw, busbw_gbps=algbw * 2 * (world - 1) / world, correct=int(okt) == 0))
+        srt = sorted(tt.tolist())
+        rows.append(dict(bytes=size, time_us=med * 1e6, algbw_gbps=algbw, busbw_gbps=algbw * 2 * (world - 1) / world, correct=int(okt) == 0,
+                         min_us=srt[0] * 1e6, p90_us=srt[int(0.9 * (len(srt) - 1))] * 1e6, iters=len(srt)))
         size *= a.factor
     if rank == 0:
         print(json.dumps(dict(backend=a.backend, world=world, torch=torch.__version__, rows=rows)))

@@ -44,6 +44,11 @@ run cargo test --workspace --release
 stage "benchmarks compile and run once (criterion test mode)"
 cargo test --release --benches -q
 
+stage "simulator against measurement, small scale (benches/sim_validate.sh quick)"
+# Shared memory only, 1-4 MiB, one run: proves the validation still runs end to end (results
+# checked); the error figures in docs/PERFORMANCE.md come from the full script.
+RUNS=1 SIZES=1M,4M bash benches/sim_validate.sh quick | tail -4
+
 stage "model check of the shared-memory ring (loom)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom run cargo test -p acspeed-transports --lib --release
 

@@ -1,7 +1,9 @@
 //! Measured algorithm choice (`ACSPEED_AUTOTUNE=1`).
 //!
 //! Where `auto` decides, the first calls of each (collective, power-of-two size class) run the
-//! candidates in turn, `TRIALS` calls each, timing every call locally. The ranks then agree:
+//! candidates one after another, `TRIALS` consecutive calls each (consecutive, because an
+//! algorithm's first call after another's pays for the switch: its caches, its threads
+//! waking), timing every call locally. The ranks then agree:
 //! one small MAX allreduce of the time vector gives each call's slowest rank, and every
 //! rank picks the candidate with the lowest median of those. Every rank gets the same
 //! vector, so all pick the same algorithm. The choice is saved to a cache file. A later job
@@ -46,6 +48,11 @@ impl Class {
         })
     }
 
+    /// log2 of the class's largest size.
+    pub fn log2(&self) -> u32 {
+        self.log2
+    }
+
     /// `allreduce/1M`: the kind and the class's largest size.
     pub fn name(&self) -> String {
         let b = 1u64 << self.log2;
@@ -63,7 +70,8 @@ impl Class {
 enum State {
     /// Read from the cache file; every rank must confirm it before it runs.
     Cached(Algorithm),
-    /// Call `i` of the class runs `cands[i % n]`; `times[i]` is its local time in seconds.
+    /// Call `i` of the class runs `cands[i / TRIALS]`; `times[i]` is its local time in
+    /// seconds.
     Trying {
         cands: Vec<Algorithm>,
         times: Vec<f64>,
@@ -176,7 +184,7 @@ impl Tuner {
             State::Cached(a) => Next::Confirm(*a),
             State::Trying { cands, times } => {
                 let i = times.len();
-                let algo = cands[i % cands.len()];
+                let algo = cands[i / TRIALS];
                 Next::Run {
                     algo,
                     trial: true,
@@ -242,9 +250,8 @@ impl Tuner {
                 .iter()
                 .enumerate()
                 .map(|(k, a)| {
-                    let mut t: Vec<f64> = (0..TRIALS)
-                        .map(|j| maxed[j * cands.len() + k] * 1e6)
-                        .collect();
+                    let mut t: Vec<f64> =
+                        (0..TRIALS).map(|j| maxed[k * TRIALS + j] * 1e6).collect();
                     t.sort_by(f64::total_cmp);
                     (*a, t[TRIALS / 2])
                 })
@@ -380,7 +387,7 @@ fn parse_class(name: &str) -> Option<Class> {
 }
 
 /// FNV-1a: a stable file name for a key (std's hasher may change between releases).
-fn fnv64(s: &str) -> u64 {
+pub(crate) fn fnv64(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

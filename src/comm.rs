@@ -8,6 +8,7 @@
 use crate::autotune::{Class, Next, Tuner};
 use crate::element::Element;
 use crate::log::{log_enabled, Logger};
+use crate::selector::Selector;
 use acspeed_algorithms::Algorithm;
 use acspeed_core::config::AlgoChoice;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
@@ -45,6 +46,8 @@ pub struct Communicator {
     timeline: Option<crate::timeline::Timeline>,
     /// `ACSPEED_AUTOTUNE`: measured choices where `auto` decides.
     tuner: Option<Tuner>,
+    /// Predicted choices where `auto` decides, on a GPU topology file (else why not).
+    selector: std::result::Result<Selector, String>,
     log: Logger,
 }
 
@@ -125,6 +128,7 @@ impl Communicator {
             )
         });
         warnings.iter().for_each(|w| log.warn(w));
+        let selector = Selector::for_job(&cfg, &ctx)?;
         let c = Communicator {
             rank,
             nranks,
@@ -144,6 +148,7 @@ impl Communicator {
             rules,
             timeline,
             tuner,
+            selector,
             log,
         };
         c.log_init();
@@ -190,15 +195,17 @@ impl Communicator {
         &self.ctx
     }
 
-    /// Algorithm a collective of `bytes` (output buffer size) runs.
-    ///
-    /// A forced algorithm (`ACSPEED_ALGO`) runs every collective it serves; the others fall
-    /// back to ring (logged at init). `auto` is a fixed rule until the simulator-driven
-    /// selector lands, measured on this project's 2-vCPU machines (docs/PERFORMANCE.md):
-    /// allreduce goes hybrid when ranks span several hosts and some host has more than one
-    /// (from 1 MiB), double binary tree for small messages on 8+ ranks (up to 16 KiB: at 4
-    /// ranks it measured no faster than ring here), and ring otherwise; broadcast and reduce
-    /// follow the same tree rule.
+    /// Algorithm a collective of `bytes` (output buffer size) runs, layer by layer:
+    /// per-size rules (`ACSPEED_ALLREDUCE`, ...), then a forced algorithm (`ACSPEED_ALGO`; the
+    /// collectives it does not serve run ring), then `auto`. Where `auto` decides:
+    /// - with `ACSPEED_AUTOTUNE`, the measured choice (trying candidates at first);
+    /// - with a GPU topology file (`ACSPEED_TOPO_FILE`), the simulator's prediction on that
+    ///   topology times the job's host shape;
+    /// - otherwise a fixed rule, measured on this project's 2-vCPU machines
+    ///   (docs/PERFORMANCE.md). Allreduce goes hybrid from 1 MiB when ranks span several
+    ///   hosts and some host has more than one. Small messages (up to 16 KiB) on 8+ ranks use
+    ///   the double binary tree; at 4 ranks it measured no faster than ring here. Everything
+    ///   else runs ring. Broadcast and reduce follow the same tree rule.
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
         self.choose(coll, bytes).0
     }
@@ -220,6 +227,7 @@ impl Communicator {
                     self.tuner.as_ref().map(|t| t.path().display().to_string()).unwrap_or_default()
                 ),
             ),
+            None if auto => self.predicted(coll, bytes).unwrap_or((a, why)),
             None => (a, why),
         };
         match a {
@@ -288,6 +296,14 @@ impl Communicator {
             self.cfg.pipeline_depth,
             self.cfg.timeout
         ));
+        self.log.info(&match (&self.tuner, &self.selector) {
+            (Some(t), _) => format!(
+                "auto: measured by ACSPEED_AUTOTUNE (cache {})",
+                t.path().display()
+            ),
+            (None, Ok(s)) => format!("auto: the selector's predictions, {}", s.about),
+            (None, Err(why)) => format!("auto: fixed rule ({why})"),
+        });
         if !self.ctx.nvlinks.is_empty() {
             use acspeed_algorithms::ntree;
             self.log.info(&match ntree::job_trees(&self.ctx) {
@@ -388,6 +404,11 @@ impl Communicator {
             op.check_dtype(dtype)?;
         }
         let (algo, trial) = self.pick(coll, output.len())?;
+        if trial.is_some() {
+            // A trial times the call, not building and verifying the algorithm's plan.
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            self.plan(&mut st, coll, algo)?;
+        }
         let t0 = std::time::Instant::now();
         self.run_as(coll, algo, dtype, op, count, input, output)?;
         if let (Some(t), Some(class)) = (&self.tuner, trial) {
@@ -436,6 +457,36 @@ impl Communicator {
                     }
                     t.confirm(class, &cands, agreed);
                 }
+            }
+        }
+    }
+
+    /// The selector's choice where it has a model (a GPU topology file), with every
+    /// candidate's predicted time.
+    fn predicted(&self, coll: Collective, bytes: usize) -> Option<(Algorithm, String)> {
+        let s = self.selector.as_ref().ok()?;
+        let cands = self.tune_candidates(coll);
+        if cands.len() < 2 {
+            return None;
+        }
+        match s.predictions(coll, bytes, &cands) {
+            Ok(p) if !p.is_empty() => Some((
+                p[0].algo,
+                format!(
+                    "selector: predicted {} ({})",
+                    p.iter()
+                        .map(|x| format!("{} {:.0} us", x.algo.name(), x.time_us))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    s.about
+                ),
+            )),
+            // The simulator is deterministic: every rank falls back alike.
+            Ok(_) => None,
+            Err(e) => {
+                self.log
+                    .warn(&format!("selector: {e}; auto's fixed rule decides"));
+                None
             }
         }
     }

@@ -166,7 +166,11 @@ pub fn init_with_store(
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
     let (nvlinks, sockets) = crate::comm::gpu_facts(&cfg)?;
-    let facts = plan_facts(&cfg, &nvlinks, &sockets);
+    let facts = format!(
+        "{} topology file fingerprint={}",
+        plan_facts(&cfg, &nvlinks, &sockets),
+        crate::selector::topo_fingerprint(&cfg)?
+    );
     store.set(&key(&format!("plan/{rank}")), facts.as_bytes())?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
@@ -199,7 +203,7 @@ pub fn init_with_store(
             return Err(Error::Mismatch {
                 peer: q,
                 detail: format!(
-                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings, ACSPEED_SEGMENT_BYTES and the NVLinks of ACSPEED_TOPO_FILE must be the same on every rank"
+                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings, ACSPEED_SEGMENT_BYTES and ACSPEED_TOPO_FILE (its NVLinks, sockets and the paths the selector models) must be the same on every rank"
                 ),
             });
         }

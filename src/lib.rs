@@ -28,6 +28,7 @@ pub mod linearity_measure;
 pub mod log;
 pub mod paths;
 pub mod probe;
+pub mod selector;
 pub mod simulate;
 pub mod staging;
 pub mod store;

@@ -82,3 +82,85 @@ fn ranks_measure_agree_and_reuse_the_cached_choice() {
     assert!(off[0][0].contains("auto:"), "{}", off[0][0]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a GPU topology file, `auto` runs the selector's prediction: n-trees on the V100
+/// cube-mesh at 128 MiB (the seed's claim), the same choice and reasons on every rank; calls
+/// run it correctly. Without a file, the fixed rule.
+#[test]
+fn auto_follows_the_selector_on_a_gpu_topology() {
+    let dir = std::env::temp_dir().join(format!("acspeed-selector-{}", std::process::id()));
+    let v100 = crate::util::topo_json(
+        &dir,
+        "v100.json",
+        "tests/fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt",
+        |_| {},
+    );
+    let cfg = Config {
+        topo_file: Some(v100),
+        ..test_config(1 << 16, 4, 30)
+    };
+    let seen = run_group(Fabric::Memory, 8, cfg, |comm| {
+        let big = comm.explain(Collective::AllReduce, 128 << 20);
+        let mut v: Vec<f32> = (0..COUNT)
+            .map(|i| (i % 3) as f32 + comm.rank() as f32)
+            .collect();
+        comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+        for (i, x) in v.iter().enumerate() {
+            assert_eq!(*x, 8.0 * (i % 3) as f32 + 28.0, "element {i}");
+        }
+        (big, comm.explain(Collective::AllReduce, COUNT * 4))
+    });
+    for s in &seen {
+        assert_eq!(s, &seen[0], "every rank chooses alike");
+    }
+    assert!(
+        seen[0].0.contains("): ntree (selector: predicted ntree"),
+        "{}",
+        seen[0].0
+    );
+    assert!(
+        seen[0].0.contains("v100.json x 1 host(s) [8]"),
+        "{}",
+        seen[0].0
+    );
+    assert!(seen[0].1.contains("(selector: predicted "), "{}", seen[0].1);
+    let plain = run_group(Fabric::Memory, 2, test_config(1 << 16, 4, 30), |comm| {
+        comm.explain(Collective::AllReduce, 128 << 20)
+    });
+    assert!(plain[0].contains("(auto: ring"), "{}", plain[0]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Topology files that differ only in what the selector models (PCIe paths, not NVLinks or
+/// sockets) would give ranks different tables: init fails on both, naming the other rank.
+#[test]
+fn topology_files_with_different_pcie_paths_fail_init() {
+    let dir = std::env::temp_dir().join(format!("acspeed-topo-fp-{}", std::process::id()));
+    let fixture = "tests/fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt";
+    let a = crate::util::topo_json(&dir, "a.json", fixture, |_| {});
+    let b = crate::util::topo_json(&dir, "b.json", fixture, |d| {
+        let n = d.paths.len();
+        // The last device pair (a NIC's path, or two GPUs): one class further.
+        let p = &mut d.paths[n - 1][n - 2];
+        *p = if *p == acspeed_core::topology::PathClass::SYS {
+            acspeed_core::topology::PathClass::NODE
+        } else {
+            acspeed_core::topology::PathClass::SYS
+        };
+        d.paths[n - 2][n - 1] = d.paths[n - 1][n - 2];
+    });
+    let errs = crate::util::init_errors_of_two("topofp", |r| Config {
+        topo_file: Some(if r == 0 { a.clone() } else { b.clone() }),
+        ..test_config(1 << 16, 4, 10)
+    });
+    std::fs::remove_dir_all(&dir).ok();
+    for (r, e) in errs.iter().enumerate() {
+        assert!(e.contains(&format!("rank {}", 1 - r)), "{e}");
+        let fps: Vec<&str> = e
+            .split("fingerprint=")
+            .skip(1)
+            .map(|x| x.split(|c: char| !c.is_ascii_hexdigit()).next().unwrap())
+            .collect();
+        assert!(fps.len() == 2 && fps[0] != fps[1], "{e}");
+    }
+}

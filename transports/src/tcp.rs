@@ -112,6 +112,24 @@ impl PeerShared {
         lock(&self.broken).as_ref().map(|e| e.duplicate())
     }
 
+    /// A failed write. When the peer closed the connection, it may have said why first (an
+    /// abort frame one of our readers is about to read): wait briefly for that reason, so the
+    /// error names it rather than the reset. A writer blocked by TCP_NOTSENT_LOWAT meets the
+    /// close before the readers do.
+    fn send_err(&self, e: std::io::Error) -> Error {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+        if matches!(e.kind(), ConnectionReset | BrokenPipe) {
+            let until = std::time::Instant::now() + Duration::from_millis(100);
+            while std::time::Instant::now() < until {
+                if let Some(why) = self.broken() {
+                    return why;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.io_err("sending", e)
+    }
+
     fn io_err(&self, what: &str, e: std::io::Error) -> Error {
         if self.aborted.load(Ordering::SeqCst) {
             return Error::Aborted("transport aborted".into());
@@ -256,7 +274,7 @@ fn writer_loop(p: Arc<PeerShared>, mut s: TcpStream, busy: usize) {
                     )
                 };
                 write_all_vectored(&mut s, &mut [IoSlice::new(&head), IoSlice::new(body)])
-                    .map_err(|e| p.io_err("sending", e))
+                    .map_err(|e| p.send_err(e))
             }
         };
         match r {
