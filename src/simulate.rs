@@ -67,6 +67,22 @@ pub fn measure_here() -> Result<HostModel> {
         kernels::copy::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), BYTES)
     });
     let reduce_s = best(&mut || kernels::reduce(DType::F32, ReduceOp::Sum, &mut dst, &src));
+    // The same on data that stays in the last-level cache: a quarter of it (source and
+    // destination), as a collective's buffers that fit there are spread over several ranks.
+    let llc = llc_bytes();
+    let small = (llc.max(16 << 20) / 8).min(BYTES);
+    let reps = 8;
+    // SAFETY: both buffers hold at least `small` bytes and do not overlap.
+    let copy_c = best(&mut || {
+        for _ in 0..reps {
+            unsafe { kernels::copy::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), small) }
+        }
+    });
+    let reduce_c = best(&mut || {
+        for _ in 0..reps {
+            kernels::reduce(DType::F32, ReduceOp::Sum, &mut dst[..small], &src[..small])
+        }
+    });
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
@@ -78,7 +94,22 @@ pub fn measure_here() -> Result<HostModel> {
         BYTES as f64 / reduce_s / 1e9,
         shm.latency_us,
     )
-    .with_shm(shm.slot_gbps, shm.cma_gbps, cfg.shm_cma_min))
+    .with_shm(shm.slot_gbps, shm.cma_gbps, cfg.shm_cma_min)
+    .with_cache(
+        llc,
+        (small * reps) as f64 / copy_c / 1e9,
+        (small * reps) as f64 / reduce_c / 1e9,
+    ))
+}
+
+/// The last-level cache's size from sysfs (0 when the machine does not say).
+fn llc_bytes() -> usize {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    (0..8)
+        .filter_map(|i| std::fs::read_to_string(dir.join(format!("index{i}/size"))).ok())
+        .filter_map(|t| acspeed_core::config::parse_size(t.trim()))
+        .max()
+        .unwrap_or(0)
 }
 
 /// What two local ranks measure through the real shared-memory transport.

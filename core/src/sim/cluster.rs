@@ -49,6 +49,14 @@ pub struct HostModel {
     pub shm_cma_gbps: f64,
     #[serde(default)]
     pub cma_min_bytes: usize,
+    /// Last-level cache, bytes (0: unknown, so every collective streams through DRAM).
+    #[serde(default)]
+    pub llc_bytes: usize,
+    /// One core's copy and reduce rates on data resident in that cache, GB/s (0: unmeasured).
+    #[serde(default)]
+    pub copy_cache_gbps: f64,
+    #[serde(default)]
+    pub reduce_cache_gbps: f64,
 }
 
 impl HostModel {
@@ -65,6 +73,36 @@ impl HostModel {
             shm_gbps: copy_gbps,
             shm_cma_gbps: copy_gbps,
             cma_min_bytes: usize::MAX,
+            llc_bytes: 0,
+            copy_cache_gbps: 0.0,
+            reduce_cache_gbps: 0.0,
+        }
+    }
+
+    /// Measured rates on cache-resident data and the cache's size (see the fields).
+    pub fn with_cache(self, llc_bytes: usize, copy_gbps: f64, reduce_gbps: f64) -> HostModel {
+        HostModel {
+            llc_bytes,
+            copy_cache_gbps: copy_gbps,
+            reduce_cache_gbps: reduce_gbps,
+            ..self
+        }
+    }
+
+    /// The rates a collective of `coll_bytes` per rank meets with `local` ranks on this
+    /// host: cache rates while every local rank's buffer, its scratch and its slots (about
+    /// 3 x `coll_bytes` each) fit in the last-level cache, else the DRAM rates.
+    pub fn at_size(&self, coll_bytes: usize, local: usize) -> HostModel {
+        let fits = self.llc_bytes > 0
+            && coll_bytes.saturating_mul(3).saturating_mul(local.max(1)) <= self.llc_bytes;
+        if fits && self.copy_cache_gbps > 0.0 && self.reduce_cache_gbps > 0.0 {
+            HostModel {
+                copy_gbps: self.copy_cache_gbps,
+                reduce_gbps: self.reduce_cache_gbps,
+                ..self.clone()
+            }
+        } else {
+            self.clone()
         }
     }
 
@@ -107,6 +145,9 @@ impl HostModel {
             shm_gbps: 5.0,
             shm_cma_gbps: 5.0,
             cma_min_bytes: usize::MAX,
+            llc_bytes: 0,
+            copy_cache_gbps: 0.0,
+            reduce_cache_gbps: 0.0,
         })
     }
 
@@ -191,6 +232,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// This cluster as a collective of `coll_bytes` per rank meets it (cache-resident or
+    /// not, host by host: [`HostModel::at_size`]).
+    pub fn at_size(&self, coll_bytes: usize) -> Cluster {
+        let shape = self.shape();
+        Cluster {
+            hosts: self
+                .hosts
+                .iter()
+                .zip(&shape)
+                .map(|(h, m)| h.at_size(coll_bytes, *m as usize))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// `hosts.len()` hosts, each with `ranks_per_host[h]` ranks numbered host by host.
     pub fn new(hosts: Vec<HostModel>, ranks_per_host: &[u32], net: NetModel) -> Result<Cluster> {
         if hosts.len() != ranks_per_host.len() || hosts.is_empty() {

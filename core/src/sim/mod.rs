@@ -130,6 +130,8 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
             cluster.nranks()
         )));
     }
+    let sized = cluster.at_size(p.count * p.elem_bytes);
+    let cluster = &sized;
     let mut fluid = Fluid::new();
     let mut cpu = Vec::new();
     let (mut nic_out, mut nic_in) = (Vec::new(), Vec::new());

@@ -282,3 +282,27 @@ fn nvswitch_gpus_share_their_links_to_the_switch() {
         "{switch} vs {mesh}"
     );
 }
+
+/// Cache-resident collectives get the cache rates, host by host: while the ranks' buffers
+/// (about 3 x the message each) fit in the last-level cache, and not beyond.
+#[test]
+fn cache_rates_apply_while_the_buffers_fit() {
+    let h = HostModel::cpu(2.0, 10.0, 8.0, 5.0).with_cache(32 << 20, 40.0, 30.0);
+    assert_eq!(h.at_size(1 << 20, 2).copy_gbps, 40.0);
+    assert_eq!(h.at_size(1 << 20, 2).reduce_gbps, 30.0);
+    assert_eq!(
+        h.at_size(8 << 20, 2).copy_gbps,
+        10.0,
+        "48 MiB does not fit in 32"
+    );
+    assert_eq!(h.at_size(4 << 20, 2).copy_gbps, 40.0, "24 MiB fits");
+    let unknown = HostModel::cpu(2.0, 10.0, 8.0, 5.0);
+    assert_eq!(unknown.at_size(64, 2).copy_gbps, 10.0);
+    let cl = Cluster::new(vec![h.clone(), h], &[1, 4], net(10.0, None, 1, 1.0)).unwrap();
+    let sized = cl.at_size(4 << 20);
+    assert_eq!(sized.hosts[0].copy_gbps, 40.0, "one rank: 12 MiB fits");
+    assert_eq!(
+        sized.hosts[1].copy_gbps, 10.0,
+        "four ranks: 48 MiB does not"
+    );
+}
