@@ -14,11 +14,13 @@ use acspeed_core::config::AlgoChoice;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
 use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{
-    kernels, Config, DType, Error, FrameHeader, HostStage, OpHandle, PlanContext, Rank, ReduceOp,
-    Result, Transport,
+    kernels, Config, DType, Error, HostStage, PlanContext, Rank, ReduceOp, Result, Transport,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+#[path = "comm_p2p.rs"]
+mod p2p;
 
 /// A set of ranks that run collectives together.
 pub struct Communicator {
@@ -48,6 +50,8 @@ pub struct Communicator {
     tuner: Option<Tuner>,
     /// Predicted choices where `auto` decides, on a GPU topology file (else why not).
     selector: std::result::Result<Selector, String>,
+    /// Where the next receive from any source starts looking (round robin over ranks).
+    next_any: std::sync::atomic::AtomicU32,
     log: Logger,
 }
 
@@ -149,6 +153,7 @@ impl Communicator {
             timeline,
             tuner,
             selector,
+            next_any: std::sync::atomic::AtomicU32::new(0),
             log,
         };
         c.log_init();
@@ -745,90 +750,6 @@ impl Communicator {
         }
         Ok(())
     }
-
-    fn p2p_header(tag: u64, len: usize) -> FrameHeader {
-        FrameHeader {
-            seq: tag,
-            coll: P2P_CODE,
-            dtype: DType::U8 as u8,
-            op: u8::MAX,
-            algo: 0,
-            root: 0,
-            count: len as u64,
-            len: len as u64,
-        }
-    }
-
-    /// Point-to-point send of `len` bytes to `peer`, matched in order with the peer's
-    /// `post_recv` from us (the tag must match too, or both sides get a mismatch error).
-    /// Returns at once; wait with [`Communicator::wait`].
-    ///
-    /// Run point-to-point traffic on a communicator of its own: messages between two ranks
-    /// form one ordered stream, so interleaving them differently with collectives on the two
-    /// ranks is a mismatch.
-    ///
-    /// # Safety
-    /// `data..data+len` must stay valid and unmodified until the handle completes.
-    pub unsafe fn post_send(
-        &self,
-        peer: u32,
-        tag: u64,
-        data: *const u8,
-        len: usize,
-    ) -> Result<OpHandle> {
-        self.check_usable()?;
-        self.check_peer("send", peer)?;
-        // SAFETY: forwarded under the caller's contract.
-        unsafe {
-            self.transport
-                .post_send(Rank(peer), Self::p2p_header(tag, len), data, len)
-        }
-    }
-
-    /// Point-to-point receive of exactly `len` bytes from `peer`; see [`Communicator::post_send`].
-    ///
-    /// # Safety
-    /// `data..data+len` must stay valid and untouched until the handle completes.
-    pub unsafe fn post_recv(
-        &self,
-        peer: u32,
-        tag: u64,
-        data: *mut u8,
-        len: usize,
-    ) -> Result<OpHandle> {
-        self.check_usable()?;
-        self.check_peer("recv", peer)?;
-        // SAFETY: forwarded under the caller's contract.
-        unsafe {
-            self.transport
-                .post_recv(Rank(peer), Self::p2p_header(tag, len), data)
-        }
-    }
-
-    /// Waits for a point-to-point operation (driving transports that need polling). A failure
-    /// poisons the communicator: the stream to that peer is in an unknown state.
-    pub fn wait(&self, h: &OpHandle) -> Result<()> {
-        let timeout = self.cfg.timeout;
-        let deadline = std::time::Instant::now() + timeout;
-        let what = || format!("send/recv with rank {}", h.peer());
-        let r = if self.transport.needs_progress() {
-            h.wait_driven(deadline, timeout, &what, &|| self.transport.progress())
-        } else {
-            h.wait(deadline, timeout, &what)
-        };
-        if let Err(e) = &r {
-            *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-            self.transport.abort(&e.to_string());
-        }
-        r
-    }
-
-    fn check_peer(&self, what: &str, peer: u32) -> Result<()> {
-        if peer >= self.nranks || peer == self.rank {
-            return Err(Error::invalid(format!("{what}: peer {peer} is not another rank of this {}-rank communicator (this is rank {})", self.nranks, self.rank)));
-        }
-        Ok(())
-    }
 }
 
 fn encode_i64(v: &[i64]) -> Vec<u8> {
@@ -862,9 +783,6 @@ fn tune_key(ctx: &PlanContext, cfg: &Config) -> String {
         cfg.cpu_reduce_threads
     )
 }
-
-/// Frame code of point-to-point messages (`Collective::name_of_code` knows it).
-const P2P_CODE: u8 = 8;
 
 /// The algorithm for `coll` at `bytes` and why, layer by layer: a per-size rule for the
 /// collective, then the forced algorithm (`ACSPEED_ALGO`), then `auto`'s rule. Pure, so that

@@ -8,6 +8,7 @@ mod errors;
 mod exec_props;
 mod linearity;
 mod matrix;
+mod p2p;
 mod simulate;
 mod staging;
 mod topology;

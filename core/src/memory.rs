@@ -162,6 +162,18 @@ impl Transport for MemoryTransport {
         self.post(from, hdr, data, None)
     }
 
+    fn peek(&self, from: Rank) -> Result<Option<FrameHeader>> {
+        let mb = self.mailbox(from, self.rank)?;
+        if let Some(why) = &mb.broken {
+            return Err(Error::Remote {
+                rank: from.0,
+                detail: why.clone(),
+            });
+        }
+        // Queued messages wait only while no receive is posted.
+        Ok(mb.queued.front().map(|(h, _)| *h))
+    }
+
     fn can_recv_reduce(&self, _from: Rank) -> bool {
         self.fabric.fused_reduce
     }

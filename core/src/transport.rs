@@ -274,6 +274,16 @@ pub trait Transport: Send + Sync {
     /// completes (or the transport is aborted and has returned from `abort`).
     unsafe fn post_recv(&self, from: Rank, hdr: FrameHeader, data: *mut u8) -> Result<OpHandle>;
 
+    /// The header of the next message from `from` that no posted receive has claimed, once it
+    /// has arrived (`None`: nothing unclaimed from `from` yet). Receives from any source use
+    /// it to learn which peer sent first. Transports that cannot tell say so.
+    fn peek(&self, from: Rank) -> Result<Option<FrameHeader>> {
+        Err(Error::invalid(format!(
+            "transport {} cannot receive from any source (pass the source rank)",
+            self.name(from)
+        )))
+    }
+
     /// Whether `post_recv_reduce` from `from` is supported (the transport can reduce straight
     /// out of its own buffers, saving the executor a copy through scratch memory).
     fn can_recv_reduce(&self, _from: Rank) -> bool {

@@ -76,6 +76,9 @@ impl Transport for Multi {
         // SAFETY: forwarded under the same contract.
         unsafe { self.part(from)?.post_recv(from, hdr, data) }
     }
+    fn peek(&self, from: Rank) -> Result<Option<FrameHeader>> {
+        self.part(from)?.peek(from)
+    }
     fn can_recv_reduce(&self, from: Rank) -> bool {
         self.part(from)
             .map(|t| t.can_recv_reduce(from))

@@ -55,6 +55,9 @@ struct SendQueue {
 #[derive(Default)]
 struct RecvTable {
     posted: HashMap<u64, Arc<RecvMsg>>,
+    /// Headers of messages that arrived before their receive was posted, by message id
+    /// (what `peek` reports).
+    arrived: HashMap<u64, FrameHeader>,
     closed: bool,
 }
 
@@ -352,6 +355,11 @@ fn read_stripe(p: &PeerShared, s: &mut TcpStream, busy: usize) -> Result<bool> {
             if let Some(m) = t.posted.get(&st.msg_id) {
                 break m.clone();
             }
+            // Under the table's lock, as post_recv claims ids: an id is either posted or
+            // listed here, never both.
+            if st.msg_id >= p.next_recv_id.load(Ordering::Relaxed) {
+                t.arrived.entry(st.msg_id).or_insert(hdr);
+            }
             if t.closed || p.aborted.load(Ordering::SeqCst) {
                 return Err(p
                     .broken()
@@ -467,6 +475,17 @@ impl Transport for TcpTransport {
         Ok(handle)
     }
 
+    fn peek(&self, from: Rank) -> Result<Option<FrameHeader>> {
+        let p = self.peer(from)?;
+        if let Some(e) = p.broken() {
+            return Err(e);
+        }
+        let t = lock(&p.recvs);
+        Ok(t.arrived
+            .get(&p.next_recv_id.load(Ordering::Relaxed))
+            .copied())
+    }
+
     unsafe fn post_recv(&self, from: Rank, hdr: FrameHeader, data: *mut u8) -> Result<OpHandle> {
         let p = self.peer(from)?;
         if let Some(e) = p.broken() {
@@ -481,6 +500,7 @@ impl Transport for TcpTransport {
                     .unwrap_or_else(|| Error::Aborted("transport aborted".into())));
             }
             let id = p.next_recv_id.fetch_add(1, Ordering::Relaxed);
+            t.arrived.remove(&id);
             // An empty message still arrives as one empty stripe; count it as one byte.
             let left = hdr.len.max(1);
             t.posted.insert(

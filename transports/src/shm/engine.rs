@@ -714,6 +714,57 @@ impl Transport for ShmTransport {
         self.post_recv_inner(from, hdr, data, Some((dtype, op)))
     }
 
+    fn peek(&self, from: Rank) -> Result<Option<FrameHeader>> {
+        let e = self.lock();
+        if e.aborted {
+            return Err(Error::Aborted("shared-memory transport aborted".into()));
+        }
+        let p = e
+            .peers
+            .get(from.idx())
+            .and_then(|p| p.as_ref())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "rank {from} is not on this host (no shared-memory path)"
+                ))
+            })?;
+        if let Some(err) = &p.broken {
+            return Err(err.duplicate());
+        }
+        // A posted receive owns the next message; without one, the next slot (if published)
+        // starts a new message.
+        if !p.recvs.is_empty() {
+            return Ok(None);
+        }
+        let Some(i) = p.inc.index().consumer_acquire() else {
+            return Ok(None);
+        };
+        let (meta, data) = p.inc.slot(i);
+        // SAFETY: slot i was published by the producer (Acquire in consumer_acquire); reading
+        // it does not release it.
+        let m = unsafe { meta.read() };
+        if m.kind == KIND_ABORT {
+            // SAFETY: as above; the reason is at most one slot long.
+            let why = unsafe {
+                std::slice::from_raw_parts(data, (m.frag_len as usize).min(p.inc.p.slot_bytes))
+            };
+            return Err(Error::Remote {
+                rank: from.0,
+                detail: format!("aborted: {}", String::from_utf8_lossy(why)),
+            });
+        }
+        Ok(Some(FrameHeader {
+            seq: m.seq,
+            coll: m.coll,
+            dtype: m.dtype,
+            op: m.op,
+            algo: m.algo,
+            root: m.root,
+            count: m.count,
+            len: m.msg_len,
+        }))
+    }
+
     fn needs_progress(&self) -> bool {
         true
     }

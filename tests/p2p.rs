@@ -1,0 +1,75 @@
+//! Point-to-point receives from any source, over every transport.
+
+use crate::util::{run_group, test_config, Fabric};
+
+/// Ranks 1 and 2 send to rank 0; rank 1 first sends a message of another tag. The first
+/// any-source receive must leave that one alone (it can only take rank 2's), the receive that
+/// names rank 1 takes it, and the second any-source receive then takes rank 1's. Every
+/// payload arrives where its sender says it should.
+#[test]
+fn recv_any_source_takes_whoever_sent_first() {
+    for f in [Fabric::Memory, Fabric::Tcp, Fabric::Shm] {
+        let got = run_group(f, 3, test_config(1 << 16, 4, 20), |comm| {
+            let me = comm.rank();
+            if me == 0 {
+                let mut seen = Vec::new();
+                for round in 0..2 {
+                    if round == 1 {
+                        let mut other = vec![0u32; 10];
+                        // SAFETY: other outlives the wait.
+                        let h =
+                            unsafe { comm.post_recv(1, 9, other.as_mut_ptr().cast(), 40) }.unwrap();
+                        comm.wait(&h).unwrap();
+                        assert!(other.iter().all(|x| *x == 9));
+                    }
+                    let mut buf = vec![0u32; 1000];
+                    // SAFETY: buf outlives the wait below.
+                    let (src, h) =
+                        unsafe { comm.post_recv_any(7, buf.as_mut_ptr().cast(), buf.len() * 4) }
+                            .unwrap();
+                    comm.wait(&h).unwrap();
+                    assert!(buf.iter().all(|x| *x == src * 100), "{f:?}: from {src}");
+                    seen.push(src);
+                }
+                seen
+            } else {
+                let data = vec![me * 100; 1000];
+                let nine = [9u32; 10];
+                let mut hs = Vec::new();
+                // SAFETY: data and nine outlive the waits.
+                unsafe {
+                    if me == 1 {
+                        hs.push(comm.post_send(0, 9, nine.as_ptr().cast(), 40).unwrap());
+                    }
+                    hs.push(comm.post_send(0, 7, data.as_ptr().cast(), 4000).unwrap());
+                }
+                hs.iter().for_each(|h| comm.wait(h).unwrap());
+                Vec::new()
+            }
+        });
+        assert_eq!(got[0], vec![2, 1], "{f:?}");
+    }
+}
+
+/// Nobody sends: the receive ends at the timeout with an error that says what it waited for.
+#[test]
+fn recv_any_source_times_out_clearly() {
+    let errs = run_group(Fabric::Tcp, 2, test_config(1 << 16, 4, 1), |comm| {
+        if comm.rank() != 0 {
+            // Stay connected past rank 0's timeout: a closed peer is another error.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            return String::new();
+        }
+        let mut buf = [0u8; 8];
+        // SAFETY: buf outlives the call (nothing is posted on failure).
+        match unsafe { comm.post_recv_any(3, buf.as_mut_ptr(), 8) } {
+            Ok((src, _)) => panic!("received from {src}"),
+            Err(e) => e.to_string(),
+        }
+    });
+    assert!(
+        errs[0].contains("any source") && errs[0].contains("tag 3"),
+        "{}",
+        errs[0]
+    );
+}
