@@ -121,6 +121,8 @@ impl Communicator {
         let first = self.next_any.load(std::sync::atomic::Ordering::Relaxed);
         let mut idle = 0u32;
         loop {
+            // An abort (or an earlier failure) ends the wait at once.
+            self.check_usable()?;
             for k in 0..self.nranks {
                 let q = (first + k) % self.nranks;
                 if q == self.rank {

@@ -143,6 +143,11 @@ class AcspeedWork(dist.Work):
     def is_completed(self):
         return self._h.is_completed()
 
+    def _source_rank(self):
+        # torch's recv(src=None) / irecv().wait() ask the Work which rank sent.
+        self._h.wait()
+        return self._h.source_rank()
+
     def is_success(self):
         return self._h.is_completed()
 
@@ -458,7 +463,9 @@ class AcspeedBackend(C10dBackend):
         return self._finish(h, tensors, True, [(orig, c)])
 
     def recv_anysource(self, tensors, tag):
-        raise RuntimeError("acspeed: recv from any source is not supported; pass src= to recv")
+        c, orig = _staged(tensors[0], "recv")
+        h = self._c.recv_any(c.data_ptr(), c.numel() * c.element_size(), tag, c)
+        return self._finish(h, tensors, True, [(orig, c)])
 
     def shutdown(self):
         self._c.shutdown()
@@ -570,6 +577,25 @@ def explain(group=None, nbytes: int = 0, collective: str = "allreduce") -> str:
     if b is None:
         raise ValueError(f"group {group.group_name!r} does not use the acspeed backend")
     return b._c.explain(int(nbytes), collective)
+
+
+def recv_any(tensor: torch.Tensor, group=None, tag: int = 0) -> int:
+    """Receives ``tensor`` from whichever rank of ``group`` sends first, and returns that
+    rank (its rank in ``group``).
+
+    ``torch.distributed.recv(tensor)`` without ``src`` receives correctly through acspeed but
+    then fails. torch 2.15 wraps a Python backend's Work in ``PyWorkHolder``
+    (torch/csrc/distributed/c10d/py/PyProcessGroup.hpp), which forwards only ``wait`` and
+    ``get_future``, so asking it for the source rank reaches ``Work::sourceRank``, which
+    throws. This function asks acspeed's own Work instead."""
+    if group is None:
+        group = dist.distributed_c10d._get_default_group()
+    b = _by_group.get(group.group_name)
+    if b is None:
+        raise ValueError(f"group {group.group_name!r} does not use the acspeed backend")
+    work = b.recv_anysource([tensor], tag)
+    work.wait()
+    return work._source_rank()
 
 
 def _create(opts, backend_options):

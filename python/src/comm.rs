@@ -100,7 +100,7 @@ impl PyComm {
             done: done.clone(),
         })
         .map_err(|_| crate::AcspeedError::new_err("acspeed worker thread is gone"))?;
-        Ok(WorkHandle { c: done })
+        Ok(WorkHandle::new(done))
     }
 }
 
@@ -466,6 +466,38 @@ impl PyComm {
         self.track(vec![h], keep)
     }
 
+    /// Receive from whichever rank sends a message of this tag and size first. Returns at
+    /// once: a thread of its own waits for a sender (any-source receives are rare; they must
+    /// not hold up the point-to-point thread's other waits), then for the bytes. The
+    /// handle's `source_rank()` names the sender once it is complete.
+    #[pyo3(signature = (ptr, nbytes, tag, keep=None))]
+    fn recv_any(
+        &self,
+        ptr: usize,
+        nbytes: usize,
+        tag: u64,
+        keep: Option<Py<PyAny>>,
+    ) -> PyResult<WorkHandle> {
+        let w = WorkHandle::new(Completion::new(keep));
+        let (c, done, src) = (self.p2p.clone(), w.c.clone(), w.source.clone());
+        std::thread::Builder::new()
+            .name(format!("acspeed-recv-any{}", self.rank))
+            .spawn(move || {
+                // SAFETY: Python keeps the tensor alive (`keep`) until the handle completes.
+                let r =
+                    unsafe { c.post_recv_any(tag, ptr as *mut u8, nbytes) }.and_then(|(q, h)| {
+                        let r = c.wait(&h);
+                        src.store(i64::from(q), std::sync::atomic::Ordering::Release);
+                        r
+                    });
+                done.finish(r);
+            })
+            .map_err(|e| {
+                crate::AcspeedError::new_err(format!("cannot start a receive thread: {e}"))
+            })?;
+        Ok(w)
+    }
+
     /// Stops the threads (pending work finishes first). Idempotent.
     fn shutdown(&self, py: Python<'_>) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -519,7 +551,7 @@ impl PyComm {
             done: done.clone(),
         })
         .map_err(|_| crate::AcspeedError::new_err("acspeed p2p thread is gone"))?;
-        Ok(WorkHandle { c: done })
+        Ok(WorkHandle::new(done))
     }
 }
 

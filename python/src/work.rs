@@ -73,6 +73,18 @@ impl Completion {
 #[pyclass(module = "acspeed._acspeed")]
 pub(crate) struct WorkHandle {
     pub(crate) c: Completion,
+    /// The sender of a receive from any source, once known (-1 until then, and for every
+    /// other operation).
+    pub(crate) source: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl WorkHandle {
+    pub(crate) fn new(c: Completion) -> WorkHandle {
+        WorkHandle {
+            c,
+            source: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
+        }
+    }
 }
 
 #[pymethods]
@@ -81,6 +93,17 @@ impl WorkHandle {
     fn wait(&self, py: Python<'_>) -> PyResult<()> {
         let c = self.c.clone();
         py.detach(move || c.wait()).map_err(|e| to_py(&e))
+    }
+
+    /// The rank a receive from any source took its message from (raises before that is
+    /// known, and for other operations).
+    fn source_rank(&self) -> PyResult<u32> {
+        let s = self.source.load(std::sync::atomic::Ordering::Acquire);
+        u32::try_from(s).map_err(|_| {
+            crate::AcspeedError::new_err(
+                "source_rank(): only a completed receive from any source has a source rank",
+            )
+        })
     }
 
     fn is_completed(&self) -> bool {
