@@ -210,6 +210,27 @@ pub struct ShmTransport {
 unsafe impl Send for ShmTransport {}
 unsafe impl Sync for ShmTransport {}
 
+/// The peer `peer` of a transport that is not aborted, if it is on this host and its
+/// stream is not broken.
+fn usable_peer(e: &mut Engine, peer: Rank) -> Result<&mut Peer> {
+    if e.aborted {
+        return Err(Error::Aborted("shared-memory transport aborted".into()));
+    }
+    let p = e
+        .peers
+        .get_mut(peer.idx())
+        .and_then(|p| p.as_mut())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "rank {peer} is not on this host (no shared-memory path)"
+            ))
+        })?;
+    if let Some(err) = &p.broken {
+        return Err(err.duplicate());
+    }
+    Ok(p)
+}
+
 fn fail_all(p: &mut Peer, e: &Error) {
     p.broken.get_or_insert_with(|| e.duplicate());
     for s in p.sends.drain(..) {
@@ -618,21 +639,7 @@ impl ShmTransport {
 
     fn post(&self, peer: Rank, f: impl FnOnce(&mut Peer, OpHandle)) -> Result<OpHandle> {
         let mut e = self.lock();
-        if e.aborted {
-            return Err(Error::Aborted("shared-memory transport aborted".into()));
-        }
-        let p = e
-            .peers
-            .get_mut(peer.idx())
-            .and_then(|p| p.as_mut())
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "rank {peer} is not on this host (no shared-memory path)"
-                ))
-            })?;
-        if let Some(err) = &p.broken {
-            return Err(err.duplicate());
-        }
+        let p = usable_peer(&mut e, peer)?;
         let h = OpHandle::new(peer);
         f(p, h.clone());
         // Move what can move now: small messages complete without anyone waiting.
@@ -715,22 +722,8 @@ impl Transport for ShmTransport {
     }
 
     fn peek(&self, from: Rank) -> Result<Option<FrameHeader>> {
-        let e = self.lock();
-        if e.aborted {
-            return Err(Error::Aborted("shared-memory transport aborted".into()));
-        }
-        let p = e
-            .peers
-            .get(from.idx())
-            .and_then(|p| p.as_ref())
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "rank {from} is not on this host (no shared-memory path)"
-                ))
-            })?;
-        if let Some(err) = &p.broken {
-            return Err(err.duplicate());
-        }
+        let mut e = self.lock();
+        let p = usable_peer(&mut e, from)?;
         // A posted receive owns the next message; without one, the next slot (if published)
         // starts a new message.
         if !p.recvs.is_empty() {
