@@ -14,16 +14,7 @@ trap 'bash "$NETSIM" down --kill >/dev/null 2>&1 || true' EXIT
 bash "$NETSIM" down --kill >/dev/null 2>&1 || true
 bash "$NETSIM" up 2 --rate 2gbit --flow-rate 500mbit --flow-slots 256 >/dev/null
 
-# pair CMD...: runs CMD on both hosts (rank = host), prints rank 0's stdout.
-pair() {
-  local port=$((30000 + RANDOM % 2000)) out
-  out="$(mktemp)"
-  bash "$NETSIM" exec 1 env RANK=1 WORLD_SIZE=2 MASTER_ADDR=198.18.0.1 MASTER_PORT=$port OMP_NUM_THREADS=1 GLOO_SOCKET_IFNAME=eth0 timeout 600 "$@" >/dev/null &
-  local p1=$!
-  bash "$NETSIM" exec 0 env RANK=0 WORLD_SIZE=2 MASTER_ADDR=198.18.0.1 MASTER_PORT=$port OMP_NUM_THREADS=1 GLOO_SOCKET_IFNAME=eth0 timeout 600 "$@" >"$out"
-  wait $p1
-  cat "$out"; rm -f "$out"
-}
+. benches/netsim_lib.sh
 
 link=0.25 # GB/s: 2 Gbit/s per host
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), netsim 2 hosts x 1 rank, --rate 2gbit --flow-rate 500mbit, allreduce float32 $SIZE"
@@ -31,7 +22,7 @@ echo
 echo "| configuration | time ms | busbw GB/s | % of link (0.25 GB/s) |"
 echo "|---|---:|---:|---:|"
 for k in 1 2 4 8 auto; do
-  row="$(pair env ACSPEED_NSTREAMS=$k "$BENCH" -b "$SIZE" -e "$SIZE" --iters 5 -w 1 --check --json)"
+  row="$(netsim_pair env ACSPEED_NSTREAMS=$k "$BENCH" -b "$SIZE" -e "$SIZE" --iters 5 -w 1 --check --json)"
   python3 - "$k" "$row" "$link" <<'PY'
 import json, sys
 k, rows, link = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
@@ -42,7 +33,7 @@ print(f"| {label} | {r['time_us']/1e3:.1f} | {r['busbw_gbps']:.3f} | {r['busbw_g
 PY
 done
 bytes=$(python3 -c "import sys; s='$SIZE'; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))")
-g="$(pair "$PY" benches/torch_allreduce.py --backend gloo --min-bytes "$bytes" --max-bytes "$bytes" --iters 5)"
+g="$(netsim_pair "$PY" benches/torch_allreduce.py --backend gloo --min-bytes "$bytes" --max-bytes "$bytes" --iters 5)"
 python3 - "$g" "$link" <<'PY'
 import json, sys
 d, link = json.loads(sys.argv[1].strip().splitlines()[-1]), float(sys.argv[2])
@@ -50,4 +41,4 @@ r = d["rows"][-1]
 print(f"| torch gloo | {r['time_us']/1e3:.1f} | {r['busbw_gbps']:.3f} | {r['busbw_gbps']/link:.0%} |")
 PY
 echo
-pair "$PY" benches/torch_compare.py --max-bytes "$bytes" --min-bytes 65536 --lat-iters 300 --ddp-steps 10 --label "netsim, 2 hosts"
+netsim_pair "$PY" benches/torch_compare.py --max-bytes "$bytes" --min-bytes 65536 --lat-iters 300 --ddp-steps 10 --label "netsim, 2 hosts"

@@ -21,3 +21,17 @@ netsim_job() {
   for p in "${pids[@]}"; do wait "$p" || { cat "$RAW"/job.*.err >&2; return 1; }; done
   cat "$RAW/job.0"
 }
+
+# netsim_pair CMD...: runs CMD on hosts 0 and 1 as ranks 0 and 1 of a 2-rank job (torch's
+# launch variables, gloo on eth0, one thread each) and prints rank 0's stdout. Needs only NETSIM.
+netsim_pair() {
+  local port=$((30000 + RANDOM % 2000)) out
+  out="$(mktemp)"
+  local env=(RANK=0 WORLD_SIZE=2 MASTER_ADDR=198.18.0.1 MASTER_PORT=$port OMP_NUM_THREADS=1
+    GLOO_SOCKET_IFNAME=eth0 ACSPEED_TIMEOUT_SECS=60)
+  bash "$NETSIM" exec 1 env "${env[@]}" RANK=1 timeout 600 "$@" >/dev/null &
+  local p1=$!
+  bash "$NETSIM" exec 0 env "${env[@]}" timeout 600 "$@" >"$out"
+  wait $p1
+  cat "$out"; rm -f "$out"
+}

@@ -18,19 +18,11 @@ trap 'bash "$NETSIM" down --kill >/dev/null 2>&1 || true; rm -rf "$RAW"' EXIT
 bash "$NETSIM" down --kill >/dev/null 2>&1 || true
 bash "$NETSIM" up 2 --rate 2gbit --flow-rate 500mbit --flow-slots 256 >/dev/null
 
-# pair CMD...: runs CMD on both hosts (rank = host), prints rank 0's stdout.
-pair() {
-  local port=$((30000 + RANDOM % 2000))
-  bash "$NETSIM" exec 1 env RANK=1 WORLD_SIZE=2 MASTER_ADDR=198.18.0.1 MASTER_PORT=$port OMP_NUM_THREADS=1 GLOO_SOCKET_IFNAME=eth0 ACSPEED_TIMEOUT_SECS=60 timeout 600 "$@" >/dev/null &
-  local p1=$!
-  bash "$NETSIM" exec 0 env RANK=0 WORLD_SIZE=2 MASTER_ADDR=198.18.0.1 MASTER_PORT=$port OMP_NUM_THREADS=1 GLOO_SOCKET_IFNAME=eth0 ACSPEED_TIMEOUT_SECS=60 timeout 600 "$@" >"$RAW/pair.out"
-  wait $p1
-  cat "$RAW/pair.out"
-}
+. benches/netsim_lib.sh
 
 for ((i = 0; i < RUNS; i++)); do
-  pair "$BENCH" -b 256K -e 64M -f 4 --iters 10 -w 3 --check --json >"$RAW/acs.$i"
-  pair "$PY" benches/torch_allreduce.py --backend gloo --min-bytes 262144 --max-bytes 67108864 --iters 10 |
+  netsim_pair "$BENCH" -b 256K -e 64M -f 4 --iters 10 -w 3 --check --json >"$RAW/acs.$i"
+  netsim_pair "$PY" benches/torch_allreduce.py --backend gloo --min-bytes 262144 --max-bytes 67108864 --iters 10 |
     tail -1 >"$RAW/gloo.$i"
 done
 

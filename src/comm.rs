@@ -50,6 +50,9 @@ pub struct Communicator {
     tuner: Option<Tuner>,
     /// Predicted choices where `auto` decides, on a GPU topology file (else why not).
     selector: std::result::Result<Selector, String>,
+    /// Candidates of allreduce, broadcast and reduce for the autotuner and the selector
+    /// (empty when neither is on).
+    cands: [Vec<Algorithm>; 3],
     /// Where the next receive from any source starts looking (round robin over ranks).
     next_any: std::sync::atomic::AtomicU32,
     log: Logger,
@@ -133,6 +136,23 @@ impl Communicator {
         });
         warnings.iter().for_each(|w| log.warn(w));
         let selector = Selector::for_job(&cfg, &ctx)?;
+        let cands = if tuner.is_some() || selector.is_ok() {
+            let root = Rank(0);
+            [
+                Collective::AllReduce,
+                Collective::Broadcast { root },
+                Collective::Reduce { root },
+            ]
+            .map(|coll| {
+                acspeed_algorithms::select::candidates(coll, &ctx)
+                    .into_iter()
+                    // Without a staging area CPU-Reduce runs another algorithm's plan.
+                    .filter(|a| *a != Algorithm::CpuReduce || (cfg.shm && staging.is_some()))
+                    .collect()
+            })
+        } else {
+            Default::default()
+        };
         let c = Communicator {
             rank,
             nranks,
@@ -153,6 +173,7 @@ impl Communicator {
             timeline,
             tuner,
             selector,
+            cands,
             next_any: std::sync::atomic::AtomicU32::new(0),
             log,
         };
@@ -215,12 +236,18 @@ impl Communicator {
         self.choose(coll, bytes).0
     }
 
-    /// The algorithm for `coll` at `bytes`, and why (the layer that decided). With
-    /// `ACSPEED_AUTOTUNE`, what the autotuner runs next where `auto` decides.
+    /// The algorithm for `coll` at `bytes`, and why (the layer that decided).
     fn choose(&self, coll: Collective, bytes: usize) -> (Algorithm, String) {
+        let (a, why, _) = self.choose_layer(coll, bytes);
+        (a, why)
+    }
+
+    /// [`Communicator::choose`], and whether `auto` decided. With `ACSPEED_AUTOTUNE`, what
+    /// the autotuner runs next where `auto` decides.
+    fn choose_layer(&self, coll: Collective, bytes: usize) -> (Algorithm, String, bool) {
         let (a, why, auto) = decide_layer(&self.ctx, &self.rules, self.forced(), coll, bytes);
         let tuned = match (&self.tuner, auto, Class::of(coll, bytes)) {
-            (Some(t), true, Some(class)) => t.next(class, &self.tune_candidates(coll)),
+            (Some(t), true, Some(class)) => t.next(class, self.tune_candidates(coll)),
             _ => None,
         };
         let (a, why) = match tuned {
@@ -235,7 +262,7 @@ impl Communicator {
             None if auto => self.predicted(coll, bytes).unwrap_or((a, why)),
             None => (a, why),
         };
-        match a {
+        let (a, why) = match a {
             // CPU-Reduce meets in shared memory; `ACSPEED_SHM` is the same on every rank
             // (compared at rendezvous), so every rank falls back alike.
             Algorithm::CpuReduce if !self.cfg.shm => {
@@ -256,7 +283,8 @@ impl Communicator {
                 Some(note) => (a, format!("{why}; {note}")),
                 None => (a, why),
             },
-        }
+        };
+        (a, why, auto)
     }
 
     /// Which algorithm a collective of `bytes` (output size) runs and why, in one line.
@@ -426,14 +454,13 @@ impl Communicator {
 
     /// The algorithm of the next call, and the class whose trial it is (autotune).
     fn pick(&self, coll: Collective, bytes: usize) -> Result<(Algorithm, Option<Class>)> {
-        let (a, _) = self.choose(coll, bytes);
-        let (_, _, auto) = decide_layer(&self.ctx, &self.rules, self.forced(), coll, bytes);
+        let (a, _, auto) = self.choose_layer(coll, bytes);
         let (Some(t), true, Some(class)) = (&self.tuner, auto, Class::of(coll, bytes)) else {
             return Ok((a, None));
         };
         let cands = self.tune_candidates(coll);
         loop {
-            match t.next(class, &cands) {
+            match t.next(class, cands) {
                 None => return Ok((a, None)),
                 Some(Next::Run { algo, trial, .. }) => return Ok((algo, trial.then_some(class))),
                 Some(Next::Confirm(c)) => {
@@ -460,7 +487,7 @@ impl Communicator {
                             class.name()
                         ));
                     }
-                    t.confirm(class, &cands, agreed);
+                    t.confirm(class, cands, agreed);
                 }
             }
         }
@@ -474,7 +501,7 @@ impl Communicator {
         if cands.len() < 2 {
             return None;
         }
-        match s.predictions(coll, bytes, &cands) {
+        match s.predictions(coll, bytes, cands) {
             Ok(p) if !p.is_empty() => Some((
                 p[0].algo,
                 format!(
@@ -496,13 +523,15 @@ impl Communicator {
         }
     }
 
-    /// The algorithms the autotuner tries for `coll`, in the same order on every rank.
-    fn tune_candidates(&self, coll: Collective) -> Vec<Algorithm> {
-        acspeed_algorithms::select::candidates(coll, &self.ctx)
-            .into_iter()
-            // Without a staging area CPU-Reduce runs another algorithm's plan.
-            .filter(|a| *a != Algorithm::CpuReduce || (self.cfg.shm && self.staging.is_some()))
-            .collect()
+    /// The algorithms the autotuner and the selector choose among for `coll` (computed at
+    /// init), in the same order on every rank.
+    fn tune_candidates(&self, coll: Collective) -> &[Algorithm] {
+        match coll {
+            Collective::AllReduce => &self.cands[0],
+            Collective::Broadcast { .. } => &self.cands[1],
+            Collective::Reduce { .. } => &self.cands[2],
+            _ => &[],
+        }
     }
 
     /// Agrees on the slowest rank's time of every trial of `class` and decides it.

@@ -73,3 +73,27 @@ fn recv_any_source_times_out_clearly() {
         errs[0]
     );
 }
+
+/// The only possible sender leaves: the receive fails soon, naming it, not at the timeout.
+#[test]
+fn recv_any_source_names_a_peer_that_left() {
+    for f in [Fabric::Tcp, Fabric::Shm] {
+        let res = run_group(f, 2, test_config(1 << 16, 4, 20), |comm| {
+            if comm.rank() != 0 {
+                return (String::new(), 0.0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let t0 = std::time::Instant::now();
+            let mut buf = [0u8; 8];
+            // SAFETY: buf outlives the call.
+            let e = match unsafe { comm.post_recv_any(0, buf.as_mut_ptr(), 8) } {
+                Ok((src, _)) => panic!("received from {src}"),
+                Err(e) => e.to_string(),
+            };
+            (e, t0.elapsed().as_secs_f64())
+        });
+        let (e, secs) = &res[0];
+        assert!(e.contains("rank 1"), "{f:?}: {e}");
+        assert!(*secs < 5.0, "{f:?}: {secs} s for: {e}");
+    }
+}

@@ -117,6 +117,36 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// The header of the message this fragment belongs to.
+    fn header(&self) -> FrameHeader {
+        FrameHeader {
+            seq: self.seq,
+            coll: self.coll,
+            dtype: self.dtype,
+            op: self.op,
+            algo: self.algo,
+            root: self.root,
+            count: self.count,
+            len: self.msg_len,
+        }
+    }
+}
+
+/// The error an abort notice from `from` carries (its reason is in the slot's data).
+///
+/// # Safety
+/// `data` is the data of a published, unreleased slot of `ring` whose metadata is `m`.
+unsafe fn abort_notice(ring: &Ring, m: &Meta, data: *const u8, from: Rank) -> Error {
+    // SAFETY: the caller's contract; the reason is at most one slot long.
+    let why =
+        unsafe { std::slice::from_raw_parts(data, (m.frag_len as usize).min(ring.p.slot_bytes)) };
+    Error::Remote {
+        rank: from.0,
+        detail: format!("aborted: {}", String::from_utf8_lossy(why)),
+    }
+}
+
 /// A ring inside some mapping.
 #[derive(Clone, Copy)]
 struct Ring {
@@ -188,6 +218,8 @@ struct Peer {
     stream: bool,
     bounce: Vec<u8>,
     broken: Option<Error>,
+    /// When `peek` last checked that the peer process is alive.
+    peeked_alive: Instant,
 }
 
 struct Engine {
@@ -351,32 +383,14 @@ impl Peer {
             // SAFETY: slot i was published by the producer (Acquire in consumer_acquire).
             let m = unsafe { meta.read() };
             if m.kind == KIND_ABORT {
-                // SAFETY: as above; the reason is at most one slot long.
-                let why = unsafe {
-                    std::slice::from_raw_parts(
-                        data,
-                        (m.frag_len as usize).min(self.inc.p.slot_bytes),
-                    )
-                };
-                let e = Error::Remote {
-                    rank: self.rank.0,
-                    detail: format!("aborted: {}", String::from_utf8_lossy(why)),
-                };
+                // SAFETY: slot i is published and unreleased.
+                let e = unsafe { abort_notice(&self.inc, &m, data, self.rank) };
                 idx.consumer_release(i);
                 fail_all(self, &e);
                 return true;
             }
             let r = self.recvs.front_mut().unwrap();
-            let got = FrameHeader {
-                seq: m.seq,
-                coll: m.coll,
-                dtype: m.dtype,
-                op: m.op,
-                algo: m.algo,
-                root: m.root,
-                count: m.count,
-                len: m.msg_len,
-            };
+            let got = m.header();
             let bad = r.hdr.check(&got, self.rank).err().or_else(|| {
                 (m.frag_off as usize != r.off || m.frag_off + m.frag_len > m.msg_len).then(|| {
                     Error::Remote {
@@ -597,6 +611,7 @@ impl ShmTransport {
                 stream: params.mode == ShmMode::Auto,
                 cma_min_collective: params.cma_min_collective,
                 bounce: Vec::new(),
+                peeked_alive: Instant::now(),
                 broken: None,
             });
             maps.push(theirs);
@@ -730,6 +745,18 @@ impl Transport for ShmTransport {
             return Ok(None);
         }
         let Some(i) = p.inc.index().consumer_acquire() else {
+            // Nothing waiting: a peer that is gone will never send (the liveness check in
+            // `progress` only looks at peers with pending operations). It costs a syscall
+            // and a /proc read, so at most every 250 ms per peer.
+            if p.peeked_alive.elapsed() > Duration::from_millis(250) {
+                p.peeked_alive = Instant::now();
+                if !alive(p.pid) {
+                    return Err(Error::Remote {
+                        rank: from.0,
+                        detail: format!("process {} exited (crashed or killed?)", p.pid),
+                    });
+                }
+            }
             return Ok(None);
         };
         let (meta, data) = p.inc.slot(i);
@@ -737,25 +764,10 @@ impl Transport for ShmTransport {
         // it does not release it.
         let m = unsafe { meta.read() };
         if m.kind == KIND_ABORT {
-            // SAFETY: as above; the reason is at most one slot long.
-            let why = unsafe {
-                std::slice::from_raw_parts(data, (m.frag_len as usize).min(p.inc.p.slot_bytes))
-            };
-            return Err(Error::Remote {
-                rank: from.0,
-                detail: format!("aborted: {}", String::from_utf8_lossy(why)),
-            });
+            // SAFETY: slot i is published and unreleased.
+            return Err(unsafe { abort_notice(&p.inc, &m, data, from) });
         }
-        Ok(Some(FrameHeader {
-            seq: m.seq,
-            coll: m.coll,
-            dtype: m.dtype,
-            op: m.op,
-            algo: m.algo,
-            root: m.root,
-            count: m.count,
-            len: m.msg_len,
-        }))
+        Ok(Some(m.header()))
     }
 
     fn needs_progress(&self) -> bool {
