@@ -102,6 +102,10 @@ impl Communicator {
     ///
     /// A message of another tag or length is left for a receive that names its rank.
     ///
+    /// A rank that closed its communicator or died stops being a possible sender (messages it
+    /// sent before are still delivered); the receive fails, naming them, once no other rank
+    /// is left, and a timeout names them too.
+    ///
     /// # Safety
     /// As [`Communicator::post_recv`].
     pub unsafe fn post_recv_any(
@@ -120,16 +124,28 @@ impl Communicator {
         let deadline = std::time::Instant::now() + self.cfg.timeout;
         let first = self.next_any.load(std::sync::atomic::Ordering::Relaxed);
         let mut idle = 0u32;
+        // Ranks that can send nothing more, with why.
+        let mut gone: Vec<(u32, Error)> = Vec::new();
         loop {
             // An abort (or an earlier failure) ends the wait at once.
             self.check_usable()?;
             for k in 0..self.nranks {
                 let q = (first + k) % self.nranks;
-                if q == self.rank {
+                if q == self.rank || gone.iter().any(|(r, _)| *r == q) {
                     continue;
                 }
-                let Some(h) = self.transport.peek(Rank(q))? else {
-                    continue;
+                let h = match self.transport.peek(Rank(q)) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => continue,
+                    // Another rank leaving (or crashing) does not stop the others sending.
+                    Err(e @ Error::Remote { .. }) => {
+                        gone.push((q, e));
+                        if gone.len() + 1 == self.nranks as usize {
+                            return Err(Self::all_gone(gone));
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 if h.coll == P2P_CODE && h.seq == want.seq && h.len == want.len {
                     self.next_any
@@ -143,7 +159,8 @@ impl Communicator {
                 return Err(Error::Timeout {
                     rank: self.rank,
                     what: format!(
-                        "recv of {len} bytes with tag {tag} from any source: no rank sent one"
+                        "recv of {len} bytes with tag {tag} from any source: no rank sent one{}",
+                        Self::gone_list(&gone)
                     ),
                     after: self.cfg.timeout,
                 });
@@ -159,5 +176,36 @@ impl Communicator {
                 std::thread::sleep(std::time::Duration::from_micros(100));
             }
         }
+    }
+
+    /// The error of a receive from any source when no other rank can send any more: the one
+    /// rank's own error, or every rank with its reason.
+    fn all_gone(mut gone: Vec<(u32, Error)>) -> Error {
+        if gone.len() == 1 {
+            return gone.pop().expect("one").1;
+        }
+        let rank = gone.iter().map(|(r, _)| *r).max().unwrap_or(0);
+        Error::Remote {
+            rank,
+            detail: format!(
+                "recv from any source: no other rank can send any more ({})",
+                gone.iter()
+                    .map(|(_, e)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+    }
+
+    /// ` (ranks gone: ...)` for a timeout message, or nothing.
+    fn gone_list(gone: &[(u32, Error)]) -> String {
+        if gone.is_empty() {
+            return String::new();
+        }
+        let each: Vec<String> = gone.iter().map(|(_, e)| e.to_string()).collect();
+        format!(
+            " (and these ranks can send nothing more: {})",
+            each.join("; ")
+        )
     }
 }

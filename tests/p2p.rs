@@ -97,3 +97,50 @@ fn recv_any_source_names_a_peer_that_left() {
         assert!(*secs < 5.0, "{f:?}: {secs} s for: {e}");
     }
 }
+
+/// A rank that sent and then closed its communicator: its message is still delivered, the
+/// receive goes on to take the message of a rank that is still there, and once every other
+/// rank is gone the next receive fails at once, naming both.
+#[test]
+fn recv_any_source_outlives_a_rank_that_closed() {
+    for f in [Fabric::Tcp, Fabric::Shm] {
+        let res = run_group(f, 3, test_config(1 << 16, 4, 20), |comm| {
+            let me = comm.rank();
+            if me != 0 {
+                if me == 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(600));
+                }
+                let data = [me; 4];
+                // SAFETY: data outlives the wait.
+                let h = unsafe { comm.post_send(0, 5, data.as_ptr().cast(), 16) }.unwrap();
+                comm.wait(&h).unwrap();
+                return (Vec::new(), String::new(), 0.0);
+            }
+            // Rank 2 has sent and closed by now; rank 1 sends later.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let mut buf = [0u32; 4];
+                // SAFETY: buf outlives the wait.
+                let (src, h) = unsafe { comm.post_recv_any(5, buf.as_mut_ptr().cast(), 16) }
+                    .unwrap_or_else(|e| panic!("{f:?}: {e}"));
+                comm.wait(&h).unwrap();
+                assert_eq!(buf, [src; 4], "{f:?}");
+                seen.push(src);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let t0 = std::time::Instant::now();
+            let mut buf = [0u32; 4];
+            // SAFETY: buf outlives the call.
+            let e = match unsafe { comm.post_recv_any(5, buf.as_mut_ptr().cast(), 16) } {
+                Ok((src, _)) => panic!("{f:?}: received from {src}"),
+                Err(e) => e.to_string(),
+            };
+            (seen, e, t0.elapsed().as_secs_f64())
+        });
+        let (seen, e, secs) = &res[0];
+        assert_eq!(seen, &vec![2, 1], "{f:?}");
+        assert!(e.contains("rank 1") && e.contains("rank 2"), "{f:?}: {e}");
+        assert!(*secs < 5.0, "{f:?}: {secs} s for: {e}");
+    }
+}

@@ -282,6 +282,8 @@ def _any_source(rank, world):
                 src = acspeed.recv_any(t)
                 assert bool(t.eq(src).all()), (src, t)
                 got.append(src)
+            # Rank 1's next send must not race the two above: any source may match it first.
+            dist.send(torch.zeros(1), 1)
             # torch's own recv(src=None) receives, then asks a Work torch wrapped for the
             # source rank, which torch 2.15 cannot forward for Python backends.
             t = torch.full((10,), -1.0)
@@ -293,6 +295,7 @@ def _any_source(rank, world):
             return (sorted(got), bool(t.ge(1).all()), why)
         dist.send(torch.full((10,), float(rank)), 0)
         if rank == 1:
+            dist.recv(torch.zeros(1), 0)
             dist.send(torch.full((10,), 1.0), 0)
         return None
     finally:
@@ -302,7 +305,7 @@ def _any_source(rank, world):
 def test_recv_from_any_source():
     got, received, why = run_ranks(_any_source, 3)[0]
     assert got == [1, 2]
-    assert received, "the data arrived before torch asked for the source rank"
+    assert received, f"the data arrived before torch asked for the source rank: {why}"
     assert "sourceRank" in why, why
 
 
