@@ -11,7 +11,7 @@ use crate::log::{log_enabled, Logger};
 use crate::selector::Selector;
 use acspeed_algorithms::Algorithm;
 use acspeed_core::config::AlgoChoice;
-use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
+use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor, PeerStats};
 use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{
     kernels, Config, DType, Error, HostStage, PlanContext, Rank, ReduceOp, Result, Transport,
@@ -55,6 +55,8 @@ pub struct Communicator {
     cands: [Vec<Algorithm>; 3],
     /// Where the next receive from any source starts looking (round robin over ranks).
     next_any: std::sync::atomic::AtomicU32,
+    /// Heartbeats to the coordinator and its stall reports (when connected by `init`).
+    control: Option<crate::control::Control>,
     log: Logger,
 }
 
@@ -175,10 +177,27 @@ impl Communicator {
             selector,
             cands,
             next_any: std::sync::atomic::AtomicU32::new(0),
+            control: None,
             log,
         };
         c.log_init();
         Ok(c)
+    }
+
+    /// Joins the control plane (heartbeats, stall reports); see [`crate::control`].
+    pub(crate) fn with_control(mut self, c: crate::control::Control) -> Self {
+        self.control = Some(c);
+        self
+    }
+
+    /// The stall reports this rank received from the coordinator (the last few, oldest
+    /// first): which collective waited past `ACSPEED_STALL_WARN_SECS` and which ranks had not
+    /// joined it. Empty without a control plane (communicators not built by `init`).
+    pub fn stall_reports(&self) -> Vec<String> {
+        self.control
+            .as_ref()
+            .map(|c| c.reports())
+            .unwrap_or_default()
     }
 
     pub fn rank(&self) -> u32 {
@@ -589,10 +608,27 @@ impl Communicator {
         let t0 = std::time::Instant::now();
         let mut pipes: Vec<&dyn Transport> = vec![&*self.transport];
         pipes.extend(self.channels.iter().map(|t| &**t));
-        let r = self
-            .exec
-            .run_with(&plan, &pipes, self.staging.as_deref(), call, bufs);
-        if let Some(tl) = &self.timeline {
+        if let Some(c) = &self.control {
+            c.enter(call.seq, coll.name(), algo.name(), output.len() as u64);
+        }
+        // Traffic per peer only for the timeline (one clock read per wait otherwise saved).
+        let stats = self
+            .timeline
+            .as_ref()
+            .map(|_| Mutex::new(PeerStats::new(self.nranks)));
+        let r = self.exec.run_with(
+            &plan,
+            &pipes,
+            self.staging.as_deref(),
+            call,
+            bufs,
+            stats.as_ref(),
+        );
+        if let Some(c) = &self.control {
+            c.leave(call.seq);
+        }
+        if let (Some(tl), Some(stats)) = (&self.timeline, stats) {
+            let st = stats.into_inner().unwrap_or_else(|e| e.into_inner());
             tl.complete(
                 coll.name(),
                 t0,
@@ -600,7 +636,8 @@ impl Communicator {
                 serde_json::json!({
                     "seq": call.seq, "bytes": output.len(), "count": count,
                     "dtype": dtype.name(), "op": op.map(|o| o.name()), "algo": algo.name(),
-                    "peers": self.nranks, "ok": r.is_ok(),
+                    "ranks": self.nranks, "ok": r.is_ok(),
+                    "peers": crate::timeline::peer_rows(&st),
                 }),
             );
         }

@@ -286,7 +286,25 @@ pub fn init_with_store(
     } else {
         None
     };
-    Communicator::with_channels(Arc::new(transport), channels, staging, cfg, hosts, ctx)
+    let (warn, log) = (cfg.stall_warn, crate::log::Logger::new(cfg.log, rank));
+    let comm =
+        Communicator::with_channels(Arc::new(transport), channels, staging, cfg, hosts, ctx)?;
+    if warn.is_zero() || nranks < 2 {
+        return Ok(comm);
+    }
+    let sink: crate::control::Sink = Arc::new(move |m: &str| log.warn(m));
+    let ctl = crate::control::Control::start(
+        store,
+        &key("ctl"),
+        rank,
+        nranks,
+        ip,
+        secret,
+        warn,
+        t,
+        sink,
+    )?;
+    Ok(comm.with_control(ctl))
 }
 
 /// The staging area's shape from the configuration (the same on every rank).

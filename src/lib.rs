@@ -18,6 +18,7 @@ pub mod autotune;
 pub mod bench;
 pub mod charts;
 pub mod comm;
+mod control;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod element;

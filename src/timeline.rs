@@ -75,6 +75,21 @@ impl Timeline {
     }
 }
 
+/// The peers a collective exchanged data with: rank, bytes sent and received, and the
+/// milliseconds this rank waited on that peer (where a slow peer or link shows).
+pub fn peer_rows(st: &acspeed_core::executor::PeerStats) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = (0..st.sent.len())
+        .filter(|&q| st.sent[q] > 0 || st.recv[q] > 0)
+        .map(|q| {
+            serde_json::json!({
+                "rank": q, "sent": st.sent[q], "recv": st.recv[q],
+                "wait_ms": (st.wait[q].as_secs_f64() * 1e6).round() / 1e3,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
 impl Drop for Timeline {
     fn drop(&mut self) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());

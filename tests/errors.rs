@@ -192,7 +192,21 @@ fn strangers_on_the_listening_port_do_not_disturb_the_job() {
             let mut g = std::net::TcpStream::connect(a).unwrap();
             let _ = g.write_all(&[0xde; 64]);
             let _idle = std::net::TcpStream::connect(a).unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // The control port too: garbage, a length of 2 GiB, a hello with a wrong secret
+            // that claims rank 0, and silence.
+            let c = st.get("j/ctl", Duration::from_secs(10)).unwrap();
+            let c: std::net::SocketAddr = String::from_utf8(c).unwrap().parse().unwrap();
+            let mut g = std::net::TcpStream::connect(c).unwrap();
+            let _ = g.write_all(&[0xde; 64]);
+            let mut big = std::net::TcpStream::connect(c).unwrap();
+            let _ = big.write_all(&[0, 0, 0, 0x80, 1]);
+            let mut fake = std::net::TcpStream::connect(c).unwrap();
+            let mut hello = vec![21, 0, 0, 0, 1];
+            hello.extend([0u8; 16]);
+            hello.extend(0u32.to_le_bytes());
+            let _ = fake.write_all(&hello);
+            let _idle_ctl = std::net::TcpStream::connect(c).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
         });
         let hs: Vec<_> = (0..2)
             .map(|r| {
@@ -201,6 +215,7 @@ fn strangers_on_the_listening_port_do_not_disturb_the_job() {
                     // TCP only: the stranger targets the TCP listener.
                     let cfg = acspeed::Config {
                         shm: false,
+                        stall_warn: Duration::from_millis(300),
                         ..test_config(1 << 16, 4, 20)
                     };
                     let c = acspeed::init_with_store(
@@ -212,14 +227,25 @@ fn strangers_on_the_listening_port_do_not_disturb_the_job() {
                         cfg,
                     )
                     .unwrap();
+                    // Rank 1 comes late: the coordinator must still report to rank 0.
+                    if r == 1 {
+                        std::thread::sleep(Duration::from_millis(1000));
+                    }
                     let mut v = [r as f32 + 1.0; 8];
                     c.allreduce(&mut v, ReduceOp::Sum).unwrap();
-                    v[0]
+                    (v[0], c.stall_reports())
                 })
             })
             .collect();
-        for h in hs {
-            assert_eq!(h.join().unwrap(), 3.0);
+        for (r, h) in hs.into_iter().enumerate() {
+            let (sum, reports) = h.join().unwrap();
+            assert_eq!(sum, 3.0);
+            if r == 0 {
+                assert!(
+                    reports.iter().any(|t| t.contains("missing rank(s) 1")),
+                    "{reports:?}"
+                );
+            }
         }
     });
 }

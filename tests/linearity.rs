@@ -174,10 +174,32 @@ fn timeline_writes_one_chrome_trace_per_rank() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Per rank: seq -> (bytes, what it sent to and received from the other rank).
+    let mut traffic: Vec<std::collections::HashMap<u64, (u64, u64, u64)>> = Vec::new();
     for r in 0..2 {
         let f = dir.join(format!("trace-r{r}.json"));
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let mut mine = std::collections::HashMap::new();
+        for e in v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "allreduce")
+        {
+            let peers = e["args"]["peers"].as_array().unwrap();
+            assert_eq!(peers.len(), 1, "{e}");
+            let p = &peers[0];
+            assert_eq!(p["rank"], 1 - r, "{e}");
+            assert!(p["wait_ms"].as_f64().unwrap() >= 0.0, "{e}");
+            let get = |k: &str| p[k].as_u64().unwrap();
+            let bytes = e["args"]["bytes"].as_u64().unwrap();
+            mine.insert(
+                e["args"]["seq"].as_u64().unwrap(),
+                (bytes, get("sent"), get("recv")),
+            );
+        }
+        traffic.push(mine);
         let x: Vec<&serde_json::Value> = v
             .as_array()
             .unwrap()
@@ -193,6 +215,17 @@ fn timeline_writes_one_chrome_trace_per_rank() {
         assert!(x
             .iter()
             .any(|e| e["args"]["bytes"] == 65536 && e["args"]["algo"] == "ring"));
+    }
+    // What one rank sent the other received, call by call; a 2-rank ring sends half the
+    // buffer in each of its two phases.
+    for (seq, (bytes, sent, recv)) in &traffic[0] {
+        let (b1, sent1, recv1) = traffic[1][seq];
+        assert_eq!(
+            (*bytes, *sent, *recv),
+            (b1, recv1, sent1),
+            "allreduce #{seq}"
+        );
+        assert_eq!(*sent, *bytes, "allreduce #{seq}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,6 +4,7 @@ mod util;
 
 mod autotune;
 mod cli;
+mod control;
 mod errors;
 mod exec_props;
 mod linearity;

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// the same list (`acspeed-bench --list-env`).
 pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_TIMEOUT_SECS", "300", "Seconds without progress before an operation fails with a timeout naming the peer (also bounds rendezvous)."),
-    ("ACSPEED_STALL_WARN_SECS", "60", "A collective that waits this long logs (then again every as many seconds) which rank it is waiting for, in which call (number, kind, size, algorithm); 0 = never. Independent of the timeout."),
+    ("ACSPEED_STALL_WARN_SECS", "60", "A collective that waits this long logs (then again every as many seconds) which rank it is waiting for, in which call (number, kind, size, algorithm), and rank 0's coordinator reports which ranks have not joined it; 0 = never (and no control plane). Independent of the timeout."),
     ("ACSPEED_SEGMENT_BYTES", "256K", "Pipeline segment size: each chunk moves in segments of this many bytes."),
     ("ACSPEED_PIPELINE_DEPTH", "4", "Segments in flight per receive (scratch slots for recv-reduce)."),
     ("ACSPEED_ALGO", "auto", "auto, ring, tree, ntree, hybrid (= hybrid:ring), hybrid:tree, hybrid:butterfly, hybrid:ps or cpu_reduce (a forced algorithm runs the collectives it serves; the others run ring)."),

@@ -57,6 +57,35 @@ pub struct Buffers {
 unsafe impl Send for Buffers {}
 unsafe impl Sync for Buffers {}
 
+/// What one collective exchanged with each peer (indexed by rank): bytes sent and received,
+/// and how long this rank waited for that peer's sends and receives to complete. Collected
+/// when asked for (the timeline), summed over lanes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerStats {
+    pub sent: Vec<u64>,
+    pub recv: Vec<u64>,
+    pub wait: Vec<Duration>,
+}
+
+impl PeerStats {
+    pub fn new(nranks: u32) -> Self {
+        let n = nranks as usize;
+        PeerStats {
+            sent: vec![0; n],
+            recv: vec![0; n],
+            wait: vec![Duration::ZERO; n],
+        }
+    }
+
+    fn add(&mut self, o: &PeerStats) {
+        for (i, x) in o.sent.iter().enumerate() {
+            self.sent[i] += x;
+            self.recv[i] += o.recv[i];
+            self.wait[i] += o.wait[i];
+        }
+    }
+}
+
 /// Executes plans; keeps scratch memory between calls.
 pub struct Executor {
     params: ExecParams,
@@ -88,6 +117,8 @@ struct LaneCtx<'a> {
     algo: u8,
     /// Where `HostReduce` steps meet (CPU-Reduce).
     staging: Option<&'a dyn HostStage>,
+    /// This lane's traffic per peer, when asked for.
+    stats: Option<PeerStats>,
 }
 
 impl Executor {
@@ -129,11 +160,12 @@ impl Executor {
         call: CallInfo,
         bufs: Buffers,
     ) -> Result<()> {
-        self.run_with(plan, channels, None, call, bufs)
+        self.run_with(plan, channels, None, call, bufs, None)
     }
 
     /// Runs `plan`; lanes on channel `c` use `channels[c]`, and `HostReduce` steps meet in
-    /// `staging`. Buffer lengths must match the plan's collective for `call.count`.
+    /// `staging`. Buffer lengths must match the plan's collective for `call.count`. With
+    /// `stats` (sized for the plan's ranks), each lane adds its traffic per peer to it.
     pub fn run_with(
         &self,
         plan: &RankPlan,
@@ -141,6 +173,7 @@ impl Executor {
         staging: Option<&dyn HostStage>,
         call: CallInfo,
         bufs: Buffers,
+        stats: Option<&Mutex<PeerStats>>,
     ) -> Result<()> {
         if plan.channels() as usize > channels.len() || channels.is_empty() {
             return Err(Error::invalid(format!(
@@ -203,7 +236,8 @@ impl Executor {
                     let mut ctx = LaneCtx::new(plan, on(0), call, bufs, params, tmp_addr, 0, s);
                     ctx.stall = self.stall.as_ref();
                     ctx.staging = staging;
-                    ctx.run_lane(None)
+                    ctx.stats = stats.map(|_| PeerStats::new(plan.nranks));
+                    ctx.run_lane(None, stats)
                 }
                 None => Ok(()),
             }
@@ -225,7 +259,8 @@ impl Executor {
                             let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s);
                             ctx.stall = stall;
                             ctx.staging = staging;
-                            let r = ctx.run_lane(Some(progress));
+                            ctx.stats = stats.map(|_| PeerStats::new(plan.nranks));
+                            let r = ctx.run_lane(Some(progress), stats);
                             if let Err(e) = &r {
                                 // Unblock sibling lanes waiting on a transport or on us.
                                 abort_all(&e.to_string());
@@ -349,10 +384,23 @@ impl<'a> LaneCtx<'a> {
             stall: None,
             algo: crate::plan::algorithm_code(&plan.algorithm),
             staging: None,
+            stats: None,
         }
     }
 
-    fn run_lane(mut self, progress: Option<&Progress>) -> Result<()> {
+    fn run_lane(
+        mut self,
+        progress: Option<&Progress>,
+        stats: Option<&Mutex<PeerStats>>,
+    ) -> Result<()> {
+        let r = self.run_steps(progress);
+        if let (Some(out), Some(mine)) = (stats, &self.stats) {
+            out.lock().unwrap_or_else(|e| e.into_inner()).add(mine);
+        }
+        r
+    }
+
+    fn run_steps(&mut self, progress: Option<&Progress>) -> Result<()> {
         let lane = &self.plan.lanes[self.lane];
         for (i, step) in lane.steps.iter().enumerate() {
             self.step = i;
@@ -411,7 +459,19 @@ impl<'a> LaneCtx<'a> {
         }
     }
 
-    fn wait(&self, h: &OpHandle, what: &str, buf: Buf, r: &Range<usize>) -> Result<()> {
+    fn wait(&mut self, h: &OpHandle, what: &str, buf: Buf, r: &Range<usize>) -> Result<()> {
+        let t0 = Instant::now();
+        let res = self.wait_reporting(h, what, buf, r);
+        if let Some(st) = &mut self.stats {
+            if let Some(w) = st.wait.get_mut(h.peer().idx()) {
+                *w += t0.elapsed();
+            }
+        }
+        res
+    }
+
+    /// Waits for `h`, reporting every `stall_warn` that it has not completed.
+    fn wait_reporting(&self, h: &OpHandle, what: &str, buf: Buf, r: &Range<usize>) -> Result<()> {
         let deadline = Instant::now() + self.params.timeout;
         let (plan, call, lane, step) = (self.plan, self.call, self.lane, self.step);
         let what = || {
@@ -485,6 +545,9 @@ impl<'a> LaneCtx<'a> {
         // SAFETY: the range lies in a caller buffer that outlives this call; it is not written
         // until the send completes (clear_hazard) and `run` waits for or aborts every send.
         let handle = unsafe { self.t.post_send(to, hdr, self.ptr(buf, r.start), r.len())? };
+        if let Some(st) = &mut self.stats {
+            st.sent[to.idx()] += r.len() as u64;
+        }
         self.pending.push(Pending {
             buf,
             range: r,
@@ -640,6 +703,9 @@ impl<'a> LaneCtx<'a> {
                         }
                     };
                     hs.push(h);
+                    if let Some(st) = &mut self.stats {
+                        st.recv[f.idx()] += s.len() as u64;
+                    }
                 }
                 posted.push_back(hs);
                 next += 1;

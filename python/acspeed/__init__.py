@@ -17,6 +17,13 @@ from ._acspeed import (  # noqa: F401
     AcspeedTimeoutError,
     __version__,
 )
-from ._torch import AcspeedBackend, AcspeedWork, explain, recv_any, register  # noqa: F401
+from ._torch import (  # noqa: F401
+    AcspeedBackend,
+    AcspeedWork,
+    explain,
+    recv_any,
+    register,
+    stall_reports,
+)
 
 register()

@@ -568,14 +568,27 @@ def _master_address(store):
     return host, int(port) if port and port.isdigit() else None
 
 
-def explain(group=None, nbytes: int = 0, collective: str = "allreduce") -> str:
-    """Which algorithm a collective of ``nbytes`` runs on ``group`` (default: the default
-    group) and why: the layer that decided (per-size string, ACSPEED_ALGO or auto's rule)."""
+def _backend_of(group):
+    """The acspeed backend of ``group`` (default: the default group)."""
     if group is None:
         group = dist.distributed_c10d._get_default_group()
     b = _by_group.get(group.group_name)
     if b is None:
         raise ValueError(f"group {group.group_name!r} does not use the acspeed backend")
+    return b
+
+
+def stall_reports(group=None) -> list:
+    """The last stall reports this rank received for ``group``: which collective waited past
+    ``ACSPEED_STALL_WARN_SECS`` and which ranks had not joined it, with what each was last
+    seen doing (they are also logged as warnings when they arrive)."""
+    return list(_backend_of(group)._c.stall_reports())
+
+
+def explain(group=None, nbytes: int = 0, collective: str = "allreduce") -> str:
+    """Which algorithm a collective of ``nbytes`` runs on ``group`` (default: the default
+    group) and why: the layer that decided (per-size string, ACSPEED_ALGO or auto's rule)."""
+    b = _backend_of(group)
     return b._c.explain(int(nbytes), collective)
 
 
@@ -588,11 +601,7 @@ def recv_any(tensor: torch.Tensor, group=None, tag: int = 0) -> int:
     (torch/csrc/distributed/c10d/py/PyProcessGroup.hpp), which forwards only ``wait`` and
     ``get_future``, so asking it for the source rank reaches ``Work::sourceRank``, which
     throws. This function asks acspeed's own Work instead."""
-    if group is None:
-        group = dist.distributed_c10d._get_default_group()
-    b = _by_group.get(group.group_name)
-    if b is None:
-        raise ValueError(f"group {group.group_name!r} does not use the acspeed backend")
+    b = _backend_of(group)
     work = b.recv_anysource([tensor], tag)
     work.wait()
     return work._source_rank()

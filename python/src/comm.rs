@@ -129,8 +129,10 @@ impl PyComm {
                 let c = acspeed::init_with_store(&st, "acspeed/coll", rank, size, ip, cfg.clone())?;
                 // Point-to-point traffic is not collectives: no trace file of its own (it would
                 // also overwrite the collective communicator's).
+                // Nor stall reports: the control plane follows collectives.
                 let cfg = Config {
                     timeline: None,
+                    stall_warn: Duration::ZERO,
                     ..cfg
                 };
                 let p = acspeed::init_with_store(&st, "acspeed/p2p", rank, size, ip, cfg)?;
@@ -187,6 +189,12 @@ impl PyComm {
     fn explain(&self, nbytes: usize, collective: &str) -> PyResult<String> {
         let c = acspeed::simulate::collective_named(collective).map_err(|e| to_py(&e))?;
         Ok(self.coll.explain(c, nbytes))
+    }
+
+    /// The last stall reports from the coordinator (which collective waited past
+    /// ACSPEED_STALL_WARN_SECS, and which ranks had not joined it), oldest first.
+    fn stall_reports(&self) -> Vec<String> {
+        self.coll.stall_reports()
     }
 
     #[getter]

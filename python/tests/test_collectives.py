@@ -393,3 +393,25 @@ def test_bad_input_from_python_gets_clear_errors_and_leaves_the_group_usable():
         assert "overlap" in res["overlap"].lower(), res["overlap"]
         assert res["inplace"] == [float(1 + r) for r in range(2) for _ in range(3)], res
         assert res["after"] == [2.0] * 4, res
+
+
+def _late_rank(rank, world):
+    import time
+
+    import acspeed
+
+    dist.init_process_group(backend="acspeed")
+    try:
+        if rank == 1:
+            time.sleep(1.2)
+        t = torch.ones(256)
+        dist.all_reduce(t)
+        return acspeed.stall_reports()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_stall_reports_name_the_rank_that_has_not_joined():
+    res = run_ranks(_late_rank, 2, env={"ACSPEED_STALL_WARN_SECS": "0.3"})
+    assert any("allreduce #1" in t and "missing rank(s) 1" in t for t in res[0]), res[0]
+    assert res[1] == [], res[1]

@@ -1,0 +1,77 @@
+//! The control plane: heartbeats to rank 0's coordinator and its "missing ranks" reports.
+
+use crate::util::test_config;
+use acspeed::{Config, ReduceOp};
+use std::time::Duration;
+
+/// Ranks 0 and 1 enter an allreduce that rank 2 joins only 1.5 s later: with a 0.3 s stall
+/// threshold both waiting ranks get reports that name the collective and rank 2 as missing,
+/// with what rank 2 was doing. Rank 2, which never waited, gets none.
+#[test]
+fn a_late_rank_is_reported_missing_to_the_ranks_that_wait() {
+    for shm in [false, true] {
+        let store = acspeed::store::MemStore::new();
+        let res: Vec<Vec<String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|r| {
+                    let st = store.clone();
+                    s.spawn(move || {
+                        let cfg = Config {
+                            shm,
+                            stall_warn: Duration::from_millis(300),
+                            ..test_config(1 << 16, 4, 20)
+                        };
+                        let ip = "127.0.0.1".parse().unwrap();
+                        let c = acspeed::init_with_store(&*st, "j", r, 3, ip, cfg).unwrap();
+                        if r == 2 {
+                            std::thread::sleep(Duration::from_millis(1500));
+                        }
+                        let mut v = [1.0f32; 1024];
+                        c.allreduce(&mut v, ReduceOp::Sum).unwrap();
+                        assert_eq!(v[0], 3.0);
+                        c.stall_reports()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, reports) in res.iter().enumerate().take(2) {
+            let hit = reports.iter().find(|t| {
+                t.contains("allreduce #1 (4096 bytes")
+                    && t.contains("on rank(s) 0-1")
+                    && t.contains("missing rank(s) 2: rank 2 (has run no collective yet")
+            });
+            assert!(hit.is_some(), "shm={shm} rank {r}: {reports:?}");
+            // Once past the threshold, then once per threshold, not on every heartbeat.
+            assert!(reports.len() <= 6, "shm={shm} rank {r}: {reports:?}");
+        }
+        assert!(res[2].is_empty(), "{:?}", res[2]);
+    }
+}
+
+/// With the stall threshold at zero there is no control plane and no report.
+#[test]
+fn no_stall_threshold_no_control_plane() {
+    let store = acspeed::store::MemStore::new();
+    std::thread::scope(|s| {
+        for r in 0..2 {
+            let st = store.clone();
+            s.spawn(move || {
+                let cfg = Config {
+                    stall_warn: Duration::ZERO,
+                    ..test_config(1 << 16, 4, 20)
+                };
+                let c =
+                    acspeed::init_with_store(&*st, "z", r, 2, "127.0.0.1".parse().unwrap(), cfg)
+                        .unwrap();
+                if r == 1 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                c.allreduce(&mut [1.0f32; 4], ReduceOp::Sum).unwrap();
+                assert!(c.stall_reports().is_empty());
+            });
+        }
+    });
+    use acspeed::store::Store;
+    assert!(store.get("z/ctl", Duration::ZERO).is_err());
+}
