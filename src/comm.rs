@@ -57,6 +57,8 @@ pub struct Communicator {
     next_any: std::sync::atomic::AtomicU32,
     /// Heartbeats to the coordinator and its stall reports (when connected by `init`).
     control: Option<crate::control::Control>,
+    /// What the executor waits for right now (read by the heartbeat).
+    probe: Arc<acspeed_core::executor::WaitProbe>,
     log: Logger,
 }
 
@@ -117,6 +119,8 @@ impl Communicator {
             stall_warn: cfg.stall_warn,
         })
         .with_stall_sink(Arc::new(move |m: &str| log.warn(m)));
+        let probe = Arc::new(acspeed_core::executor::WaitProbe::new(nranks));
+        let exec = exec.with_wait_probe(probe.clone());
         ctx.check()?;
         let rules = size_rules(&cfg)?;
         let timeline = match &cfg.timeline {
@@ -178,10 +182,16 @@ impl Communicator {
             cands,
             next_any: std::sync::atomic::AtomicU32::new(0),
             control: None,
+            probe,
             log,
         };
         c.log_init();
         Ok(c)
+    }
+
+    /// What the executor waits for right now (for the control plane's heartbeat).
+    pub(crate) fn wait_probe(&self) -> Arc<acspeed_core::executor::WaitProbe> {
+        self.probe.clone()
     }
 
     /// Joins the control plane (heartbeats, stall reports); see [`crate::control`].
@@ -609,6 +619,7 @@ impl Communicator {
         let mut pipes: Vec<&dyn Transport> = vec![&*self.transport];
         pipes.extend(self.channels.iter().map(|t| &**t));
         if let Some(c) = &self.control {
+            self.probe.reset();
             c.enter(call.seq, coll.name(), algo.name(), output.len() as u64);
         }
         // Traffic per peer only for the timeline (one clock read per wait otherwise saved).

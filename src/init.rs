@@ -302,6 +302,7 @@ pub fn init_with_store(
         secret,
         warn,
         t,
+        comm.wait_probe(),
         sink,
     )?;
     Ok(comm.with_control(ctl))

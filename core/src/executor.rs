@@ -34,6 +34,8 @@ pub struct ExecParams {
 /// Where stall reports go (the communicator's logger).
 pub type StallSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
+pub use crate::exec_stats::{PeerStats, WaitProbe};
+
 /// What the call is, for frame headers and reductions.
 #[derive(Clone, Copy, Debug)]
 pub struct CallInfo {
@@ -57,39 +59,11 @@ pub struct Buffers {
 unsafe impl Send for Buffers {}
 unsafe impl Sync for Buffers {}
 
-/// What one collective exchanged with each peer (indexed by rank): bytes sent and received,
-/// and how long this rank waited for that peer's sends and receives to complete. Collected
-/// when asked for (the timeline), summed over lanes.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PeerStats {
-    pub sent: Vec<u64>,
-    pub recv: Vec<u64>,
-    pub wait: Vec<Duration>,
-}
-
-impl PeerStats {
-    pub fn new(nranks: u32) -> Self {
-        let n = nranks as usize;
-        PeerStats {
-            sent: vec![0; n],
-            recv: vec![0; n],
-            wait: vec![Duration::ZERO; n],
-        }
-    }
-
-    fn add(&mut self, o: &PeerStats) {
-        for (i, x) in o.sent.iter().enumerate() {
-            self.sent[i] += x;
-            self.recv[i] += o.recv[i];
-            self.wait[i] += o.wait[i];
-        }
-    }
-}
-
 /// Executes plans; keeps scratch memory between calls.
 pub struct Executor {
     params: ExecParams,
     stall: Option<StallSink>,
+    probe: Option<std::sync::Arc<WaitProbe>>,
     scratch: Mutex<Vec<Vec<u64>>>,
     tmp: Mutex<Vec<u64>>,
 }
@@ -113,6 +87,7 @@ struct LaneCtx<'a> {
     pending: Vec<Pending>,
     scratch: &'a mut [u64],
     stall: Option<&'a StallSink>,
+    probe: Option<&'a WaitProbe>,
     /// The plan's algorithm wire code, looked up once (every segment's header carries it).
     algo: u8,
     /// Where `HostReduce` steps meet (CPU-Reduce).
@@ -126,6 +101,7 @@ impl Executor {
         Executor {
             params,
             stall: None,
+            probe: None,
             scratch: Mutex::new(Vec::new()),
             tmp: Mutex::new(Vec::new()),
         }
@@ -138,6 +114,12 @@ impl Executor {
     /// Sends stall reports (see `ExecParams::stall_warn`) to `sink`.
     pub fn with_stall_sink(mut self, sink: StallSink) -> Self {
         self.stall = Some(sink);
+        self
+    }
+
+    /// Publishes what it waits for in `probe` (see [`WaitProbe`]).
+    pub fn with_wait_probe(mut self, probe: std::sync::Arc<WaitProbe>) -> Self {
+        self.probe = Some(probe);
         self
     }
 
@@ -235,6 +217,7 @@ impl Executor {
                 Some(s) => {
                     let mut ctx = LaneCtx::new(plan, on(0), call, bufs, params, tmp_addr, 0, s);
                     ctx.stall = self.stall.as_ref();
+                    ctx.probe = self.probe.as_deref();
                     ctx.staging = staging;
                     ctx.stats = stats.map(|_| PeerStats::new(plan.nranks));
                     ctx.run_lane(None, stats)
@@ -247,6 +230,7 @@ impl Executor {
                 cv: Condvar::new(),
             };
             let stall = self.stall.as_ref();
+            let probe = self.probe.as_deref();
             std::thread::scope(|sc| {
                 let handles: Vec<_> = scratch
                     .iter_mut()
@@ -258,6 +242,7 @@ impl Executor {
                         sc.spawn(move || {
                             let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s);
                             ctx.stall = stall;
+                            ctx.probe = probe;
                             ctx.staging = staging;
                             ctx.stats = stats.map(|_| PeerStats::new(plan.nranks));
                             let r = ctx.run_lane(Some(progress), stats);
@@ -382,6 +367,7 @@ impl<'a> LaneCtx<'a> {
             pending: Vec::new(),
             scratch,
             stall: None,
+            probe: None,
             algo: crate::plan::algorithm_code(&plan.algorithm),
             staging: None,
             stats: None,
@@ -461,7 +447,13 @@ impl<'a> LaneCtx<'a> {
 
     fn wait(&mut self, h: &OpHandle, what: &str, buf: Buf, r: &Range<usize>) -> Result<()> {
         let t0 = Instant::now();
+        if let Some(p) = self.probe {
+            p.begin(h.peer().0, what == "send");
+        }
         let res = self.wait_reporting(h, what, buf, r);
+        if let Some(p) = self.probe {
+            p.end(h.peer().0, what == "send", t0.elapsed());
+        }
         if let Some(st) = &mut self.stats {
             if let Some(w) = st.wait.get_mut(h.peer().idx()) {
                 *w += t0.elapsed();

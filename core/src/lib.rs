@@ -17,6 +17,7 @@ pub mod config;
 pub mod context;
 pub mod dtype;
 pub mod error;
+pub mod exec_stats;
 pub mod executor;
 pub mod kernels;
 pub mod memory;

@@ -74,6 +74,7 @@ struct Setup {
     warn: Duration,
     coordinator: SocketAddr,
     listener: Option<std::net::TcpListener>,
+    probe: Arc<acspeed_core::executor::WaitProbe>,
     sink: Sink,
 }
 
@@ -91,6 +92,7 @@ impl Control {
         secret: [u8; 16],
         warn: Duration,
         timeout: Duration,
+        probe: Arc<acspeed_core::executor::WaitProbe>,
         sink: Sink,
     ) -> Result<Control> {
         let listener = if rank == 0 {
@@ -129,6 +131,7 @@ impl Control {
             warn,
             coordinator,
             listener,
+            probe,
             sink,
         };
         let (p, r) = (progress.clone(), reports.clone());
@@ -205,17 +208,12 @@ fn run(
             secret: s.secret,
             rank: s.rank,
         };
-        if let Err(e) = heartbeat(
-            s.coordinator,
-            hello,
-            s.warn,
+        let me = Me {
             progress,
+            probe: s.probe,
             reports,
-            &s.sink,
-            stopped,
-        )
-        .await
-        {
+        };
+        if let Err(e) = heartbeat(s.coordinator, hello, s.warn, me, &s.sink, stopped).await {
             // Advisory: the job goes on without stall reports.
             if e.kind() != std::io::ErrorKind::Interrupted {
                 (s.sink)(&format!(
@@ -227,6 +225,13 @@ fn run(
     });
 }
 
+/// This rank's state, as the heartbeat reads it.
+struct Me {
+    progress: Arc<Mutex<Progress>>,
+    probe: Arc<acspeed_core::executor::WaitProbe>,
+    reports: Arc<Mutex<VecDeque<String>>>,
+}
+
 /// Connects to the coordinator and sends a heartbeat every period until stopped; logs the
 /// reports it receives. Ends with `Interrupted` when stopped or when the coordinator closed
 /// in an orderly way (its communicator was dropped: the job is ending).
@@ -234,8 +239,7 @@ async fn heartbeat(
     to: SocketAddr,
     hello: Frame,
     warn: Duration,
-    progress: Arc<Mutex<Progress>>,
-    reports: Arc<Mutex<VecDeque<String>>>,
+    me: Me,
     sink: &Sink,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -253,7 +257,7 @@ async fn heartbeat(
             _ = stopped.changed() => return Err(interrupted()),
             _ = tick.tick() => {
                 let beat = {
-                    let p = lock(&progress);
+                    let p = lock(&me.progress);
                     Beat {
                         entered: p.entered,
                         done: p.done,
@@ -261,6 +265,9 @@ async fn heartbeat(
                         algo: p.algo.to_string(),
                         bytes: p.bytes,
                         for_ms: p.since.elapsed().as_millis() as u64,
+                        now_on: me.probe.now(),
+                        longest_on: me.probe.longest().0,
+                        longest_ms: me.probe.longest().1.as_millis() as u64,
                     }
                 };
                 wr.write_all(&Frame::Beat(beat).encode()).await?;
@@ -270,7 +277,7 @@ async fn heartbeat(
                 Some(b) => {
                     if let Some(Frame::Report(text)) = Frame::decode(b) {
                         sink(&text);
-                        let mut r = lock(&reports);
+                        let mut r = lock(&me.reports);
                         if r.len() == KEPT {
                             r.pop_front();
                         }

@@ -3,6 +3,7 @@
 //! each with what it was last seen doing. Pure, so every case is a unit test.
 
 use super::wire::Beat;
+use acspeed_core::exec_stats::decode;
 use std::time::{Duration, Instant};
 
 /// What the coordinator knows of one rank.
@@ -94,6 +95,47 @@ fn describe_missing(r: u32, v: &RankView, now: Instant, silent_after: Duration) 
     }
 }
 
+/// What each rank inside a stalled collective has waited on longest in it, and the links
+/// whose sender and receiver both waited on them longest (the slow ones).
+fn describe_transfers(views: &[RankView], waiting: &[u32]) -> String {
+    let beat = |r: u32| views[r as usize].beat.as_ref();
+    // Longest wait in this collective, else what it is blocked on right now.
+    let on = |r: u32| beat(r).and_then(|b| decode(b.longest_on).or_else(|| decode(b.now_on)));
+    let each: Vec<String> = waiting
+        .iter()
+        .map(|&r| {
+            let ms = beat(r).map(|b| b.longest_ms).unwrap_or(0);
+            let t = if ms > 0 {
+                format!(" for {}", secs(Duration::from_millis(ms)))
+            } else {
+                String::new()
+            };
+            match on(r) {
+                Some((p, true)) => format!("rank {r} waited{t} sending to rank {p}"),
+                Some((p, false)) => format!("rank {r} waited{t} receiving from rank {p}"),
+                None => format!("rank {r} busy (copying or reducing)"),
+            }
+        })
+        .collect();
+    let slow: Vec<String> = waiting
+        .iter()
+        .filter_map(|&r| match on(r) {
+            Some((p, true)) if on(p) == Some((r, false)) => Some(format!("rank {r} -> rank {p}")),
+            _ => None,
+        })
+        .collect();
+    let mut t = each.join(", ");
+    if slow.is_empty() {
+        t.push_str(" (a slow link or a rank stuck inside a transport)");
+    } else {
+        t.push_str(&format!(
+            "; slow link(s), their sender and receiver both waiting on them most: {}",
+            slow.join(", ")
+        ));
+    }
+    t
+}
+
 /// Collectives some rank has waited in for at least `warn`, oldest first.
 pub(crate) fn stalls(
     views: &[RankView],
@@ -147,7 +189,10 @@ pub(crate) fn stalls(
             rank_list(&waiting)
         );
         if missing.is_empty() {
-            text.push_str("every rank has joined it, so data is not moving: a slow or stuck link, or a rank stuck inside a transport");
+            text.push_str(&format!(
+                "every rank has joined it, so the time goes in the transfers: {}",
+                describe_transfers(views, &waiting)
+            ));
         } else {
             let each: Vec<String> = missing
                 .iter()
@@ -173,6 +218,11 @@ mod tests {
     use super::*;
 
     fn view(entered: u64, done: u64, for_ms: u64, heard: Instant) -> RankView {
+        waiting_view(entered, done, for_ms, heard, 0)
+    }
+
+    fn waiting_view(entered: u64, done: u64, for_ms: u64, heard: Instant, on: u64) -> RankView {
+        // `on` is both the longest wait (1.5 s) and the current one.
         RankView {
             beat: Some(Beat {
                 entered,
@@ -181,6 +231,9 @@ mod tests {
                 algo: "ring".into(),
                 bytes: 4096,
                 for_ms,
+                now_on: on,
+                longest_on: on,
+                longest_ms: if on == 0 { 0 } else { 1500 },
             }),
             heard: Some(heard),
             gone: None,
@@ -246,6 +299,21 @@ mod tests {
             s[0].text.contains("every rank has joined it"),
             "{}",
             s[0].text
+        );
+        assert!(s[0].text.contains("rank 0 busy"), "{}", s[0].text);
+        // A ring whose link 2 -> 0 is slow: 2 waits to send to 0, 0 to receive from 2, 1 to
+        // receive from 0.
+        let send = |p: u64| (p + 1) | (1 << 32);
+        let recv = |p: u64| p + 1;
+        let views = vec![
+            waiting_view(3, 2, 61_000, now, recv(2)),
+            waiting_view(3, 2, 61_000, now, recv(0)),
+            waiting_view(3, 2, 61_000, now, send(0)),
+        ];
+        let t = &stalls(&views, now, warn, warn)[0].text;
+        assert!(
+            t.contains("rank 0 waited for 1.5s receiving from rank 2, rank 1 waited for 1.5s receiving from rank 0, rank 2 waited for 1.5s sending to rank 0; slow link(s), their sender and receiver both waiting on them most: rank 2 -> rank 0"),
+            "{t}"
         );
         // Time since the last beat counts: 50 s reported + 15 s since is over 60 s.
         let views = vec![

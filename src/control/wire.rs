@@ -23,6 +23,11 @@ pub(crate) struct Beat {
     pub(crate) bytes: u64,
     /// Milliseconds since this rank entered `entered` (inside it) or finished `done` (idle).
     pub(crate) for_ms: u64,
+    /// What it is blocked on right now (`exec_stats::encode`d peer and direction; 0:
+    /// nothing), and what it has waited on longest in collective `entered`, for how long.
+    pub(crate) now_on: u64,
+    pub(crate) longest_on: u64,
+    pub(crate) longest_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +76,9 @@ impl Frame {
                 b.put_u64_le(x.done);
                 b.put_u64_le(x.bytes);
                 b.put_u64_le(x.for_ms);
+                b.put_u64_le(x.now_on);
+                b.put_u64_le(x.longest_on);
+                b.put_u64_le(x.longest_ms);
                 put_str(&mut b, &x.kind);
                 put_str(&mut b, &x.algo);
             }
@@ -99,8 +107,11 @@ impl Frame {
                     rank: b.get_u32_le(),
                 })
             }
-            BEAT if b.remaining() >= 32 => {
-                let (entered, done, bytes, for_ms) = (
+            BEAT if b.remaining() >= 56 => {
+                let (entered, done, bytes, for_ms, now_on, longest_on, longest_ms) = (
+                    b.get_u64_le(),
+                    b.get_u64_le(),
+                    b.get_u64_le(),
                     b.get_u64_le(),
                     b.get_u64_le(),
                     b.get_u64_le(),
@@ -115,6 +126,9 @@ impl Frame {
                     algo,
                     bytes,
                     for_ms,
+                    now_on,
+                    longest_on,
+                    longest_ms,
                 }))
             }
             REPORT => Some(Frame::Report(String::from_utf8_lossy(&b).into_owned())),
@@ -164,6 +178,9 @@ mod tests {
                 algo: "ring".into(),
                 bytes: 1 << 22,
                 for_ms: 1234,
+                now_on: 3 | (1 << 32),
+                longest_on: 2,
+                longest_ms: 77,
             }),
             Frame::Report("stall: allreduce #9".into()),
         ];
@@ -175,7 +192,7 @@ mod tests {
         }
         assert_eq!(Frame::decode(Bytes::from_static(&[0xde; 21])), None);
         assert_eq!(Frame::decode(Bytes::from_static(&[HELLO, 1, 2])), None);
-        assert_eq!(Frame::decode(Bytes::from_static(&[BEAT; 40])), None);
+        assert_eq!(Frame::decode(Bytes::from_static(&[BEAT; 56])), None);
         assert_eq!(Frame::decode(Bytes::new()), None);
     }
 

@@ -7,6 +7,8 @@
 #   4. hybrid and tree plans across hosts: 2 hosts x 2 ranks and 3 uneven hosts (3+1+2), checked
 #   5. linearity across 2 hosts: communication-bound with tiny compute, scales with long compute
 #   6. a host whose link is cut mid-collective: the other rank fails with a timeout naming it
+#   7. a slow host (its link at 100 Mbit/s): results still right, the stall report names the
+#      slow link and the timeline shows who waited on whom
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
@@ -98,6 +100,29 @@ lin_check() {
 }
 lin_check linearity-comm-bound communication-bound --params 16000000 --compute-ms 1 --steps 3 --algo ring
 lin_check linearity-compute-bound "scales well" --params 1000000 --compute-ms 300 --bucket-mb 1 --steps 3 --algo ring
+
+# Slow host (chaos): host 2's whole egress drops to 100 Mbit/s. The ring's link 2 -> 0 is the
+# bottleneck: results must stay right, the coordinator's report must name that link (its
+# sender and receiver both wait on it), and rank 0's timeline must show it waited on rank 2.
+ip netns exec acs-h2 tc class change dev eth0 parent 1: classid 1:1 htb rate 100mbit ceil 100mbit burst 250000 cburst 250000
+check_job slow-host 1,1,1 ACSPEED_STALL_WARN_SECS=0.5 ACSPEED_TIMELINE="$OUT/slow.json" -- -b 16M -e 16M --check --iters 2 -w 0 --algo ring
+ip netns exec acs-h2 tc class change dev eth0 parent 1: classid 1:1 htb rate 2gbit ceil 2gbit burst 250000 cburst 250000
+if grep -q "slow link(s), their sender and receiver both waiting on them most: rank 2 -> rank 0" "$OUT/slow-host.0.err"; then
+  ok "slow-host-link-named"; grep -m1 "slow link" "$OUT/slow-host.0.err" | cut -c1-300 | sed 's/^/    /'
+else
+  bad "slow-host-link-named"; grep -m2 "stall" "$OUT/slow-host.0.err" | sed 's/^/    /'
+fi
+if python3 - "$OUT/slow-r0.json" <<'PY'
+import json, sys
+w = {}
+for e in json.load(open(sys.argv[1])):
+    if e.get("name") == "allreduce":
+        for p in e["args"]["peers"]:
+            w[p["rank"]] = w.get(p["rank"], 0) + p["wait_ms"]
+print("    rank 0 waited (ms) per peer:", {k: round(v) for k, v in w.items()})
+sys.exit(0 if w.get(2, 0) > 10 * max(w.get(1, 0), 1) else 1)
+PY
+then ok "slow-host-timeline-shows-the-wait"; else bad "slow-host-timeline-shows-the-wait"; fi
 
 # Link cut: a long sweep, then host 1 loses its link. Rank 0 must fail within the timeout
 # (5 s) plus slack, naming rank 1.
