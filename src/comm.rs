@@ -57,6 +57,9 @@ pub struct Communicator {
     next_any: std::sync::atomic::AtomicU32,
     /// Heartbeats to the coordinator and its stall reports (when connected by `init`).
     control: Option<crate::control::Control>,
+    /// When on ([`Communicator::record_busy`]), when each collective ran: (start, end) in
+    /// seconds since the Unix epoch, for overlap measurements.
+    busy: Mutex<Option<Vec<(f64, f64)>>>,
     /// What the executor waits for right now (read by the heartbeat).
     probe: Arc<acspeed_core::executor::WaitProbe>,
     log: Logger,
@@ -182,11 +185,28 @@ impl Communicator {
             cands,
             next_any: std::sync::atomic::AtomicU32::new(0),
             control: None,
+            busy: Mutex::new(None),
             probe,
             log,
         };
         c.log_init();
         Ok(c)
+    }
+
+    /// Starts (or stops) recording when each collective runs; see [`Communicator::take_busy`].
+    pub fn record_busy(&self, on: bool) {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    /// The (start, end) times, in seconds since the Unix epoch, of the collectives run since
+    /// the last call (while recording is on). Their union against a training step's window is
+    /// the step's communication time, from which `python -m acspeed.linearity` derives how
+    /// much of it the backward pass hid.
+    pub fn take_busy(&self) -> Vec<(f64, f64)> {
+        match &mut *self.busy.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(v) => std::mem::take(v),
+            None => Vec::new(),
+        }
     }
 
     /// What the executor waits for right now (for the control plane's heartbeat).
@@ -637,6 +657,15 @@ impl Communicator {
         );
         if let Some(c) = &self.control {
             c.leave(call.seq);
+        }
+        if let Some(v) = &mut *self.busy.lock().unwrap_or_else(|e| e.into_inner()) {
+            let epoch = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0)
+            };
+            let end = std::time::SystemTime::now();
+            v.push((epoch(end - t0.elapsed()), epoch(end)));
         }
         if let (Some(tl), Some(stats)) = (&self.timeline, stats) {
             let st = stats.into_inner().unwrap_or_else(|e| e.into_inner());

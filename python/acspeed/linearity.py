@@ -4,21 +4,30 @@
     python -m acspeed.linearity --workers 4 --model torchvision:resnet18 --batch 16
     python -m acspeed.linearity --workers 2 --model mypkg.models:make_model --input 3,224,224
 
+    python -m acspeed.linearity --workers 2 --model transformers:bert --input 128
+
 Every worker first times training steps of the plain model on its own (forward, backward,
 optimizer step: the one-worker baseline, all workers at once, as they would share the
 machine), then the same steps under DistributedDataParallel with ``backend="acspeed"``.
 Linearity = one worker's step time / the N-worker step time (the slowest worker's), i.e.
-N-worker throughput / (N x one-worker throughput). The extra time per step is what data
-parallelism cost (mostly exposed allreduce, plus any CPU the two compete for). Under torchrun
+N-worker throughput / (N x one-worker throughput). The extra time per step is the exposed
+communication (plus any CPU the workers compete for). acspeed records when each of its
+allreduces ran: their union inside each step is the step's communication time, and the part
+of it that the step did not pay for is the overlap with the backward pass. Each rank's
+exposed wait minus the smallest one is the straggler split (the rank that waits least is
+the one the others wait for). On several hosts (hostname, or ACSPEED_HOST_ID) the same steps
+also run within each host, giving the linearity across hosts. Under torchrun
 (RANK/WORLD_SIZE set) the process is one worker of the job instead of starting workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -37,6 +46,8 @@ def build_model(spec: str) -> tuple[nn.Module, tuple[int, ...], int]:
             nn.Linear(256, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 16)
         )
         return m, (256,), 16
+    if spec.startswith("transformers:"):
+        return _transformers_model(spec.split(":", 1)[1])
     if spec.startswith("torchvision:"):
         try:
             import torchvision  # noqa: F401
@@ -46,15 +57,63 @@ def build_model(spec: str) -> tuple[nn.Module, tuple[int, ...], int]:
         return getattr(models, spec.split(":", 1)[1])(num_classes=100), (3, 224, 224), 100
     mod, _, fn = spec.partition(":")
     if not fn:
-        raise SystemExit(f"--model {spec!r}: expected mlp[:hidden], torchvision:<name> or module:factory")
+        raise SystemExit(
+            f"--model {spec!r}: expected mlp[:hidden], torchvision:<name>, transformers:<model type> or module:factory"
+        )
     m = getattr(importlib.import_module(mod), fn)()
     return m, (), 0
 
 
-def time_steps(model: nn.Module, x, y, steps: int, warmup: int) -> list[float]:
+class _Logits(nn.Module):
+    """A transformers model as a module returning its logits (what the loss needs)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(input_ids=x).logits
+
+
+def _transformers_model(kind: str):
+    """A sequence classifier of a transformers model type (bert, gpt2, ...) from its default
+    configuration: random weights, nothing downloaded. Input: token ids (give the sequence
+    length with --input, default 128)."""
+    try:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+    except ImportError as e:
+        raise SystemExit(f"--model transformers:{kind}: transformers is not installed ({e})")
+    cfg = AutoConfig.for_model(kind)
+    if getattr(cfg, "pad_token_id", None) is None:
+        cfg.pad_token_id = 0  # batches of more than one sequence need it for classification
+    torch.manual_seed(0)
+    m = AutoModelForSequenceClassification.from_config(cfg)
+    return _Logits(m), ("tokens", 128, int(cfg.vocab_size)), int(cfg.num_labels)
+
+
+def host_id() -> str:
+    """This worker's host, as the backend groups ranks (ACSPEED_HOST_ID, else the hostname)."""
+    return os.environ.get("ACSPEED_HOST_ID") or socket.gethostname()
+
+
+def union_ms(intervals, lo: float, hi: float) -> float:
+    """Milliseconds of [lo, hi] covered by the union of ``intervals`` (seconds)."""
+    iv = sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi)
+    total, end = 0.0, lo
+    for a, b in iv:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total * 1e3
+
+
+def time_steps(model: nn.Module, x, y, steps: int, warmup: int, windows=None) -> list[float]:
+    """Times ``steps`` training steps after ``warmup``; appends each timed step's (start, end)
+    in epoch seconds to ``windows``."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     out = []
     for i in range(warmup + steps):
+        w0 = time.time()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         pred = model(x)
@@ -63,6 +122,8 @@ def time_steps(model: nn.Module, x, y, steps: int, warmup: int) -> list[float]:
         opt.step()
         if i >= warmup:
             out.append((time.perf_counter() - t0) * 1e3)
+            if windows is not None:
+                windows.append((w0, time.time()))
     return out
 
 
@@ -73,31 +134,67 @@ def worker(rank: int, world: int, args) -> dict | None:
 
     torch.set_num_threads(max(1, args.threads))
     model, shape, classes = build_model(args.model)
-    if args.input:
+    if args.input and not (shape and shape[0] == "tokens"):
         shape = tuple(int(v) for v in args.input.split(","))
     g = torch.Generator().manual_seed(rank)
-    x = torch.randn((args.batch, *shape), generator=g)
+    if shape and shape[0] == "tokens":
+        seq = int(args.input) if args.input else shape[1]
+        x = torch.randint(0, shape[2], (args.batch, seq), generator=g)
+        shape = (seq,)
+    else:
+        x = torch.randn((args.batch, *shape), generator=g)
     with torch.no_grad():
         out_shape = model(x[:1]).shape[1:]
     y = torch.randint(0, classes, (args.batch,), generator=g) if classes else torch.randn((args.batch, *out_shape), generator=g)
     params = sum(p.numel() for p in model.parameters())
     single = statistics.median(time_steps(model, x, y, args.steps, 2))
     dist.init_process_group(backend="acspeed")
+    fresh = copy.deepcopy(model)  # for the per-host run, before DDP trains this one
     ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
-    multi = statistics.median(time_steps(ddp, x, y, args.steps, 2))
+    comm = acspeed._torch._backend_of(None)._c
+    comm.record_busy(True)
+    windows: list = []
+    multi = statistics.median(time_steps(ddp, x, y, args.steps, 2, windows))
+    busy = comm.take_busy()
+    comm.record_busy(False)
+    comm_ms = statistics.median(union_ms(busy, a, b) for a, b in windows)
     explain = acspeed.explain(None, min(params * 4, int(args.bucket_mb * (1 << 20))))
+    me = {"rank": rank, "host": host_id(), "single_ms": single, "multi_ms": multi, "comm_ms": comm_ms}
     rows: list = [None] * world
-    dist.all_gather_object(rows, {"rank": rank, "single_ms": single, "multi_ms": multi})
+    dist.all_gather_object(rows, me)
+    hosts = sorted({r["host"] for r in rows})
+    host_ms = None
+    if len(hosts) > 1:
+        # The same steps within each host (every rank creates every group, in one order).
+        groups = [dist.new_group([r["rank"] for r in rows if r["host"] == h]) for h in hosts]
+        mine = groups[hosts.index(me["host"])]
+        local = DDP(fresh, bucket_cap_mb=args.bucket_mb, process_group=mine)
+        me["host_ms"] = statistics.median(time_steps(local, x, y, args.steps, 2))
+        dist.all_gather_object(rows, me)
+        host_ms = max(r["host_ms"] for r in rows)
     dist.destroy_process_group()
     if rank != 0:
         return None
+    return summarize(rows, hosts, host_ms, args, params, explain)
+
+
+def summarize(rows, hosts, host_ms, args, params, explain) -> dict:
+    """The report from every rank's timings (see the module's docstring for the terms)."""
+    from acspeed._acspeed import linearity_verdict
+
+    world = len(rows)
     single_ms = statistics.median(r["single_ms"] for r in rows)
     step_ms = max(r["multi_ms"] for r in rows)
     lin = single_ms / step_ms
-    extra = max(0.0, step_ms - single_ms) / step_ms
-    slowest = max(rows, key=lambda r: r["multi_ms"])["rank"]
-    from acspeed._acspeed import linearity_verdict
-
+    exposed_ms = max(0.0, step_ms - single_ms)
+    extra = exposed_ms / step_ms
+    comm_ms = statistics.median(r["comm_ms"] for r in rows)
+    overlap = None if comm_ms <= 0 else min(1.0, max(0.0, (comm_ms - exposed_ms) / comm_ms))
+    # Each rank's exposed wait; the one that waits least is the one the others wait for.
+    waits = [max(0.0, r["multi_ms"] - r["single_ms"]) for r in rows]
+    least = min(waits)
+    slowest = waits.index(least)
+    straggler = [w - least for w in waits]
     return {
         "model": args.model,
         "params": params,
@@ -109,11 +206,15 @@ def worker(rank: int, world: int, args) -> dict | None:
         "throughput": world * args.batch * 1e3 / step_ms,
         "linearity": lin,
         "exposed_comm_frac": extra,
-        "overlap_frac": None,
+        "comm_ms": comm_ms,
+        "overlap_frac": overlap,
         "algo": explain,
+        "hosts": len(hosts),
+        "host_linearity": None if host_ms is None else host_ms / step_ms,
         "slowest_rank": slowest,
+        "straggler_ms": straggler,
         "ranks": rows,
-        "verdict": linearity_verdict(lin, extra),
+        "verdict": linearity_verdict(lin, extra, (slowest, max(straggler))),
     }
 
 
@@ -128,8 +229,8 @@ def _entry(rank, world, port, args, q):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m acspeed.linearity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--model", default="mlp:1024", help="mlp[:hidden], torchvision:<name>, or module:factory")
-    ap.add_argument("--input", default=None, help="input shape without the batch, e.g. 3,224,224 (for module:factory)")
+    ap.add_argument("--model", default="mlp:1024", help="mlp[:hidden], torchvision:<name>, transformers:<model type> (e.g. bert, gpt2; default config, random weights), or module:factory")
+    ap.add_argument("--input", default=None, help="input shape without the batch, e.g. 3,224,224 (module:factory), or the sequence length (transformers:, default 128)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--bucket-mb", type=float, default=25.0)
@@ -189,7 +290,14 @@ def main(argv=None) -> int:
             f"{res['workers']} workers, buckets {res['bucket_mb']} MiB; {res['algo']}"
         )
         print(f"one-worker step {res['single_step_ms']:.1f} ms, {res['workers']}-worker step {res['step_ms']:.1f} ms (slowest: rank {res['slowest_rank']})")
-        print(f"throughput {res['throughput']:.1f} samples/s, linearity {res['linearity']:.3f}")
+        ov = res["overlap_frac"]
+        print(
+            f"communication {res['comm_ms']:.1f} ms per step, {res['exposed_comm_frac'] * 100:.0f}% of the step exposed, "
+            + (f"{ov * 100:.0f}% hidden under compute" if ov is not None else "no communication recorded")
+        )
+        hl = res["host_linearity"]
+        host = f", across {res['hosts']} hosts {hl:.3f}" if hl is not None else ""
+        print(f"throughput {res['throughput']:.1f} samples/s, linearity {res['linearity']:.3f}{host}")
         print(res["verdict"])
     return 0
 

@@ -191,6 +191,16 @@ impl PyComm {
         Ok(self.coll.explain(c, nbytes))
     }
 
+    /// Start (or stop) recording when each collective of this group runs.
+    fn record_busy(&self, on: bool) {
+        self.coll.record_busy(on)
+    }
+
+    /// (start, end) of each collective run since the last call, in seconds since the epoch.
+    fn take_busy(&self) -> Vec<(f64, f64)> {
+        self.coll.take_busy()
+    }
+
     /// The last stall reports from the coordinator (which collective waited past
     /// ACSPEED_STALL_WARN_SECS, and which ranks had not joined it), oldest first.
     fn stall_reports(&self) -> Vec<String> {

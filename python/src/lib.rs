@@ -69,9 +69,13 @@ fn cuda_driver_present() -> bool {
 
 /// The verdict `acspeed linearity` gives (one source of truth for the Python entry).
 #[pyfunction]
-#[pyo3(signature = (linearity, exposed_frac=None))]
-fn linearity_verdict(linearity: f64, exposed_frac: Option<f64>) -> String {
-    acspeed::linearity::verdict(linearity, exposed_frac, None, None)
+#[pyo3(signature = (linearity, exposed_frac=None, straggler=None))]
+fn linearity_verdict(
+    linearity: f64,
+    exposed_frac: Option<f64>,
+    straggler: Option<(u32, f64)>,
+) -> String {
+    acspeed::linearity::verdict(linearity, exposed_frac, straggler, None)
 }
 
 #[pymodule]
