@@ -195,17 +195,62 @@ pub fn host_linearity(rows: &mut [Predicted]) {
 
 /// Predicts the step of every candidate algorithm on `cluster` for a model of `params`
 /// parameters, `compute_ms` per step and buckets of `bucket_mb` MiB.
+/// The executor's pipeline: segments in flight per receive and segment size
+/// (`ACSPEED_PIPELINE_DEPTH`, `ACSPEED_SEGMENT_BYTES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pipeline {
+    pub depth: usize,
+    pub segment_bytes: usize,
+}
+
+impl Default for Pipeline {
+    /// The library's defaults.
+    fn default() -> Self {
+        Pipeline {
+            depth: 4,
+            segment_bytes: 256 << 10,
+        }
+    }
+}
+
+/// A predicted DDP step for every candidate algorithm of the cluster.
 pub fn predict_steps(
     cluster: &Cluster,
     params: u64,
     compute_ms: f64,
     bucket_mb: f64,
-    segment_bytes: usize,
+    pipe: Pipeline,
+) -> Result<Vec<Predicted>> {
+    predict_some(cluster, params, compute_ms, bucket_mb, pipe, None)
+}
+
+/// The predicted DDP step of one algorithm (`--algo` spelling), if it is a candidate.
+pub fn predict_step_of(
+    cluster: &Cluster,
+    params: u64,
+    compute_ms: f64,
+    bucket_mb: f64,
+    pipe: Pipeline,
+    algo: &str,
+) -> Result<Option<Predicted>> {
+    Ok(predict_some(cluster, params, compute_ms, bucket_mb, pipe, Some(algo))?.pop())
+}
+
+fn predict_some(
+    cluster: &Cluster,
+    params: u64,
+    compute_ms: f64,
+    bucket_mb: f64,
+    pipe: Pipeline,
+    only: Option<&str>,
 ) -> Result<Vec<Predicted>> {
     let sizes = buckets(params, bucket_mb)?;
     let ctx = context_of(cluster);
     let mut out = Vec::new();
     for algo in candidates(Collective::AllReduce, &ctx) {
+        if only.is_some_and(|o| o != algo_name(algo)) {
+            continue;
+        }
         let mut ms = Vec::new();
         // Buckets share a size except the last: two simulations per algorithm.
         for &b in &sizes {
@@ -214,7 +259,14 @@ pub fn predict_steps(
                 continue;
             }
             let t = if cluster.nranks() > 1 {
-                predict(algo, Collective::AllReduce, cluster, b, 4, segment_bytes)? / 1e3
+                predict(
+                    algo,
+                    Collective::AllReduce,
+                    cluster,
+                    b,
+                    pipe.depth,
+                    pipe.segment_bytes,
+                )? / 1e3
             } else {
                 0.0
             };
@@ -297,7 +349,7 @@ mod tests {
             },
         )
         .unwrap();
-        let rows = predict_steps(&cl, 1 << 20, 3.0, 4.0, 256 << 10).unwrap();
+        let rows = predict_steps(&cl, 1 << 20, 3.0, 4.0, Pipeline::default()).unwrap();
         let ring = rows.iter().find(|r| r.algo == "ring").unwrap();
         let want = 3.0 / (3.0 + 4.194304);
         assert!((ring.linearity - want).abs() < 0.01, "{ring:?} vs {want}");

@@ -125,6 +125,13 @@ fn predicted_on_a_fixture_recommends_settings() {
         "{out}"
     );
     assert!(out.contains("hybrid:ring"), "{out}");
+    // The pipeline too: segments in flight and their size, as the variables take them.
+    let rec = out.lines().find(|l| l.starts_with("recommended")).unwrap();
+    let depth = rec.split("ACSPEED_PIPELINE_DEPTH=").nth(1).unwrap();
+    assert!(depth.starts_with(['2', '4', '8']), "{rec}");
+    let seg = rec.split("ACSPEED_SEGMENT_BYTES=").nth(1).unwrap();
+    let seg = seg.split_whitespace().next().unwrap();
+    assert!(["64K", "256K", "1M", "4M"].contains(&seg), "{rec}");
 }
 
 #[test]

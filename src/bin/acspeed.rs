@@ -447,6 +447,15 @@ fn linearity(args: LinArgs) -> Result<()> {
     linearity_measure(&args)
 }
 
+/// A byte count as the size options and variables spell it (`256K`, `4M`).
+fn size_arg(b: usize) -> String {
+    match b {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
 fn linearity_predict(args: &LinArgs) -> Result<()> {
     use acspeed::linearity as lin;
     let (model, params) = lin_params(args)?;
@@ -474,7 +483,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             params,
             args.compute_ms,
             args.bucket_mb,
-            256 << 10,
+            lin::Pipeline::default(),
         )?);
         if h == max_hosts {
             break;
@@ -497,8 +506,11 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             net.clone(),
         )?;
         for mb in [1.0, 5.0, 25.0, 100.0] {
-            for p in lin::predict_steps(&cluster, params, args.compute_ms, mb, 256 << 10)? {
-                if p.algo == b.algo && p.linearity > best_bucket.1 + 1e-9 {
+            let pipe = lin::Pipeline::default();
+            if let Some(p) =
+                lin::predict_step_of(&cluster, params, args.compute_ms, mb, pipe, &b.algo)?
+            {
+                if p.linearity > best_bucket.1 + 1e-9 {
                     best_bucket = (mb, p.linearity);
                 }
             }
@@ -515,11 +527,41 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
                     ..net.clone()
                 },
             )?;
-            for p in
-                lin::predict_steps(&cluster, params, args.compute_ms, best_bucket.0, 256 << 10)?
+            let pipe = lin::Pipeline::default();
+            let bucket = best_bucket.0;
+            if let Some(p) =
+                lin::predict_step_of(&cluster, params, args.compute_ms, bucket, pipe, &b.algo)?
             {
-                if p.algo == b.algo && p.linearity > best_streams.1 * 1.01 {
+                if p.linearity > best_streams.1 * 1.01 {
                     best_streams = (k, p.linearity);
+                }
+            }
+        }
+    }
+    // Then the pipeline (segments in flight and their size) at that bucket size and streams.
+    let mut best_pipe = (lin::Pipeline::default(), best_streams.1);
+    if let Some(b) = best {
+        let cluster = acspeed_core::sim::Cluster::new(
+            vec![host.clone(); max_hosts as usize],
+            &vec![rph; max_hosts as usize],
+            NetModel {
+                streams: best_streams.0,
+                ..net.clone()
+            },
+        )?;
+        for depth in [2, 4, 8] {
+            for seg in [64usize << 10, 256 << 10, 1 << 20, 4 << 20] {
+                let pipe = lin::Pipeline {
+                    depth,
+                    segment_bytes: seg,
+                };
+                let bucket = best_bucket.0;
+                if let Some(p) =
+                    lin::predict_step_of(&cluster, params, args.compute_ms, bucket, pipe, &b.algo)?
+                {
+                    if p.linearity > best_pipe.1 * 1.01 {
+                        best_pipe = (pipe, p.linearity);
+                    }
                 }
             }
         }
@@ -555,6 +597,8 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
                 "algo": best.map(|b| b.algo.clone()),
                 "recommended_bucket_mb": best_bucket.0,
                 "recommended_streams": best_streams.0,
+                "recommended_pipeline_depth": best_pipe.0.depth,
+                "recommended_segment_bytes": best_pipe.0.segment_bytes,
                 "verdict": verdicts,
             })
         );
@@ -586,8 +630,14 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
     }
     if let Some(b) = best {
         println!(
-            "recommended at {max_hosts} host(s): ACSPEED_ALGO={} with {} MiB buckets and ACSPEED_NSTREAMS={} (predicted linearity {:.2}, now {:.2})",
-            b.algo, best_bucket.0, best_streams.0, best_streams.1, b.linearity
+            "recommended at {max_hosts} host(s): ACSPEED_ALGO={} with {} MiB buckets, ACSPEED_NSTREAMS={}, ACSPEED_PIPELINE_DEPTH={} and ACSPEED_SEGMENT_BYTES={} (predicted linearity {:.2}, now {:.2})",
+            b.algo,
+            best_bucket.0,
+            best_streams.0,
+            best_pipe.0.depth,
+            size_arg(best_pipe.0.segment_bytes),
+            best_pipe.1,
+            b.linearity
         );
     }
     if let Some(png) = &args.plot {
@@ -795,7 +845,10 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
             params,
             args.compute_ms,
             args.bucket_mb,
-            comm.config().segment_bytes,
+            acspeed::linearity::Pipeline {
+                depth: comm.config().pipeline_depth,
+                segment_bytes: comm.config().segment_bytes,
+            },
         )?;
         println!(
             "predicted by the simulator (this machine measured now; hosts joined at {} Gbit/s):",
