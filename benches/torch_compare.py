@@ -6,7 +6,9 @@ Every rank joins the default group with backend "acspeed" and a second group wit
   * latency: 1-element float32 all_reduce, median of many blocking calls
   * sweep: all_reduce busbw from 4 KiB to --max-bytes (refill + barrier untimed; slowest rank)
   * DDP: samples/s of a small MLP training loop (DistributedDataParallel on each group)
-Rank 0 prints a markdown report with ratios.
+Rank 0 prints a markdown report with ratios. With --ddp-only, only DDP training: the MLP and a
+small conv net (1.6M parameters in 1 MiB buckets, so gradients of later layers are reduced
+while backward still computes earlier ones), backends alternating, one JSON line per run.
 
   python benches/torch_compare.py --spawn 2                # W local processes
   RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. python benches/torch_compare.py   # one rank (e.g. per netsim host)
@@ -63,18 +65,30 @@ def busbw(group, size, iters, rank, world):
     return size / med / 1e9 * 2 * (world - 1) / world, med * 1e6
 
 
-def ddp_rate(group, rank, steps, hidden):
+def conv_net():
+    """Four 3x3 conv layers (64-512 channels) and a linear head on 32x32 inputs: 1.6M params."""
+    chans = [3, 64, 128, 256, 512]
+    layers = []
+    for i in range(4):
+        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
+
+
+def ddp_rate(group, rank, steps, hidden, model_kind="mlp"):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    ddp = DDP(model, process_group=group)
+    if model_kind == "conv":
+        model, shape, batch, bucket = conv_net(), (3, 32, 32), 16, 1
+    else:
+        model = nn.Sequential(nn.Linear(256, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        shape, batch, bucket = (256,), 32, 25
+    ddp = DDP(model, process_group=group, bucket_cap_mb=bucket)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(rank)
-    batch = 32
 
     def step():
-        x, y = torch.randn(batch, 256, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        x, y = torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)
         opt.zero_grad()
         nn.functional.cross_entropy(ddp(x), y).backward()
         opt.step()
@@ -97,6 +111,18 @@ def run(rank, world, a):
     dist.init_process_group("acspeed", timeout=datetime.timedelta(seconds=600))
     groups = {"gloo": dist.new_group(backend="gloo"), "acspeed": dist.group.WORLD}
     res = {k: {} for k in groups}
+    if a.ddp_only:
+        # Alternate backends within each model, so drift on a shared machine hits both alike.
+        out = {}
+        for m in ("mlp", "conv"):
+            for k, g in groups.items():
+                out[f"{k}_{m}"] = ddp_rate(g, rank, a.ddp_steps, a.hidden, m)
+        dist.destroy_process_group()
+        if rank == 0:
+            import json
+
+            print(json.dumps(out), flush=True)
+        return
     for k, g in groups.items():
         res[k]["lat"] = latency(g, a.lat_iters)
     size = a.min_bytes
@@ -149,6 +175,7 @@ def main():
     ap.add_argument("--ddp-steps", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--label", default="one host")
+    ap.add_argument("--ddp-only", action="store_true", help="only DDP samples/s (MLP and conv net), one JSON line")
     a = ap.parse_args()
     if a.spawn:
         s = socket.socket()
