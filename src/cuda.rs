@@ -21,7 +21,7 @@ pub struct CudaStaging {
 }
 
 fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("CUDA {what}: {e}"))
+    Error::Device(format!("CUDA {what}: {e}"))
 }
 
 /// Whether the CUDA driver library can be loaded on this machine.
@@ -34,7 +34,7 @@ impl CudaStaging {
     /// Binds to device `ordinal` (the primary context torch uses).
     pub fn new(ordinal: usize) -> Result<Self> {
         if !driver_present() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Device(
                 "CUDA tensor given, but the CUDA driver library (libcuda.so) is not available on this machine".into(),
             ));
         }
@@ -102,11 +102,14 @@ impl StagingDevice for CudaStaging {
         // SAFETY: allocation of pinned memory; freed by the slot's deallocator.
         let p = unsafe { result::malloc_host(bytes.max(1), 0) }
             .map_err(|e| cuda_err("allocating pinned memory", e))?;
+        // The slot keeps the context alive: pinned memory must be freed before it goes.
+        let ctx = self.ctx.clone();
         Ok(HostSlot::new(
             p as *mut u8,
             bytes,
-            Box::new(|p| {
-                // SAFETY: p came from malloc_host.
+            Box::new(move |p| {
+                let _ = ctx.bind_to_thread();
+                // SAFETY: p came from malloc_host in this context.
                 let _ = unsafe { result::free_host(p as *mut std::ffi::c_void) };
             }),
         ))

@@ -9,13 +9,16 @@
 //! ```
 //!
 //! Each chunk is one ordinary host allreduce, so every rank makes the same calls in the same
-//! order and results stay bitwise identical. The device is behind [`StagingDevice`]: the CUDA
+//! order and results stay bitwise identical. The slots come from a [`SlotPool`] that keeps
+//! them between calls (pinned allocation is slow, and per call it would cost every bucket), and
+//! a device failure aborts the communicator so the peers fail at once naming this rank. The device is behind [`StagingDevice`]: the CUDA
 //! implementation (feature `cuda`, cudarc with the driver loaded at run time) and
 //! [`HostStandIn`], which runs the same pipeline on plain memory with asynchronous copy
 //! queues, so the pipeline's logic is tested on machines without a GPU.
 
 use crate::comm::Communicator;
 use acspeed_core::{DType, Error, ReduceOp, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// The operations the pipeline needs from a device.
@@ -81,6 +84,58 @@ impl Drop for HostSlot {
     }
 }
 
+/// Host slots kept between staged calls, so a communicator allocates its pinned memory once
+/// rather than on every bucket. Bounded: a returned slot that would make the pool hold more
+/// than `max_bytes` is freed instead. Dropping the pool frees every slot (for CUDA, with the
+/// context the slot keeps alive).
+pub struct SlotPool {
+    free: Mutex<Vec<HostSlot>>,
+    max_bytes: usize,
+}
+
+impl SlotPool {
+    pub fn new(max_bytes: usize) -> Self {
+        SlotPool {
+            free: Mutex::new(Vec::new()),
+            max_bytes,
+        }
+    }
+
+    /// A pool that holds exactly what one call with `p` uses.
+    pub fn for_params(p: StagingParams) -> Self {
+        SlotPool::new(p.chunk_bytes.saturating_mul(p.depth))
+    }
+
+    /// The smallest kept slot of at least `bytes`, or a new one from `device`.
+    fn take<D: StagingDevice>(&self, device: &D, bytes: usize) -> Result<HostSlot> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..free.len())
+            .filter(|&i| free[i].len() >= bytes)
+            .min_by_key(|&i| free[i].len());
+        match best {
+            Some(i) => Ok(free.swap_remove(i)),
+            None => {
+                drop(free);
+                device.alloc_host(bytes)
+            }
+        }
+    }
+
+    fn give(&self, slot: HostSlot) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = free.iter().map(|s| s.len()).sum();
+        if held + slot.len() <= self.max_bytes {
+            free.push(slot);
+        }
+    }
+
+    /// Bytes of slots kept for the next call.
+    pub fn retained_bytes(&self) -> usize {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.iter().map(|s| s.len()).sum()
+    }
+}
+
 /// Pipeline shape: chunk size in bytes and number of staging slots (>= 2).
 #[derive(Clone, Copy, Debug)]
 pub struct StagingParams {
@@ -98,10 +153,33 @@ impl Default for StagingParams {
 }
 
 /// In-place allreduce of `bytes` bytes of `dtype` at device address `dev`, staged through the
-/// host. On error nothing is left queued that still reads or writes the slots.
+/// host in slots from `pool`. On error nothing is left queued that still reads or writes the
+/// slots; a device error also aborts `comm`, so the peers, waiting for this rank's next chunk,
+/// fail at once with its reason instead of at the timeout.
+#[allow(clippy::too_many_arguments)]
 pub fn staged_allreduce<D: StagingDevice>(
     comm: &Communicator,
     device: &D,
+    pool: &SlotPool,
+    dev: u64,
+    bytes: usize,
+    dtype: DType,
+    op: ReduceOp,
+    p: StagingParams,
+) -> Result<()> {
+    let r = staged_inner(comm, device, pool, dev, bytes, dtype, op, p);
+    if let Err(e @ Error::Device(_)) = &r {
+        // The transports name this rank to the peers.
+        comm.abort(&e.to_string());
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn staged_inner<D: StagingDevice>(
+    comm: &Communicator,
+    device: &D,
+    pool: &SlotPool,
     dev: u64,
     bytes: usize,
     dtype: DType,
@@ -130,9 +208,16 @@ pub fn staged_allreduce<D: StagingDevice>(
     }
     // One slot per chunk when there are fewer chunks than slots.
     let depth = p.depth.min(ranges.len());
-    let slots: Vec<HostSlot> = (0..depth)
-        .map(|_| device.alloc_host(chunk))
-        .collect::<Result<_>>()?;
+    let mut slots: Vec<HostSlot> = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        match pool.take(device, chunk) {
+            Ok(s) => slots.push(s),
+            Err(e) => {
+                slots.into_iter().for_each(|s| pool.give(s));
+                return Err(e);
+            }
+        }
+    }
     let mut downloads: std::collections::VecDeque<D::Event> = std::collections::VecDeque::new();
     let mut last_upload: Option<D::Event> = None;
     let mut result = Ok(());
@@ -199,6 +284,8 @@ pub fn staged_allreduce<D: StagingDevice>(
             result = r;
         }
     }
+    // Nothing queued reads or writes them any more.
+    slots.into_iter().for_each(|s| pool.give(s));
     result
 }
 
@@ -208,6 +295,12 @@ pub fn staged_allreduce<D: StagingDevice>(
 pub struct HostStandIn {
     down: Queue,
     up: Queue,
+    /// Slots allocated and freed so far (what the pool saves is visible in tests).
+    allocs: Arc<AtomicUsize>,
+    frees: Arc<AtomicUsize>,
+    /// Fail the n-th copy (counting from 1) with a device error; 0 = never.
+    fail_copy: usize,
+    copies: AtomicUsize,
 }
 
 /// Completion of a stand-in copy.
@@ -261,7 +354,37 @@ impl HostStandIn {
         HostStandIn {
             down: Queue::new(delay),
             up: Queue::new(delay),
+            allocs: Arc::default(),
+            frees: Arc::default(),
+            fail_copy: 0,
+            copies: AtomicUsize::new(0),
         }
+    }
+
+    /// The same, with the `n`-th copy (from 1) failing as a device error would.
+    pub fn failing_copy(delay: std::time::Duration, n: usize) -> Self {
+        HostStandIn {
+            fail_copy: n,
+            ..HostStandIn::new(delay)
+        }
+    }
+
+    /// Host slots allocated so far, and freed so far.
+    pub fn slot_counts(&self) -> (usize, usize) {
+        (
+            self.allocs.load(Ordering::Relaxed),
+            self.frees.load(Ordering::Relaxed),
+        )
+    }
+
+    fn copy_fault(&self) -> Result<()> {
+        let n = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.fail_copy {
+            return Err(Error::Device(format!(
+                "stand-in copy {n} failed (injected, as an illegal address would)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -269,10 +392,12 @@ impl StagingDevice for HostStandIn {
     type Event = StandInEvent;
 
     unsafe fn download(&self, dst: *mut u8, src: u64, len: usize) -> Result<StandInEvent> {
+        self.copy_fault()?;
         self.down.push(dst as usize, src as usize, len)
     }
 
     unsafe fn upload(&self, dst: u64, src: *const u8, len: usize) -> Result<StandInEvent> {
+        self.copy_fault()?;
         self.up.push(dst as usize, src as usize, len)
     }
 
@@ -289,10 +414,13 @@ impl StagingDevice for HostStandIn {
         let words = bytes.div_ceil(8).max(1);
         let v: Box<[u64]> = vec![0u64; words].into_boxed_slice();
         let ptr = Box::into_raw(v) as *mut u64 as *mut u8;
+        self.allocs.fetch_add(1, Ordering::Relaxed);
+        let frees = self.frees.clone();
         Ok(HostSlot::new(
             ptr,
             bytes,
             Box::new(move |p| {
+                frees.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: p came from Box::into_raw of a [u64] of `words` elements above.
                 drop(unsafe {
                     Box::from_raw(std::ptr::slice_from_raw_parts_mut(p as *mut u64, words))

@@ -2,7 +2,7 @@
 //! that drives CUDA streams, run on memory with slow asynchronous copy queues.
 
 use crate::util::{run_group, test_config, Fabric};
-use acspeed::staging::{staged_allreduce, HostStandIn, StagingParams};
+use acspeed::staging::{staged_allreduce, HostStandIn, SlotPool, StagingParams};
 use acspeed::{DType, ReduceOp};
 use std::time::Duration;
 
@@ -35,9 +35,11 @@ fn run_with(
             .map(|i| (r + 1) as f32 * ((i % 7) as f32 + 1.0))
             .collect();
         let p = StagingParams { chunk_bytes, depth };
+        let pool = SlotPool::for_params(p);
         staged_allreduce(
             &comm,
             &dev,
+            &pool,
             buf.as_mut_ptr() as u64,
             count * 4,
             DType::F32,
@@ -94,6 +96,7 @@ fn staged_allreduce_rejects_bad_shapes() {
         let e = staged_allreduce(
             &comm,
             &dev,
+            &SlotPool::new(0),
             b.as_mut_ptr() as u64,
             6,
             DType::F32,
@@ -105,6 +108,7 @@ fn staged_allreduce_rejects_bad_shapes() {
         let e = staged_allreduce(
             &comm,
             &dev,
+            &SlotPool::new(0),
             b.as_mut_ptr() as u64,
             4,
             DType::F32,
@@ -128,6 +132,7 @@ fn staged_allreduce_reports_a_mismatch_across_ranks() {
         staged_allreduce(
             &comm,
             &dev,
+            &SlotPool::new(0),
             b.as_mut_ptr() as u64,
             count * 4,
             DType::F32,
@@ -144,6 +149,115 @@ fn staged_allreduce_reports_a_mismatch_across_ranks() {
         res.iter().flatten().any(|m| m.contains("mismatch")),
         "{res:?}"
     );
+}
+
+/// The pool keeps the slots between calls: ten staged allreduces allocate one call's worth of
+/// slots, results stay exact, and dropping the pool frees every slot.
+#[test]
+fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
+    let res = run_group(Fabric::Memory, 2, test_config(1 << 14, 2, 10), |comm| {
+        let dev = HostStandIn::new(Duration::ZERO);
+        let p = StagingParams {
+            chunk_bytes: 4096,
+            depth: 3,
+        };
+        let pool = SlotPool::for_params(p);
+        for call in 0..10u32 {
+            // Sizes vary: 1, 2 and 5 chunks need 1, 2 and 3 slots.
+            let count = [1024, 2048, 5000][call as usize % 3];
+            let mut b = vec![(comm.rank() + call) as f32; count];
+            staged_allreduce(
+                &comm,
+                &dev,
+                &pool,
+                b.as_mut_ptr() as u64,
+                count * 4,
+                DType::F32,
+                ReduceOp::Sum,
+                p,
+            )
+            .unwrap();
+            assert!(b.iter().all(|v| *v == (2 * call + 1) as f32), "call {call}");
+        }
+        let kept = pool.retained_bytes();
+        let during = dev.slot_counts();
+        drop(pool);
+        (kept, during, dev.slot_counts())
+    });
+    for (kept, (allocs, freed_during), (_, freed_after)) in res {
+        assert_eq!(allocs, 3, "one call's worth of slots");
+        assert_eq!(freed_during, 0);
+        assert_eq!(kept, 3 * 4096);
+        assert_eq!(freed_after, 3, "the pool frees its slots when dropped");
+    }
+    // A pool smaller than one call's slots frees what it cannot keep.
+    run_group(Fabric::Memory, 1, test_config(1 << 14, 2, 10), |comm| {
+        let dev = HostStandIn::new(Duration::ZERO);
+        let p = StagingParams {
+            chunk_bytes: 4096,
+            depth: 3,
+        };
+        let pool = SlotPool::new(4096);
+        let mut b = vec![1.0f32; 5000];
+        staged_allreduce(
+            &comm,
+            &dev,
+            &pool,
+            b.as_mut_ptr() as u64,
+            20_000,
+            DType::F32,
+            ReduceOp::Sum,
+            p,
+        )
+        .unwrap();
+        assert_eq!(pool.retained_bytes(), 4096);
+        assert_eq!(dev.slot_counts(), (3, 2));
+    });
+}
+
+/// A device error on one rank (its third copy fails) is a device error there, and aborts the
+/// communicator: the peers, waiting for its next chunk, fail at once naming it and the
+/// reason, not at the 20 s timeout.
+#[test]
+fn a_device_error_fails_the_peers_fast_naming_the_rank() {
+    for f in [Fabric::Memory, Fabric::Tcp, Fabric::Shm] {
+        let res = run_group(f, 3, test_config(1 << 14, 2, 20), |comm| {
+            let dev = if comm.rank() == 1 {
+                HostStandIn::failing_copy(Duration::ZERO, 3)
+            } else {
+                HostStandIn::new(Duration::ZERO)
+            };
+            let p = StagingParams {
+                chunk_bytes: 4096,
+                depth: 2,
+            };
+            let mut b = vec![1.0f32; 10_000];
+            let t0 = std::time::Instant::now();
+            let e = staged_allreduce(
+                &comm,
+                &dev,
+                &SlotPool::for_params(p),
+                b.as_mut_ptr() as u64,
+                40_000,
+                DType::F32,
+                ReduceOp::Sum,
+                p,
+            )
+            .unwrap_err();
+            (e.kind(), e.to_string(), t0.elapsed().as_secs_f64())
+        });
+        let (kind, msg, _) = &res[1];
+        assert_eq!(*kind, "device", "{f:?}: {msg}");
+        assert!(msg.contains("stand-in copy 3 failed"), "{f:?}: {msg}");
+        for r in [0, 2] {
+            let (_, msg, secs) = &res[r];
+            assert!(
+                msg.contains("rank 1") && msg.contains("device error"),
+                "{f:?} rank {r}: {msg}"
+            );
+            assert!(*secs < 5.0, "{f:?} rank {r}: {secs:.1} s: {msg}");
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]

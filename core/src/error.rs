@@ -45,6 +45,11 @@ pub enum Error {
     /// A plan failed verification (a bug in an algorithm or a bad plan file).
     #[error("invalid plan: {0}")]
     Plan(String),
+
+    /// The GPU (its driver, a copy or an allocation on it) failed on this rank. The
+    /// communicator is aborted, so the peers fail at once naming this rank.
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 impl Error {
@@ -82,6 +87,7 @@ impl Error {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             Error::Plan(s) => Error::Plan(s.clone()),
+            Error::Device(s) => Error::Device(s.clone()),
         }
     }
 
@@ -95,6 +101,7 @@ impl Error {
             Error::Aborted(_) => "aborted",
             Error::Io { .. } => "io",
             Error::Plan(_) => "plan",
+            Error::Device(_) => "device",
         }
     }
 }

@@ -11,6 +11,7 @@ import.)
 """
 
 from ._acspeed import (  # noqa: F401
+    AcspeedDeviceError,
     AcspeedError,
     AcspeedMismatchError,
     AcspeedRemoteError,

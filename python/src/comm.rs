@@ -60,8 +60,17 @@ pub(crate) struct PyComm {
     waits: Mutex<Option<Sender<P2pWait>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     #[cfg(feature = "cuda")]
-    cuda: Mutex<Option<(usize, Arc<acspeed::cuda::CudaStaging>)>>,
+    cuda: Mutex<Option<CudaSide>>,
 }
+
+/// The device this group stages CUDA tensors from, and its pinned slots (kept between calls,
+/// freed with the group).
+#[cfg(feature = "cuda")]
+type CudaSide = (
+    usize,
+    Arc<acspeed::cuda::CudaStaging>,
+    Arc<acspeed::staging::SlotPool>,
+);
 
 fn dtype(code: u8) -> PyResult<DType> {
     DType::from_code(code).ok_or_else(|| {
@@ -426,13 +435,14 @@ impl PyComm {
         let (d, o) = (dtype(dtype_code)?, op(op_code)?);
         #[cfg(feature = "cuda")]
         {
-            let dev = self.cuda_device(ordinal).map_err(|e| to_py(&e))?;
+            let (dev, pool) = self.cuda_device(ordinal).map_err(|e| to_py(&e))?;
             self.enqueue(
                 keep,
                 Box::new(move |c| {
                     acspeed::staging::staged_allreduce(
                         c,
                         &*dev,
+                        &pool,
                         ptr,
                         numel * d.size(),
                         d,
@@ -542,16 +552,27 @@ impl PyComm {
 
 impl PyComm {
     #[cfg(feature = "cuda")]
-    fn cuda_device(&self, ordinal: usize) -> acspeed::Result<Arc<acspeed::cuda::CudaStaging>> {
+    /// The staging device for `ordinal` and its slot pool (a new device gets a new pool:
+    /// pinned memory belongs to the context it was allocated in).
+    fn cuda_device(
+        &self,
+        ordinal: usize,
+    ) -> acspeed::Result<(
+        Arc<acspeed::cuda::CudaStaging>,
+        Arc<acspeed::staging::SlotPool>,
+    )> {
         let mut devs = self.cuda.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((o, d)) = devs.as_ref() {
+        if let Some((o, d, p)) = devs.as_ref() {
             if *o == ordinal {
-                return Ok(d.clone());
+                return Ok((d.clone(), p.clone()));
             }
         }
         let d = Arc::new(acspeed::cuda::CudaStaging::new(ordinal)?);
-        *devs = Some((ordinal, d.clone()));
-        Ok(d)
+        let p = Arc::new(acspeed::staging::SlotPool::for_params(
+            acspeed::staging::StagingParams::default(),
+        ));
+        *devs = Some((ordinal, d.clone(), p.clone()));
+        Ok((d, p))
     }
 
     fn track(

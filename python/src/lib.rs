@@ -36,6 +36,13 @@ pyo3::create_exception!(
     "Ranks disagree on the collective (op, count, dtype)."
 );
 
+pyo3::create_exception!(
+    _acspeed,
+    AcspeedDeviceError,
+    AcspeedError,
+    "The GPU failed on this rank (driver, copy or allocation); the group is aborted."
+);
+
 /// Converts an acspeed error into the matching Python exception.
 pub(crate) fn to_py(e: &acspeed::Error) -> PyErr {
     let msg = e.to_string();
@@ -44,6 +51,7 @@ pub(crate) fn to_py(e: &acspeed::Error) -> PyErr {
         acspeed::Error::Remote { .. } => AcspeedRemoteError::new_err(msg),
         acspeed::Error::Mismatch { .. } => AcspeedMismatchError::new_err(msg),
         acspeed::Error::InvalidArgument(_) => pyo3::exceptions::PyValueError::new_err(msg),
+        acspeed::Error::Device(_) => AcspeedDeviceError::new_err(msg),
         _ => AcspeedError::new_err(msg),
     }
 }
@@ -97,6 +105,10 @@ fn _acspeed(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "AcspeedMismatchError",
         m.py().get_type::<AcspeedMismatchError>(),
+    )?;
+    m.add(
+        "AcspeedDeviceError",
+        m.py().get_type::<AcspeedDeviceError>(),
     )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
