@@ -95,6 +95,22 @@ impl StagingDevice for CudaStaging {
         r
     }
 
+    fn after_event(&self, event: u64) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: the caller (the Python backend) keeps the torch Event that owns `event`
+        // alive until the operation completes; the stream is ours.
+        unsafe {
+            result::stream::wait_event(
+                self.down.cu_stream(),
+                event as sys::CUevent,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| cuda_err("ordering the download after the producer's stream", e))
+    }
+
     fn alloc_host(&self, bytes: usize) -> Result<HostSlot> {
         self.ctx
             .bind_to_thread()

@@ -44,6 +44,20 @@ pub trait StagingDevice {
 
     /// Host memory the device can copy to and from asynchronously (pinned for CUDA).
     fn alloc_host(&self, bytes: usize) -> Result<HostSlot>;
+
+    /// Makes the downloads queued from now on wait for `event`, a device event the buffer's
+    /// producer recorded on its own stream (for CUDA a `CUevent`): the caller then need not
+    /// block until its stream is done, and backward keeps running while a bucket waits.
+    fn after_event(&self, event: u64) -> Result<()>;
+}
+
+/// A device buffer to reduce: its address, length, and optionally the event after which its
+/// contents are ready (see [`StagingDevice::after_event`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceBuf {
+    pub addr: u64,
+    pub bytes: usize,
+    pub ready: Option<u64>,
 }
 
 /// A host staging buffer; frees itself through its deallocator.
@@ -156,18 +170,20 @@ impl Default for StagingParams {
 /// host in slots from `pool`. On error nothing is left queued that still reads or writes the
 /// slots; a device error also aborts `comm`, so the peers, waiting for this rank's next chunk,
 /// fail at once with its reason instead of at the timeout.
-#[allow(clippy::too_many_arguments)]
 pub fn staged_allreduce<D: StagingDevice>(
     comm: &Communicator,
     device: &D,
     pool: &SlotPool,
-    dev: u64,
-    bytes: usize,
+    buf: DeviceBuf,
     dtype: DType,
     op: ReduceOp,
     p: StagingParams,
 ) -> Result<()> {
-    let r = staged_inner(comm, device, pool, dev, bytes, dtype, op, p);
+    let r = match buf.ready {
+        Some(ev) => device.after_event(ev),
+        None => Ok(()),
+    }
+    .and_then(|()| staged_inner(comm, device, pool, buf.addr, buf.bytes, dtype, op, p));
     if let Err(e @ Error::Device(_)) = &r {
         // The transports name this rank to the peers.
         comm.abort(&e.to_string());
@@ -301,6 +317,8 @@ pub struct HostStandIn {
     /// Fail the n-th copy (counting from 1) with a device error; 0 = never.
     fail_copy: usize,
     copies: AtomicUsize,
+    /// Events the pipeline was told to wait for, with the number of copies queued before.
+    events: Mutex<Vec<(u64, usize)>>,
 }
 
 /// Completion of a stand-in copy.
@@ -358,6 +376,7 @@ impl HostStandIn {
             frees: Arc::default(),
             fail_copy: 0,
             copies: AtomicUsize::new(0),
+            events: Mutex::new(Vec::new()),
         }
     }
 
@@ -367,6 +386,14 @@ impl HostStandIn {
             fail_copy: n,
             ..HostStandIn::new(delay)
         }
+    }
+
+    /// The events passed to `after_event`, each with the number of copies queued before it.
+    pub fn events(&self) -> Vec<(u64, usize)> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Host slots allocated so far, and freed so far.
@@ -407,6 +434,17 @@ impl StagingDevice for HostStandIn {
         while !*done {
             done = cv.wait(done).unwrap_or_else(|e| e.into_inner());
         }
+        Ok(())
+    }
+
+    /// Copies run in queue order, so "after" an event is recorded, not awaited: tests check the
+    /// pipeline asks before its first download.
+    fn after_event(&self, event: u64) -> Result<()> {
+        let copies = self.copies.load(Ordering::Relaxed);
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((event, copies));
         Ok(())
     }
 

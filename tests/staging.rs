@@ -2,7 +2,7 @@
 //! that drives CUDA streams, run on memory with slow asynchronous copy queues.
 
 use crate::util::{run_group, test_config, Fabric};
-use acspeed::staging::{staged_allreduce, HostStandIn, SlotPool, StagingParams};
+use acspeed::staging::{staged_allreduce, DeviceBuf, HostStandIn, SlotPool, StagingParams};
 use acspeed::{DType, ReduceOp};
 use std::time::Duration;
 
@@ -40,8 +40,11 @@ fn run_with(
             &comm,
             &dev,
             &pool,
-            buf.as_mut_ptr() as u64,
-            count * 4,
+            DeviceBuf {
+                addr: buf.as_mut_ptr() as u64,
+                bytes: count * 4,
+                ready: None,
+            },
             DType::F32,
             ReduceOp::Sum,
             p,
@@ -97,8 +100,11 @@ fn staged_allreduce_rejects_bad_shapes() {
             &comm,
             &dev,
             &SlotPool::new(0),
-            b.as_mut_ptr() as u64,
-            6,
+            DeviceBuf {
+                addr: b.as_mut_ptr() as u64,
+                bytes: 6,
+                ready: None,
+            },
             DType::F32,
             ReduceOp::Sum,
             StagingParams::default(),
@@ -109,8 +115,11 @@ fn staged_allreduce_rejects_bad_shapes() {
             &comm,
             &dev,
             &SlotPool::new(0),
-            b.as_mut_ptr() as u64,
-            4,
+            DeviceBuf {
+                addr: b.as_mut_ptr() as u64,
+                bytes: 4,
+                ready: None,
+            },
             DType::F32,
             ReduceOp::Sum,
             StagingParams {
@@ -133,8 +142,11 @@ fn staged_allreduce_reports_a_mismatch_across_ranks() {
             &comm,
             &dev,
             &SlotPool::new(0),
-            b.as_mut_ptr() as u64,
-            count * 4,
+            DeviceBuf {
+                addr: b.as_mut_ptr() as u64,
+                bytes: count * 4,
+                ready: None,
+            },
             DType::F32,
             ReduceOp::Sum,
             StagingParams {
@@ -149,6 +161,37 @@ fn staged_allreduce_reports_a_mismatch_across_ranks() {
         res.iter().flatten().any(|m| m.contains("mismatch")),
         "{res:?}"
     );
+}
+
+/// A buffer with a ready event: the pipeline orders its downloads after the event before it
+/// queues the first one (the caller no longer blocks on its stream).
+#[test]
+fn downloads_wait_for_the_producers_event() {
+    run_group(Fabric::Memory, 2, test_config(1 << 14, 2, 10), |comm| {
+        let dev = HostStandIn::new(Duration::ZERO);
+        let p = StagingParams {
+            chunk_bytes: 4096,
+            depth: 2,
+        };
+        let mut b = vec![1.0f32; 3000];
+        let buf = DeviceBuf {
+            addr: b.as_mut_ptr() as u64,
+            bytes: 12_000,
+            ready: Some(0xfeed),
+        };
+        staged_allreduce(
+            &comm,
+            &dev,
+            &SlotPool::for_params(p),
+            buf,
+            DType::F32,
+            ReduceOp::Sum,
+            p,
+        )
+        .unwrap();
+        assert!(b.iter().all(|v| *v == 2.0));
+        assert_eq!(dev.events(), vec![(0xfeed, 0)]);
+    });
 }
 
 /// The pool keeps the slots between calls: ten staged allreduces allocate one call's worth of
@@ -170,8 +213,11 @@ fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
                 &comm,
                 &dev,
                 &pool,
-                b.as_mut_ptr() as u64,
-                count * 4,
+                DeviceBuf {
+                    addr: b.as_mut_ptr() as u64,
+                    bytes: count * 4,
+                    ready: None,
+                },
                 DType::F32,
                 ReduceOp::Sum,
                 p,
@@ -203,8 +249,11 @@ fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
             &comm,
             &dev,
             &pool,
-            b.as_mut_ptr() as u64,
-            20_000,
+            DeviceBuf {
+                addr: b.as_mut_ptr() as u64,
+                bytes: 20_000,
+                ready: None,
+            },
             DType::F32,
             ReduceOp::Sum,
             p,
@@ -237,8 +286,11 @@ fn a_device_error_fails_the_peers_fast_naming_the_rank() {
                 &comm,
                 &dev,
                 &SlotPool::for_params(p),
-                b.as_mut_ptr() as u64,
-                40_000,
+                DeviceBuf {
+                    addr: b.as_mut_ptr() as u64,
+                    bytes: 40_000,
+                    ready: None,
+                },
                 DType::F32,
                 ReduceOp::Sum,
                 p,

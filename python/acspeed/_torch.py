@@ -250,8 +250,13 @@ class AcspeedBackend(C10dBackend):
         if op.op == RedOpType.PREMUL_SUM:
             c = (c if orig is not None else c.clone()).mul_(_premul_factor(op))
             orig = t
-        torch.cuda.current_stream(t.device).synchronize()
-        h = self._c.allreduce_cuda(c.data_ptr(), c.numel(), _dtype_code(c, "all_reduce"), code, t.device.index or 0, c)
+        # Instead of blocking until the stream is done, the staging downloads wait on the
+        # device for an event recorded after the producer's work (DDP's backward goes on).
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(t.device))
+        h = self._c.allreduce_cuda(
+            c.data_ptr(), c.numel(), _dtype_code(c, "all_reduce"), code, t.device.index or 0, (c, ready), ready.cuda_event
+        )
         return self._finish(h, tensors, opts.asyncOp, [(orig, c)])
 
     def allreduce_coalesced(self, tensors, opts):

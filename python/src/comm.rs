@@ -421,8 +421,12 @@ impl PyComm {
     }
 
     /// In-place allreduce of a CUDA buffer (device address `ptr` on device `ordinal`), staged
-    /// through pinned host memory in a pipeline. The caller synchronises torch's stream first.
-    #[pyo3(signature = (ptr, numel, dtype_code, op_code, ordinal, keep=None))]
+    /// through pinned host memory in a pipeline. `ready_event` (a `CUevent` the caller recorded
+    /// on the producing stream and keeps alive in `keep`; 0 = none) orders the downloads after
+    /// the producer's work without blocking the caller; without one the caller synchronises
+    /// its stream first.
+    #[pyo3(signature = (ptr, numel, dtype_code, op_code, ordinal, keep=None, ready_event=0))]
+    #[allow(clippy::too_many_arguments)]
     fn allreduce_cuda(
         &self,
         ptr: u64,
@@ -431,6 +435,7 @@ impl PyComm {
         op_code: u8,
         ordinal: usize,
         keep: Option<Py<PyAny>>,
+        ready_event: u64,
     ) -> PyResult<WorkHandle> {
         let (d, o) = (dtype(dtype_code)?, op(op_code)?);
         #[cfg(feature = "cuda")]
@@ -443,8 +448,11 @@ impl PyComm {
                         c,
                         &*dev,
                         &pool,
-                        ptr,
-                        numel * d.size(),
+                        acspeed::staging::DeviceBuf {
+                            addr: ptr,
+                            bytes: numel * d.size(),
+                            ready: (ready_event != 0).then_some(ready_event),
+                        },
                         d,
                         o,
                         acspeed::staging::StagingParams::default(),
@@ -454,7 +462,7 @@ impl PyComm {
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (ptr, numel, d, o, ordinal, keep);
+            let _ = (ptr, numel, d, o, ordinal, keep, ready_event);
             Err(crate::AcspeedError::new_err("this acspeed was built without the 'cuda' feature; rebuild with MATURIN_PEP517_ARGS='--features cuda' pip install ./python"))
         }
     }
