@@ -84,7 +84,7 @@ fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>], sockets: &[u32]) -> String {
     // Named arguments: the message names each setting, and a positional list once paired
     // them wrongly.
     format!(
-        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={segment} ACSPEED_ALLREDUCE={allreduce} ACSPEED_BROADCAST={broadcast} ACSPEED_REDUCE={reduce} ACSPEED_CPU_REDUCE_PIPELINES={pipelines} ACSPEED_SHM={shm} ACSPEED_AUTOTUNE={autotune} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
+        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={segment} ACSPEED_ALLREDUCE={allreduce} ACSPEED_BROADCAST={broadcast} ACSPEED_REDUCE={reduce} ACSPEED_CPU_REDUCE_PIPELINES={pipelines} ACSPEED_SHM={shm} ACSPEED_AUTOTUNE={autotune} ACSPEED_RDMA_CQ_DATA_BYTES={cq} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
         segment = cfg.segment_bytes,
         allreduce = rules(&cfg.allreduce_rules),
         broadcast = rules(&cfg.broadcast_rules),
@@ -92,6 +92,9 @@ fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>], sockets: &[u32]) -> String {
         pipelines = cfg.cpu_reduce_pipelines,
         shm = u8::from(cfg.shm),
         autotune = u8::from(cfg.autotune),
+        cq = cfg
+            .rdma_cq_data
+            .map_or("provider".to_string(), |b| b.to_string()),
     )
 }
 

@@ -121,10 +121,12 @@ mod rdma_impl {
     pub fn open_rdma(cfg: &Config) -> Result<Option<RdmaEndpoint>> {
         match cfg.rdma {
             RdmaChoice::Off => Ok(None),
-            RdmaChoice::On => RdmaEndpoint::open(cfg.rdma_provider.as_deref()).map(Some),
+            RdmaChoice::On => RdmaEndpoint::open(cfg.rdma_provider.as_deref())
+                .map(|e| Some(e.limit_cq_data(cfg.rdma_cq_data))),
             RdmaChoice::Auto => Ok(RdmaEndpoint::open(cfg.rdma_provider.as_deref())
                 .ok()
-                .filter(|e| !e.is_emulated())),
+                .filter(|e| !e.is_emulated())
+                .map(|e| e.limit_cq_data(cfg.rdma_cq_data))),
         }
     }
 

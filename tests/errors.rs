@@ -614,3 +614,30 @@ fn a_plan_needing_missing_channels_is_refused_clearly() {
         );
     }
 }
+
+/// verbs and EFA offer 4 bytes of remote CQ data: with the fingerprint folded into 31 bits,
+/// results are right and a call that differs is still caught (tcp;ofi_rxm told to use 4).
+#[cfg(feature = "rdma")]
+#[test]
+fn rdma_with_4_bytes_of_cq_data_still_catches_mismatches() {
+    let cfg = acspeed::Config {
+        rdma_cq_data: Some(4),
+        ..test_config(1 << 16, 4, 20)
+    };
+    let res = run_group(Fabric::Rdma, 3, cfg, |comm| {
+        let peer = (comm.rank() + 1) % 3;
+        assert!(comm.transport_name(peer).ends_with("(cq data 4 B)"));
+        let mut v = vec![comm.rank() as f32 + 1.0; 50_000];
+        comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+        assert!(v.iter().all(|x| *x == 6.0));
+        let mut w = vec![1.0f32; if comm.rank() == 1 { 100 } else { 200 }];
+        comm.allreduce(&mut w, ReduceOp::Sum)
+            .err()
+            .map(|e| e.to_string())
+    });
+    let msgs: Vec<String> = res.into_iter().flatten().collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("does not match")),
+        "{msgs:?}"
+    );
+}

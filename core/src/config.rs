@@ -28,6 +28,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_SHM_MODE", "auto", "Large shared-memory messages: auto = slot rings filled with streaming stores, cma = the receiver reads the sender's buffer directly (process_vm_readv, one copy), copy = slot rings with ordinary stores."),
     ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
     ("ACSPEED_RDMA", "auto", "RDMA through libfabric (builds with the rdma feature): auto = hardware providers only, 1 = any provider (also tcp;ofi_rxm), 0 = off."),
+    ("ACSPEED_RDMA_CQ_DATA_BYTES", "(provider's)", "RDMA: bytes of remote CQ data (1-8) each message's header fingerprint uses, at most what the provider offers (verbs and EFA: 4). The same on every rank."),
     ("ACSPEED_RDMA_PROVIDER", "(libfabric's choice)", "libfabric provider for RDMA, e.g. verbs;ofi_rxm, efa, tcp;ofi_rxm."),
     ("ACSPEED_SOCKET_BUFFER", "(kernel autotuning)", "SO_SNDBUF/SO_RCVBUF for TCP sockets, e.g. 4M for long fat links; unset leaves Linux's autotuning on."),
     ("ACSPEED_SOCKET_IFNAME", "(route to master)", "Interface to listen on, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker,lo`."),
@@ -192,6 +193,8 @@ pub struct Config {
     pub topo_dump_file: Option<String>,
     pub rdma: RdmaChoice,
     pub rdma_provider: Option<String>,
+    /// `ACSPEED_RDMA_CQ_DATA_BYTES`: cap on the CQ data the RDMA fingerprint uses.
+    pub rdma_cq_data: Option<usize>,
     /// TCP socket buffer size (`None`: kernel autotuning).
     pub socket_buffer: Option<usize>,
     /// Measured algorithm choice where `auto` decides (`ACSPEED_AUTOTUNE`).
@@ -229,6 +232,7 @@ impl Default for Config {
             topo_dump_file: None,
             rdma: RdmaChoice::Auto,
             rdma_provider: None,
+            rdma_cq_data: None,
             socket_buffer: None,
             autotune: false,
             autotune_file: None,
@@ -419,6 +423,16 @@ impl Config {
             };
         }
         c.rdma_provider = lookup(vars, "ACSPEED_RDMA_PROVIDER").map(str::to_string);
+        if let Some(v) = lookup(vars, "ACSPEED_RDMA_CQ_DATA_BYTES") {
+            c.rdma_cq_data = Some(
+                v.parse()
+                    .ok()
+                    .filter(|b| (1..=8).contains(b))
+                    .ok_or_else(|| {
+                        bad("ACSPEED_RDMA_CQ_DATA_BYTES", v, "an integer from 1 to 8")
+                    })?,
+            );
+        }
         if let Some(v) = lookup(vars, "ACSPEED_SOCKET_BUFFER") {
             c.socket_buffer = Some(
                 parse_size(v)

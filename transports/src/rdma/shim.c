@@ -57,6 +57,9 @@ int acs_open(const char *prov, struct acs_ep **out, char *err, size_t errlen) {
     hints->mode = FI_CONTEXT | FI_CONTEXT2;
     hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
     hints->domain_attr->threading = FI_THREAD_SAFE;
+    /* The header fingerprint travels as remote CQ data: ask for 8 bytes; providers may offer
+     * fewer (verbs and EFA: 4), which acs_cq_data_size reports. */
+    hints->domain_attr->cq_data_size = 8;
     if (prov && *prov) hints->fabric_attr->prov_name = strdup(prov);
     rc = fi_getinfo(FI_VERSION(1, 9), NULL, NULL, 0, hints, &e->info);
     fi_freeinfo(hints);
@@ -80,6 +83,8 @@ int acs_open(const char *prov, struct acs_ep **out, char *err, size_t errlen) {
 }
 
 const char *acs_provider(struct acs_ep *e) { return e->info->fabric_attr->prov_name; }
+
+size_t acs_cq_data_size(struct acs_ep *e) { return e->info->domain_attr->cq_data_size; }
 
 int acs_name(struct acs_ep *e, void *buf, size_t *len) { return fi_getname(&e->ep->fid, buf, len); }
 
