@@ -200,6 +200,18 @@ impl PyComm {
         Ok(self.coll.explain(c, nbytes))
     }
 
+    /// Forces an algorithm for this group's later collectives (`None`: back to the automatic
+    /// choice). Every rank must call it at the same point.
+    #[pyo3(signature = (name=None))]
+    fn set_algorithm(&self, name: Option<&str>) -> PyResult<()> {
+        let a = name
+            .map(acspeed::Algorithm::from_name)
+            .transpose()
+            .map_err(|e| to_py(&e))?;
+        self.coll.set_algorithm(a);
+        Ok(())
+    }
+
     /// Start (or stop) recording when each collective of this group runs.
     fn record_busy(&self, on: bool) {
         self.coll.record_busy(on)

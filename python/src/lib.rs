@@ -77,13 +77,14 @@ fn cuda_driver_present() -> bool {
 
 /// The verdict `acspeed linearity` gives (one source of truth for the Python entry).
 #[pyfunction]
-#[pyo3(signature = (linearity, exposed_frac=None, straggler=None))]
+#[pyo3(signature = (linearity, exposed_frac=None, straggler=None, recommendation=None))]
 fn linearity_verdict(
     linearity: f64,
     exposed_frac: Option<f64>,
     straggler: Option<(u32, f64)>,
+    recommendation: Option<&str>,
 ) -> String {
-    acspeed::linearity::verdict(linearity, exposed_frac, straggler, None)
+    acspeed::linearity::verdict(linearity, exposed_frac, straggler, recommendation)
 }
 
 #[pymodule]

@@ -16,7 +16,8 @@ from conftest import run_ranks
 
 def test_linearity_of_a_torch_model_under_ddp():
     out = subprocess.run(
-        [sys.executable, "-m", "acspeed.linearity", "--workers", "2", "--model", "mlp:256", "--batch", "16", "--steps", "4", "--json"],
+        [sys.executable, "-m", "acspeed.linearity", "--workers", "2", "--model", "mlp:256", "--batch", "16", "--steps", "4",
+         "--algo", "auto,ring,tree", "--link-gbps", "10", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -38,6 +39,13 @@ def test_linearity_of_a_torch_model_under_ddp():
     assert len(r["straggler_ms"]) == 2 and min(r["straggler_ms"]) == 0.0
     assert r["straggler_ms"][r["slowest_rank"]] == 0.0
     assert r["hosts"] == 1 and r["host_linearity"] is None
+    # Each algorithm measured in turn (every rank switching at the same point), with its bus
+    # bandwidth; the first is the one reported at the top level.
+    assert [t["algo"] for t in r["algos"]] == ["auto", "ring", "tree"]
+    assert all(t["busbw_gbps"] > 0 and t["step_ms"] > 0 for t in r["algos"]), r["algos"]
+    assert r["linearity"] == r["algos"][0]["linearity"] and r["link_gbps"] == 10.0
+    if r["recommendation"]:
+        assert r["recommendation"] in r["verdict"]
 
 
 def test_linearity_rejects_bad_input():
