@@ -415,3 +415,37 @@ def test_stall_reports_name_the_rank_that_has_not_joined():
     res = run_ranks(_late_rank, 2, env={"ACSPEED_STALL_WARN_SECS": "0.3"})
     assert any("allreduce #1" in t and "missing rank(s) 1" in t for t in res[0]), res[0]
     assert res[1] == [], res[1]
+
+
+def _sender_killed(rank, world):
+    import datetime
+    import os
+    import signal
+    import threading
+    import time
+
+    import acspeed
+
+    dist.init_process_group(backend="acspeed", timeout=datetime.timedelta(seconds=30))
+    dist.barrier()
+    if rank == 1:
+        # Report first, then die the hard way (no cleanup, no notice) while rank 0 waits.
+        threading.Thread(target=lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGKILL)), daemon=True).start()
+        return ("killed", 0.0)
+    t0 = time.time()
+    try:
+        acspeed.recv_any(torch.zeros(4))
+        return ("received", time.time() - t0)
+    except Exception as e:
+        return (str(e), time.time() - t0)
+
+
+@pytest.mark.parametrize("path", ["shm", "tcp"])
+def test_recv_from_any_source_names_a_sender_killed_with_sigkill(path):
+    # The only possible sender is SIGKILLed: the receive fails naming it within 2 s of its
+    # death (shared memory: the pid check; TCP: the connection), not at the 30 s timeout.
+    env = {"ACSPEED_SHM": "1" if path == "shm" else "0"}
+    res = run_ranks(_sender_killed, 2, env=env, timeout=120)
+    msg, took = res[0]
+    assert "rank 1" in msg, msg
+    assert took < 2.5, f"{took:.1f}s: {msg}"
