@@ -35,8 +35,8 @@ pub mod staging;
 pub mod store;
 pub mod timeline;
 
+pub use acspeed_algorithms::Algorithm;
 pub use acspeed_core::{Config, DType, Error, LaunchEnv, ReduceOp, Result};
 pub use comm::Communicator;
 pub use element::Element;
 pub use init::{init, init_from_env, init_with_store};
-pub use acspeed_algorithms::Algorithm;

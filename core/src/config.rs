@@ -28,6 +28,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_SHM_MODE", "auto", "Large shared-memory messages: auto = slot rings filled with streaming stores, cma = the receiver reads the sender's buffer directly (process_vm_readv, one copy), copy = slot rings with ordinary stores."),
     ("ACSPEED_NSTREAMS", "auto", "TCP sockets per remote peer; auto = 4 across hosts (one flow rarely fills a cloud link), 1 on the same host."),
     ("ACSPEED_RDMA", "auto", "RDMA through libfabric (builds with the rdma feature): auto = hardware providers only, 1 = any provider (also tcp;ofi_rxm), 0 = off."),
+    ("ACSPEED_BIND", "1", "The local launchers (acspeed-bench -n, acspeed linearity --workers): one core per rank when the ranks talk over shared memory and there is a core each; 0 = leave placement to the scheduler."),
     ("ACSPEED_RDMA_CQ_DATA_BYTES", "(provider's)", "RDMA: bytes of remote CQ data (1-8) each message's header fingerprint uses, at most what the provider offers (verbs and EFA: 4). The same on every rank."),
     ("ACSPEED_RDMA_PROVIDER", "(libfabric's choice)", "libfabric provider for RDMA, e.g. verbs;ofi_rxm, efa, tcp;ofi_rxm."),
     ("ACSPEED_SOCKET_BUFFER", "(kernel autotuning)", "SO_SNDBUF/SO_RCVBUF for TCP sockets, e.g. 4M for long fat links; unset leaves Linux's autotuning on."),
