@@ -296,6 +296,7 @@ pub fn init_with_store(
         return Ok(comm);
     }
     let sink: crate::control::Sink = Arc::new(move |m: &str| log.warn(m));
+    let note: crate::control::Sink = Arc::new(move |m: &str| log.info(m));
     let ctl = crate::control::Control::start(
         store,
         &key("ctl"),
@@ -307,6 +308,7 @@ pub fn init_with_store(
         t,
         comm.wait_probe(),
         sink,
+        note,
     )?;
     Ok(comm.with_control(ctl))
 }

@@ -76,6 +76,9 @@ struct Setup {
     listener: Option<std::net::TcpListener>,
     probe: Arc<acspeed_core::executor::WaitProbe>,
     sink: Sink,
+    /// Where the control plane's own troubles go (info: it is advisory, and at the end of a
+    /// job a rank may find the coordinator already gone).
+    note: Sink,
 }
 
 impl Control {
@@ -94,6 +97,7 @@ impl Control {
         timeout: Duration,
         probe: Arc<acspeed_core::executor::WaitProbe>,
         sink: Sink,
+        note: Sink,
     ) -> Result<Control> {
         let listener = if rank == 0 {
             let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
@@ -133,6 +137,7 @@ impl Control {
             listener,
             probe,
             sink,
+            note,
         };
         let (p, r) = (progress.clone(), reports.clone());
         let thread = std::thread::Builder::new()
@@ -186,7 +191,7 @@ fn run(
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return (s.sink)(&format!("control plane off: no runtime: {e}")),
+        Err(e) => return (s.note)(&format!("control plane off: no runtime: {e}")),
     };
     rt.block_on(async move {
         if let Some(l) = s.listener {
@@ -201,7 +206,7 @@ fn run(
                     };
                     tokio::spawn(c.serve(l, stopped.clone()));
                 }
-                Err(e) => (s.sink)(&format!("control plane off: {e}")),
+                Err(e) => (s.note)(&format!("control plane off: {e}")),
             }
         }
         let hello = Frame::Hello {
@@ -216,7 +221,7 @@ fn run(
         if let Err(e) = heartbeat(s.coordinator, hello, s.warn, me, &s.sink, stopped).await {
             // Advisory: the job goes on without stall reports.
             if e.kind() != std::io::ErrorKind::Interrupted {
-                (s.sink)(&format!(
+                (s.note)(&format!(
                     "control plane: lost the coordinator at {} ({e}); no stall reports from now on",
                     s.coordinator
                 ));
