@@ -6,6 +6,15 @@ use acspeed::staging::{staged_allreduce, DeviceBuf, HostStandIn, SlotPool, Stagi
 use acspeed::{DType, ReduceOp};
 use std::time::Duration;
 
+/// A host buffer standing in for device memory: its address and the bytes to reduce.
+fn host_buf<T>(b: &mut [T], bytes: usize) -> DeviceBuf {
+    DeviceBuf {
+        addr: b.as_mut_ptr() as u64,
+        bytes,
+        ready: None,
+    }
+}
+
 fn run(fabric: Fabric, n: u32, count: usize, chunk_bytes: usize, depth: usize, delay_us: u64) {
     run_with(
         fabric,
@@ -40,11 +49,7 @@ fn run_with(
             &comm,
             &dev,
             &pool,
-            DeviceBuf {
-                addr: buf.as_mut_ptr() as u64,
-                bytes: count * 4,
-                ready: None,
-            },
+            host_buf(&mut buf, count * 4),
             DType::F32,
             ReduceOp::Sum,
             p,
@@ -100,11 +105,7 @@ fn staged_allreduce_rejects_bad_shapes() {
             &comm,
             &dev,
             &SlotPool::new(0),
-            DeviceBuf {
-                addr: b.as_mut_ptr() as u64,
-                bytes: 6,
-                ready: None,
-            },
+            host_buf(&mut b, 6),
             DType::F32,
             ReduceOp::Sum,
             StagingParams::default(),
@@ -115,11 +116,7 @@ fn staged_allreduce_rejects_bad_shapes() {
             &comm,
             &dev,
             &SlotPool::new(0),
-            DeviceBuf {
-                addr: b.as_mut_ptr() as u64,
-                bytes: 4,
-                ready: None,
-            },
+            host_buf(&mut b, 4),
             DType::F32,
             ReduceOp::Sum,
             StagingParams {
@@ -142,11 +139,7 @@ fn staged_allreduce_reports_a_mismatch_across_ranks() {
             &comm,
             &dev,
             &SlotPool::new(0),
-            DeviceBuf {
-                addr: b.as_mut_ptr() as u64,
-                bytes: count * 4,
-                ready: None,
-            },
+            host_buf(&mut b, count * 4),
             DType::F32,
             ReduceOp::Sum,
             StagingParams {
@@ -213,11 +206,7 @@ fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
                 &comm,
                 &dev,
                 &pool,
-                DeviceBuf {
-                    addr: b.as_mut_ptr() as u64,
-                    bytes: count * 4,
-                    ready: None,
-                },
+                host_buf(&mut b, count * 4),
                 DType::F32,
                 ReduceOp::Sum,
                 p,
@@ -249,11 +238,7 @@ fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
             &comm,
             &dev,
             &pool,
-            DeviceBuf {
-                addr: b.as_mut_ptr() as u64,
-                bytes: 20_000,
-                ready: None,
-            },
+            host_buf(&mut b, 20_000),
             DType::F32,
             ReduceOp::Sum,
             p,
@@ -286,11 +271,7 @@ fn a_device_error_fails_the_peers_fast_naming_the_rank() {
                 &comm,
                 &dev,
                 &SlotPool::for_params(p),
-                DeviceBuf {
-                    addr: b.as_mut_ptr() as u64,
-                    bytes: 40_000,
-                    ready: None,
-                },
+                host_buf(&mut b, 40_000),
                 DType::F32,
                 ReduceOp::Sum,
                 p,

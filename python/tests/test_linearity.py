@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import torch.distributed as dist
 
-from conftest import run_ranks
+from conftest import free_port, run_ranks
 
 
 def test_linearity_of_a_torch_model_under_ddp():
@@ -72,17 +71,9 @@ def test_explain_names_the_algorithm_and_why():
         assert "tree" in b and "ACSPEED_BROADCAST range 0-64K" in b, b
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_linearity_across_two_emulated_hosts():
     # torchrun's way: one process per rank; ACSPEED_HOST_ID makes ranks 0-1 and 2-3 two hosts.
-    port = _free_port()
+    port = free_port()
     procs = []
     for r in range(4):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE="4", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),

@@ -530,14 +530,8 @@ impl Transport for TcpTransport {
             for (i, s) in p.streams.iter().enumerate() {
                 if let Ok(_idle) = p.busy[2 * i].try_lock() {
                     let hdr = FrameHeader {
-                        seq: 0,
-                        coll: 0,
-                        dtype: 0,
-                        op: 0,
-                        algo: 0,
-                        root: 0,
-                        count: 0,
                         len: why.len() as u64,
+                        ..FrameHeader::default()
                     };
                     let mut w = s;
                     let _ = s.set_write_timeout(Some(Duration::from_millis(200)));

@@ -344,16 +344,7 @@ impl RdmaTransport {
     /// connect() for 30 s (found in the RDMA tests). Every rank does this at the same point,
     /// so the pairs' message counters stay in step.
     fn handshake(&self, within: Duration) -> Result<()> {
-        let hello = FrameHeader {
-            seq: 0,
-            coll: 0,
-            dtype: 0,
-            op: 0,
-            algo: 0,
-            root: 0,
-            count: 0,
-            len: 0,
-        };
+        let hello = FrameHeader::default();
         let mut hs = Vec::new();
         for q in 0..self.nranks {
             if self.addr[q as usize].is_none() {
