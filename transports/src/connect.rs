@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// How long a new connection may take to introduce itself.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections whose hello is still being read, at most.
+const MAX_PENDING_HELLOS: usize = 256;
 
 /// Opens the listening socket a rank publishes through the rendezvous.
 /// `buffer` sets SO_SNDBUF/SO_RCVBUF (accepted connections inherit them); `None` leaves the
@@ -123,18 +125,36 @@ pub fn establish(
         .set_nonblocking(true)
         .map_err(|e| Error::io("configuring the listener", e))?;
     let mut missing: usize = (rank.0 + 1..n).map(|q| streams[q as usize] as usize).sum();
+    // Each connection's hello is read on a thread of its own: a stranger that connects and
+    // says nothing (a port scanner) must not hold up the peers behind it for HELLO_TIMEOUT,
+    // which is also how long they wait for our ack.
+    let (tx, rx) = std::sync::mpsc::channel::<Option<(u32, u32, TcpStream)>>();
+    let mut reading = 0usize;
     while missing > 0 {
-        match listener.accept() {
-            Ok((s, _from)) => {
-                // Strangers (no valid hello) are dropped silently; the loop goes on.
-                if let Some((q, i, s)) = accept_hello(s, rank, n, streams, secret) {
-                    let slot = &mut socks[q as usize][i as usize];
-                    if slot.is_none() {
-                        *slot = Some(s);
-                        missing -= 1;
-                    }
+        while let Ok(got) = rx.try_recv() {
+            reading -= 1;
+            // Strangers (no valid hello) are dropped silently; the loop goes on.
+            if let Some((q, i, s)) = got {
+                let slot = &mut socks[q as usize][i as usize];
+                if slot.is_none() {
+                    *slot = Some(s);
+                    missing -= 1;
                 }
             }
+        }
+        if missing == 0 {
+            break;
+        }
+        match listener.accept() {
+            // Bounded: beyond this many unfinished hellos, newcomers are dropped at once.
+            Ok((s, _from)) if reading < MAX_PENDING_HELLOS => {
+                reading += 1;
+                let (tx, streams, secret) = (tx.clone(), streams.to_vec(), *secret);
+                std::thread::spawn(move || {
+                    let _ = tx.send(accept_hello(s, rank, n, &streams, &secret));
+                });
+            }
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
                     let absent: Vec<u32> = (rank.0 + 1..n)
