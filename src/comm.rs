@@ -680,6 +680,16 @@ impl Communicator {
                     "peers": crate::timeline::peer_rows(&st),
                 }),
             );
+            // Its phases, one row per lane under the collective's.
+            for p in &st.phases {
+                tl.complete_on(
+                    p.lane + 1,
+                    &format!("{} {}", coll.name(), p.name),
+                    p.start,
+                    p.end,
+                    serde_json::json!({"seq": call.seq, "lane": p.lane, "steps": p.steps}),
+                );
+            }
         }
         if let Err(e) = &r {
             if !matches!(e, Error::InvalidArgument(_)) {

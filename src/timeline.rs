@@ -65,8 +65,20 @@ impl Timeline {
     /// A complete event ("X") from `start` to `end` with `args`. Write errors are ignored:
     /// a full disk must not fail the training step (the file then ends early).
     pub fn complete(&self, name: &str, start: Instant, end: Instant, args: serde_json::Value) {
+        self.complete_on(0, name, start, end, args)
+    }
+
+    /// The same on thread row `tid` (a collective's phases: one row per lane, from 1).
+    pub fn complete_on(
+        &self,
+        tid: u32,
+        name: &str,
+        start: Instant,
+        end: Instant,
+        args: serde_json::Value,
+    ) {
         let ev = serde_json::json!({
-            "name": name, "cat": "acspeed", "ph": "X", "pid": self.rank, "tid": 0,
+            "name": name, "cat": "acspeed", "ph": "X", "pid": self.rank, "tid": tid,
             "ts": self.us(start), "dur": end.saturating_duration_since(start).as_secs_f64() * 1e6,
             "args": args,
         });

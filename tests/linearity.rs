@@ -207,6 +207,33 @@ fn timeline_writes_one_chrome_trace_per_rank() {
             );
         }
         traffic.push(mine);
+        // Phases: a ring allreduce reduces, then distributes (its all-gather), on lane 1's
+        // row, inside its collective's time.
+        let events = v.as_array().unwrap();
+        for e in events.iter().filter(|e| e["name"] == "allreduce") {
+            let seq = &e["args"]["seq"];
+            let phases: Vec<&serde_json::Value> = events
+                .iter()
+                .filter(|p| p["tid"] == 1 && &p["args"]["seq"] == seq)
+                .collect();
+            let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+            assert_eq!(
+                names,
+                ["allreduce reduce", "allreduce distribute"],
+                "rank {r}: {e}"
+            );
+            let (t0, t1) = (
+                e["ts"].as_f64().unwrap(),
+                e["ts"].as_f64().unwrap() + e["dur"].as_f64().unwrap(),
+            );
+            for p in phases {
+                let ts = p["ts"].as_f64().unwrap();
+                assert!(
+                    ts >= t0 - 1.0 && ts + p["dur"].as_f64().unwrap() <= t1 + 1.0,
+                    "{p} outside {e}"
+                );
+            }
+        }
         let x: Vec<&serde_json::Value> = v
             .as_array()
             .unwrap()

@@ -3,16 +3,68 @@
 //! ([`WaitProbe`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one collective exchanged with each peer (indexed by rank): bytes sent and received,
 /// and how long this rank waited for that peer's sends and receives to complete. Collected
-/// when asked for (the timeline), summed over lanes.
+/// when asked for (the timeline), summed over lanes; with the phases each lane went through.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerStats {
     pub sent: Vec<u64>,
     pub recv: Vec<u64>,
     pub wait: Vec<Duration>,
+    pub phases: Vec<Phase>,
+    /// Start of leading sends not yet in a phase (a lane's sends join the phase around them).
+    lead: Option<Instant>,
+}
+
+/// A run of consecutive steps of one lane that do the same kind of work: `reduce` (steps that
+/// reduce what they receive: a ring's reduce-scatter, a tree's way up, a host reduce) or
+/// `distribute` (steps that only move data: a ring's all-gather, a tree's broadcast).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    pub lane: u32,
+    pub name: &'static str,
+    pub steps: u32,
+    pub start: Instant,
+    pub end: Instant,
+}
+
+impl PeerStats {
+    /// Adds a step of `lane` that ran from `start` to `end`: it extends the lane's last phase
+    /// when it is of the same kind. A plain send (`name` None) belongs to the phase in
+    /// progress, or to the next one when it comes first (a ring's opening send).
+    pub(crate) fn step(
+        &mut self,
+        lane: u32,
+        name: Option<&'static str>,
+        start: Instant,
+        end: Instant,
+    ) {
+        let Some(name) = name else {
+            match self.phases.last_mut() {
+                Some(p) if p.lane == lane => p.end = end,
+                _ => {
+                    self.lead.get_or_insert(start);
+                }
+            }
+            return;
+        };
+        let start = self.lead.take().unwrap_or(start);
+        match self.phases.last_mut() {
+            Some(p) if p.lane == lane && p.name == name => {
+                p.end = end;
+                p.steps += 1;
+            }
+            _ => self.phases.push(Phase {
+                lane,
+                name,
+                steps: 1,
+                start,
+                end,
+            }),
+        }
+    }
 }
 
 impl PeerStats {
@@ -22,6 +74,8 @@ impl PeerStats {
             sent: vec![0; n],
             recv: vec![0; n],
             wait: vec![Duration::ZERO; n],
+            phases: Vec::new(),
+            lead: None,
         }
     }
 
@@ -31,6 +85,7 @@ impl PeerStats {
             self.recv[i] += o.recv[i];
             self.wait[i] += o.wait[i];
         }
+        self.phases.extend(o.phases.iter().cloned());
     }
 }
 

@@ -343,6 +343,20 @@ impl Progress {
     }
 }
 
+/// The timeline's phase a step belongs to (see [`crate::exec_stats::Phase`]); `None` for a
+/// plain send, which joins the phase around it.
+fn phase_of(op: &Op) -> Option<&'static str> {
+    match op {
+        Op::Send { .. } => None,
+        Op::RecvReduce { .. }
+        | Op::RecvReduceSend { .. }
+        | Op::Reduce { .. }
+        | Op::HostReduce { .. }
+        | Op::Fan { reduce: true, .. } => Some("reduce"),
+        _ => Some("distribute"),
+    }
+}
+
 impl<'a> LaneCtx<'a> {
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -396,7 +410,11 @@ impl<'a> LaneCtx<'a> {
                 let drive: Option<&dyn Fn() -> bool> = t.needs_progress().then_some(&drive);
                 p.wait(&step.deps, self.params.timeout, drive)?;
             }
+            let t0 = self.stats.is_some().then(Instant::now);
             self.run_step(&step.op)?;
+            if let (Some(t0), Some(st)) = (t0, &mut self.stats) {
+                st.step(self.lane as u32, phase_of(&step.op), t0, Instant::now());
+            }
             if let Some(p) = progress {
                 p.finish(self.lane, i + 1);
             }
