@@ -282,6 +282,11 @@ fn bad(name: &str, val: &str, expected: &str) -> Error {
     Error::invalid(format!("{name}='{val}' is not valid: expected {expected}"))
 }
 
+/// Longest accepted timeout (about 116 days). Deadlines are `Instant::now() + timeout`, which
+/// panics on overflow, and `Duration::from_secs_f64` panics past u64 seconds: a fuzzed
+/// `ACSPEED_TIMEOUT_SECS=3099999999999999999999` crashed the parser before this bound.
+const MAX_SECS: f64 = 1e7;
+
 impl Config {
     /// Reads the process environment once.
     pub fn from_env() -> Result<Config> {
@@ -295,20 +300,26 @@ impl Config {
             let secs: f64 = v
                 .parse()
                 .ok()
-                .filter(|s: &f64| *s > 0.0 && s.is_finite())
-                .ok_or_else(|| bad("ACSPEED_TIMEOUT_SECS", v, "a positive number of seconds"))?;
+                .filter(|s: &f64| *s > 0.0 && *s <= MAX_SECS)
+                .ok_or_else(|| {
+                    bad(
+                        "ACSPEED_TIMEOUT_SECS",
+                        v,
+                        "a positive number of seconds, at most 10000000",
+                    )
+                })?;
             c.timeout = Duration::from_secs_f64(secs);
         }
         if let Some(v) = lookup(vars, "ACSPEED_STALL_WARN_SECS") {
             let secs: f64 = v
                 .parse()
                 .ok()
-                .filter(|s: &f64| *s >= 0.0 && s.is_finite())
+                .filter(|s: &f64| *s >= 0.0 && *s <= MAX_SECS)
                 .ok_or_else(|| {
                     bad(
                         "ACSPEED_STALL_WARN_SECS",
                         v,
-                        "a number of seconds (0 = off)",
+                        "a number of seconds up to 10000000 (0 = off)",
                     )
                 })?;
             c.stall_warn = Duration::from_secs_f64(secs);
@@ -551,6 +562,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ACSPEED_TIMEOUT_SECS"), "{e}");
+        // Found by the env_vars fuzz target: this panicked in Duration::from_secs_f64.
+        for name in ["ACSPEED_TIMEOUT_SECS", "ACSPEED_STALL_WARN_SECS"] {
+            for huge in ["3099999999999999999999", "1e300", "inf"] {
+                let e = Config::from_vars(&v(&[(name, huge)]))
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(name) && (e.contains("at most") || e.contains("up to")),
+                    "{e}"
+                );
+            }
+        }
         let c = Config::from_vars(&v(&[
             ("ACSPEED_SEGMENT_BYTES", "1M"),
             ("ACSPEED_ALGO", "Ring"),
