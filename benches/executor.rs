@@ -25,6 +25,7 @@ fn hdr(seq: u64, count: usize, len: usize) -> FrameHeader {
         dtype: DType::F32 as u8,
         op: ReduceOp::Sum as u8,
         algo: acspeed_core::plan::algorithm_code("ring"),
+        channel: 0,
         root: 0,
         count: count as u64,
         len: len as u64,

@@ -15,6 +15,7 @@ impl Communicator {
             dtype: DType::U8 as u8,
             op: u8::MAX,
             algo: 0,
+            channel: 0,
             root: 0,
             count: len as u64,
             len: len as u64,

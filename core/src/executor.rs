@@ -434,6 +434,8 @@ impl<'a> LaneCtx<'a> {
             dtype: self.call.dtype as u8,
             op: self.call.op.map(|o| o as u8).unwrap_or(u8::MAX),
             algo: self.algo,
+            // Verified plans have fewer than MAX_CHANNELS (16) channels, so this fits.
+            channel: self.plan.lanes[self.lane].channel as u8,
             root: match self.plan.collective {
                 crate::plan::Collective::Broadcast { root }
                 | crate::plan::Collective::Reduce { root } => root.0,

@@ -31,6 +31,10 @@ pub struct FrameHeader {
     pub algo: u8,
     /// Root rank of a rooted collective (broadcast, reduce), else 0.
     pub root: u32,
+    /// The plan lane's channel (`Lane::channel`). Each channel has its own connections, so
+    /// a well-formed plan never mixes them; carrying it lets a receiver reject a message that
+    /// came down the wrong channel (a plan or transport bug) instead of reducing wrong data.
+    pub channel: u8,
     /// The caller's per-rank element count for the whole collective.
     pub count: u64,
     /// Payload bytes of this message.
@@ -105,6 +109,14 @@ impl FrameHeader {
                 Collective::name_of_code(self.coll),
                 crate::plan::algorithm_name_of_code(self.algo),
                 crate::plan::algorithm_name_of_code(got.algo)
+            ));
+        }
+        if got.channel != self.channel {
+            return mism(format!(
+                "{}: message for channel {} arrived from rank {peer} where channel {} was expected (the ranks' plans differ)",
+                Collective::name_of_code(self.coll),
+                got.channel,
+                self.channel
             ));
         }
         if got.len != self.len {
@@ -371,3 +383,25 @@ pub struct RecvPtr(pub *mut u8);
 unsafe impl Send for RecvPtr {}
 // SAFETY: disjoint stripes are written by different threads; the contract keeps it valid.
 unsafe impl Sync for RecvPtr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_from_another_channel_is_a_mismatch_naming_both() {
+        let want = FrameHeader {
+            coll: Collective::AllReduce.code(),
+            channel: 0,
+            len: 64,
+            ..FrameHeader::default()
+        };
+        assert!(want.check(&want, Rank(3)).is_ok());
+        let got = FrameHeader { channel: 2, ..want };
+        let e = want.check(&got, Rank(3)).unwrap_err().to_string();
+        assert!(
+            e.contains("channel 2") && e.contains("channel 0") && e.contains("rank 3"),
+            "{e}"
+        );
+    }
+}

@@ -7,7 +7,8 @@ use acspeed_core::FrameHeader;
 pub(crate) const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"ACSP");
 pub(crate) const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ACSH");
 pub(crate) const ACK_MAGIC: u32 = u32::from_le_bytes(*b"ACSA");
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+/// 4: the frame header carries the plan lane's channel (byte 61).
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 pub(crate) const FRAME_LEN: usize = 64;
 pub(crate) const HELLO_LEN: usize = 24 + 16;
 /// Longest abort reason we accept.
@@ -43,6 +44,7 @@ pub(crate) fn encode(kind: Kind, h: &FrameHeader, st: Stripe) -> [u8; FRAME_LEN]
     }
     b[56] = h.algo;
     b[57..61].copy_from_slice(&h.root.to_le_bytes());
+    b[61] = h.channel;
     b
 }
 
@@ -63,6 +65,7 @@ pub(crate) fn decode(b: &[u8; FRAME_LEN]) -> Option<(Kind, FrameHeader, Stripe)>
         op: b[7],
         algo: b[56],
         root: u32::from_le_bytes(b[57..61].try_into().unwrap()),
+        channel: b[61],
         seq: u64at(8),
         count: u64at(16),
         len: u64at(24),
@@ -136,6 +139,7 @@ mod tests {
             dtype: 2,
             op: 3,
             algo: 4,
+            channel: 5,
             root: 77,
             count: 1 << 40,
             len: 12345,
