@@ -622,6 +622,39 @@ impl Communicator {
     ) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let plan = self.plan(&mut st, coll, algo)?;
+        let bufs = Buffers {
+            input: input.as_ptr(),
+            input_len: input.len(),
+            output: output.as_mut_ptr(),
+            output_len: output.len(),
+        };
+        let mut pipes: Vec<&dyn Transport> = vec![&*self.transport];
+        pipes.extend(self.channels.iter().map(|t| &**t));
+        let what = (coll, algo, dtype, op, count, output.len());
+        self.tracked(&mut st, what, |call, stats| {
+            self.exec
+                .run_with(&plan, &pipes, self.staging.as_deref(), call, bufs, stats)
+        })?;
+        if op == Some(ReduceOp::Avg) {
+            let root_only = matches!(coll, Collective::Reduce { root } if root.0 != self.rank);
+            if !root_only {
+                kernels::scale_avg(dtype, output, self.nranks as usize);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `body` as the next call of the sequence, with what every call reports around
+    /// it: the stall inspector's enter/leave, the busy intervals, the timeline, the poisoning
+    /// on failure and the trace line. `what` = (collective, algorithm, dtype, op, element
+    /// count, output bytes).
+    fn tracked(
+        &self,
+        st: &mut CallState,
+        what: (Collective, Algorithm, DType, Option<ReduceOp>, usize, usize),
+        body: impl FnOnce(CallInfo, Option<&Mutex<PeerStats>>) -> Result<()>,
+    ) -> Result<()> {
+        let (coll, algo, dtype, op, count, bytes) = what;
         st.seq += 1;
         let call = CallInfo {
             seq: st.seq,
@@ -629,32 +662,17 @@ impl Communicator {
             op,
             count,
         };
-        let bufs = Buffers {
-            input: input.as_ptr(),
-            input_len: input.len(),
-            output: output.as_mut_ptr(),
-            output_len: output.len(),
-        };
         let t0 = std::time::Instant::now();
-        let mut pipes: Vec<&dyn Transport> = vec![&*self.transport];
-        pipes.extend(self.channels.iter().map(|t| &**t));
         if let Some(c) = &self.control {
             self.probe.reset();
-            c.enter(call.seq, coll.name(), algo.name(), output.len() as u64);
+            c.enter(call.seq, coll.name(), algo.name(), bytes as u64);
         }
         // Traffic per peer only for the timeline (one clock read per wait otherwise saved).
         let stats = self
             .timeline
             .as_ref()
             .map(|_| Mutex::new(PeerStats::new(self.nranks)));
-        let r = self.exec.run_with(
-            &plan,
-            &pipes,
-            self.staging.as_deref(),
-            call,
-            bufs,
-            stats.as_ref(),
-        );
+        let r = body(call, stats.as_ref());
         if let Some(c) = &self.control {
             c.leave(call.seq);
         }
@@ -674,7 +692,7 @@ impl Communicator {
                 t0,
                 std::time::Instant::now(),
                 serde_json::json!({
-                    "seq": call.seq, "bytes": output.len(), "count": count,
+                    "seq": call.seq, "bytes": bytes, "count": count,
                     "dtype": dtype.name(), "op": op.map(|o| o.name()), "algo": algo.name(),
                     "ranks": self.nranks, "ok": r.is_ok(),
                     "peers": crate::timeline::peer_rows(&st),
@@ -710,13 +728,72 @@ impl Communicator {
                 t0.elapsed()
             ));
         }
-        if op == Some(ReduceOp::Avg) {
-            let root_only = matches!(coll, Collective::Reduce { root } if root.0 != self.rank);
-            if !root_only {
-                kernels::scale_avg(dtype, output, self.nranks as usize);
-            }
-        }
         Ok(())
+    }
+
+    /// In-place allreduce of `bytes` bytes of `dtype` that this process cannot address
+    /// directly (a device buffer), read and written through `io` straight into and out of
+    /// the host's CPU-Reduce staging area: no host bounce buffer in between. It applies when
+    /// the algorithm for this size is `cpu_reduce` and its plan is one `HostReduce` among all
+    /// ranks (one host, one staging domain); otherwise, and for `Avg` or while
+    /// `ACSPEED_AUTOTUNE` is on, it returns `Ok(false)` having done nothing, and the caller
+    /// stages the buffer through host memory. The decision depends only on what every rank
+    /// agreed on at init, so all ranks take the same path.
+    pub fn allreduce_through_stage(
+        &self,
+        io: &dyn acspeed_core::StageIo,
+        bytes: usize,
+        dtype: DType,
+        op: ReduceOp,
+    ) -> Result<bool> {
+        self.check_usable()?;
+        op.check_dtype(dtype)?;
+        let count = Self::elems("allreduce", dtype, bytes, "data")?;
+        let (Some(stage), None) = (self.staging.as_deref(), &self.tuner) else {
+            return Ok(false);
+        };
+        if op == ReduceOp::Avg || count == 0 {
+            return Ok(false);
+        }
+        let coll = Collective::AllReduce;
+        let algo = self.choose_layer(coll, bytes).0;
+        if algo != Algorithm::CpuReduce {
+            return Ok(false);
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let plan = self.plan(&mut st, coll, algo)?;
+        let whole = matches!(
+            &plan.lanes[..],
+            [lane] if plan.output_chunks == 1 && matches!(
+                &lane.steps[..],
+                [step] if matches!(step.op, acspeed_core::plan::Op::HostReduce { group, to, .. }
+                    if group == to && group.iter().eq(stage.group().iter().copied()))
+            )
+        );
+        if !whole {
+            return Ok(false);
+        }
+        let timeout = self.cfg.timeout;
+        self.tracked(
+            &mut st,
+            (coll, algo, dtype, Some(op), count, bytes),
+            |call, _| {
+                // SAFETY: the caller's `io` serves 0..bytes until we return.
+                unsafe {
+                    stage.host_reduce_io(
+                        io,
+                        bytes,
+                        dtype,
+                        op,
+                        call.seq,
+                        count as u64,
+                        true,
+                        timeout,
+                    )
+                }
+            },
+        )?;
+        Ok(true)
     }
 
     /// In-place allreduce of a byte buffer holding `dtype` elements.

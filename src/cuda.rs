@@ -68,7 +68,8 @@ impl StagingDevice for CudaStaging {
         self.ctx
             .bind_to_thread()
             .map_err(|e| cuda_err("binding the context", e))?;
-        // SAFETY: caller guarantees both ranges; dst is pinned memory from alloc_host.
+        // SAFETY: caller guarantees both ranges. dst is pinned memory from alloc_host, or the
+        // (pageable) CPU-Reduce staging area, where the driver makes the copy synchronous.
         let host = unsafe { std::slice::from_raw_parts_mut(dst, len) };
         unsafe { result::memcpy_dtoh_async(host, src, self.down.cu_stream()) }
             .map_err(|e| cuda_err("device-to-host copy", e))?;

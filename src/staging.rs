@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Each chunk is one ordinary host allreduce, so every rank makes the same calls in the same
-//! order and results stay bitwise identical. The slots come from a [`SlotPool`] that keeps
+//! order and results stay bitwise identical. When the allreduce is CPU-Reduce on one host, the
+//! slots are skipped: the device copies go straight into and out of the host's shared staging
+//! area ([`Communicator::allreduce_through_stage`]). The slots come from a [`SlotPool`] that keeps
 //! them between calls (pinned allocation is slow, and per call it would cost every bucket), and
 //! a device failure aborts the communicator so the peers fail at once naming this rank. The device is behind [`StagingDevice`]: the CUDA
 //! implementation (feature `cuda`, cudarc with the driver loaded at run time) and
@@ -170,7 +172,7 @@ impl Default for StagingParams {
 /// host in slots from `pool`. On error nothing is left queued that still reads or writes the
 /// slots; a device error also aborts `comm`, so the peers, waiting for this rank's next chunk,
 /// fail at once with its reason instead of at the timeout.
-pub fn staged_allreduce<D: StagingDevice>(
+pub fn staged_allreduce<D: StagingDevice + Sync>(
     comm: &Communicator,
     device: &D,
     pool: &SlotPool,
@@ -183,12 +185,44 @@ pub fn staged_allreduce<D: StagingDevice>(
         Some(ev) => device.after_event(ev),
         None => Ok(()),
     }
-    .and_then(|()| staged_inner(comm, device, pool, buf.addr, buf.bytes, dtype, op, p));
+    .and_then(|()| {
+        let io = DeviceIo {
+            device,
+            base: buf.addr,
+        };
+        // CPU-Reduce on one host: the device copies go straight into and out of the
+        // shared staging area, with no pinned slot in between.
+        if comm.allreduce_through_stage(&io, buf.bytes, dtype, op)? {
+            return Ok(());
+        }
+        staged_inner(comm, device, pool, buf.addr, buf.bytes, dtype, op, p)
+    });
     if let Err(e @ Error::Device(_)) = &r {
         // The transports name this rank to the peers.
         comm.abort(&e.to_string());
     }
     r
+}
+
+/// A device buffer as CPU-Reduce's staging area reads and writes it: each segment is one
+/// download or upload, waited for before the area's counters move on.
+struct DeviceIo<'a, D> {
+    device: &'a D,
+    base: u64,
+}
+
+impl<D: StagingDevice + Sync> acspeed_core::StageIo for DeviceIo<'_, D> {
+    unsafe fn fill(&self, dst: *mut u8, off: usize, len: usize) -> Result<()> {
+        // SAFETY: the area hands us `dst` for `len` bytes; the range lies in the buffer.
+        let ev = unsafe { self.device.download(dst, self.base + off as u64, len)? };
+        self.device.wait(ev)
+    }
+
+    unsafe fn drain(&self, src: *const u8, off: usize, len: usize) -> Result<()> {
+        // SAFETY: as above; `src` stays unchanged until the wait returns.
+        let ev = unsafe { self.device.upload(self.base + off as u64, src, len)? };
+        self.device.wait(ev)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

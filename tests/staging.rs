@@ -1,7 +1,7 @@
 //! The device staging pipeline (CPU-Reduce's device side) on the host stand-in: the same code
 //! that drives CUDA streams, run on memory with slow asynchronous copy queues.
 
-use crate::util::{run_group, test_config, Fabric};
+use crate::util::{run_group, run_group_on_hosts, test_config, Fabric};
 use acspeed::staging::{staged_allreduce, DeviceBuf, HostStandIn, SlotPool, StagingParams};
 use acspeed::{DType, ReduceOp};
 use std::time::Duration;
@@ -24,7 +24,7 @@ fn run(fabric: Fabric, n: u32, count: usize, chunk_bytes: usize, depth: usize, d
         depth,
         delay_us,
         test_config(1 << 14, 2, 30),
-    )
+    );
 }
 
 fn run_with(
@@ -35,8 +35,34 @@ fn run_with(
     depth: usize,
     delay_us: u64,
     cfg: acspeed::Config,
-) {
-    let outs = run_group(fabric, n, cfg, |comm| {
+) -> Vec<(usize, usize)> {
+    run_on_hosts(
+        fabric,
+        &[n],
+        count,
+        chunk_bytes,
+        depth,
+        delay_us,
+        cfg,
+        ReduceOp::Sum,
+    )
+}
+
+/// Runs one staged allreduce per rank on hosts of the sizes in `shape`, checks the result,
+/// and returns each rank's (slots allocated, slots freed) on its stand-in device.
+#[allow(clippy::too_many_arguments)]
+fn run_on_hosts(
+    fabric: Fabric,
+    shape: &[u32],
+    count: usize,
+    chunk_bytes: usize,
+    depth: usize,
+    delay_us: u64,
+    cfg: acspeed::Config,
+    op: ReduceOp,
+) -> Vec<(usize, usize)> {
+    let n: u32 = shape.iter().sum();
+    let outs = run_group_on_hosts(fabric, shape, cfg, |comm| {
         let dev = HostStandIn::new(Duration::from_micros(delay_us));
         let r = comm.rank();
         // "Device memory": a host buffer addressed by its pointer.
@@ -51,14 +77,17 @@ fn run_with(
             &pool,
             host_buf(&mut buf, count * 4),
             DType::F32,
-            ReduceOp::Sum,
+            op,
             p,
         )
         .unwrap();
-        buf
+        (buf, dev.slot_counts())
     });
-    let tri = (n * (n + 1) / 2) as f32;
-    for (r, o) in outs.iter().enumerate() {
+    let tri = match op {
+        ReduceOp::Avg => (n + 1) as f32 / 2.0,
+        _ => (n * (n + 1) / 2) as f32,
+    };
+    for (r, (o, _)) in outs.iter().enumerate() {
         for (i, v) in o.iter().enumerate() {
             assert_eq!(
                 *v,
@@ -67,6 +96,7 @@ fn run_with(
             );
         }
     }
+    outs.into_iter().map(|(_, c)| c).collect()
 }
 
 #[test]
@@ -84,16 +114,50 @@ fn staged_allreduce_is_exact_for_every_shape() {
     run(Fabric::Shm, 3, 33_333, 8192, 3, 5);
 }
 
-/// CPU-Reduce for device tensors: each staged chunk's host allreduce is a host reduce through
-/// the shared staging area (download, reduce in host memory, upload).
+/// CPU-Reduce for device tensors. On one host the device copies go straight into and out
+/// of the shared staging area: no pinned slot is ever allocated. Where the plan does more than
+/// one host reduce (several hosts), or for `Avg`, each staged chunk's host allreduce runs the
+/// plan on a pinned slot instead (download, plan, upload).
 #[test]
 fn staged_allreduce_through_cpu_reduce() {
     let cfg = acspeed::Config {
         algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
         ..test_config(1 << 14, 2, 30)
     };
-    run_with(Fabric::Shm, 4, 100_003, 64 << 10, 3, 5, cfg.clone());
-    run_with(Fabric::Memory, 3, 10_007, 4096, 2, 0, cfg);
+    let sum = ReduceOp::Sum;
+    for (count, delay) in [(100_003, 5), (1, 0), (7, 50)] {
+        let slots = run_on_hosts(
+            Fabric::Shm,
+            &[4],
+            count,
+            64 << 10,
+            3,
+            delay,
+            cfg.clone(),
+            sum,
+        );
+        assert!(slots.iter().all(|c| *c == (0, 0)), "{slots:?}");
+    }
+    let slots = run_on_hosts(
+        Fabric::Shm,
+        &[2, 2],
+        50_001,
+        64 << 10,
+        3,
+        5,
+        cfg.clone(),
+        sum,
+    );
+    assert!(slots.iter().all(|c| c.0 == 3), "{slots:?}");
+    let avg = ReduceOp::Avg;
+    let slots = run_on_hosts(Fabric::Shm, &[3], 10_007, 16 << 10, 2, 0, cfg.clone(), avg);
+    assert!(slots.iter().all(|c| c.0 == 2), "{slots:?}");
+    // The in-memory fabric's staging area takes the direct path too.
+    let slots = run_with(Fabric::Memory, 3, 10_007, 4096, 2, 0, cfg.clone());
+    assert!(slots.iter().all(|c| *c == (0, 0)), "{slots:?}");
+    // Without shared memory cpu_reduce runs ring, through the slots.
+    let slots = run_with(Fabric::Tcp, 3, 10_007, 4096, 2, 0, cfg);
+    assert!(slots.iter().all(|c| c.0 == 2), "{slots:?}");
 }
 
 #[test]
@@ -254,8 +318,20 @@ fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
 /// reason, not at the 20 s timeout.
 #[test]
 fn a_device_error_fails_the_peers_fast_naming_the_rank() {
-    for f in [Fabric::Memory, Fabric::Tcp, Fabric::Shm] {
-        let res = run_group(f, 3, test_config(1 << 14, 2, 20), |comm| {
+    let cpu_reduce = acspeed::Config {
+        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
+        ..test_config(1 << 14, 2, 20)
+    };
+    let cases = [
+        (Fabric::Memory, test_config(1 << 14, 2, 20)),
+        (Fabric::Tcp, test_config(1 << 14, 2, 20)),
+        (Fabric::Shm, test_config(1 << 14, 2, 20)),
+        // The direct path: the copy fails inside the shared staging area's pipeline.
+        (Fabric::Shm, cpu_reduce.clone()),
+        (Fabric::Memory, cpu_reduce),
+    ];
+    for (f, cfg) in cases {
+        let res = run_group(f, 3, cfg, |comm| {
             let dev = if comm.rank() == 1 {
                 HostStandIn::failing_copy(Duration::ZERO, 3)
             } else {

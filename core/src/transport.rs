@@ -364,8 +364,47 @@ pub trait HostStage: Send + Sync {
         timeout: Duration,
     ) -> Result<()>;
 
+    /// As [`host_reduce`](HostStage::host_reduce), but this member's input is read and its
+    /// result written through `io` (segment by segment, straight into and out of the shared
+    /// area) instead of from host memory: a device buffer reaches the area without a bounce
+    /// through a host slot (CUDA CPU-Reduce). `len` is the buffer's length in bytes.
+    ///
+    /// # Safety
+    /// `io` must serve every range within `0..len` until the call returns.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn host_reduce_io(
+        &self,
+        io: &dyn StageIo,
+        len: usize,
+        dtype: DType,
+        op: crate::ReduceOp,
+        seq: u64,
+        count: u64,
+        copy_out: bool,
+        timeout: Duration,
+    ) -> Result<()>;
+
     /// Fails the calls of every member that wait on the area, naming this rank.
     fn abort(&self, reason: &str);
+}
+
+/// Where a member's `HostReduce` input comes from and its result goes when they are not in
+/// host memory: a device that copies straight into and out of the staging area. Called from
+/// the area's pipeline threads, one segment at a time, with offsets relative to the buffer.
+pub trait StageIo: Sync {
+    /// Copies input bytes `off..off+len` to `dst` (staging memory) and returns once they
+    /// are there.
+    ///
+    /// # Safety
+    /// `dst..dst+len` is valid for writes and nobody else's until the call returns.
+    unsafe fn fill(&self, dst: *mut u8, off: usize, len: usize) -> Result<()>;
+
+    /// Copies `len` result bytes at `src` to output bytes `off..off+len` and returns once
+    /// `src` may change again.
+    ///
+    /// # Safety
+    /// `src..src+len` is valid for reads and unchanged until the call returns.
+    unsafe fn drain(&self, src: *const u8, off: usize, len: usize) -> Result<()>;
 }
 
 /// Raw pointer that may cross threads; the `Transport` safety contract keeps it valid.

@@ -21,7 +21,7 @@
 
 use super::engine::alive;
 use super::segment::{self, Mapping};
-use acspeed_core::{kernels, DType, Error, HostStage, Rank, ReduceOp, Result};
+use acspeed_core::{kernels, DType, Error, HostStage, Rank, ReduceOp, Result, StageIo};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,6 +30,9 @@ const MAGIC: u64 = 0x6163_7370_6373_7467; // "acspcstg"
 const PAGE: usize = 4096;
 /// Header words: magic, abort word, then one pid per member.
 const PIDS: usize = 8;
+/// How long a member's abort reason may be: a length byte, then the text (in the reasons
+/// area after the header page, one per member).
+const REASON_LEN: usize = 256;
 
 /// Shape of the staging area (the same on every member: it sizes the shared region).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,7 @@ impl Default for StagingParams {
 
 /// Byte offsets of the region's parts for `l` members.
 struct Layout {
+    reasons: usize,
     counters: usize,
     tags: usize,
     data: usize,
@@ -69,11 +73,13 @@ fn round_page(x: usize) -> usize {
 
 impl StagingParams {
     fn layout(&self, l: usize) -> Layout {
-        let counters = PAGE;
+        let reasons = PAGE;
+        let counters = reasons + round_page(l * REASON_LEN);
         let tags = counters + round_page(self.pipelines * l * 64);
         let data = tags + round_page(self.pipelines * self.slots * l * 16);
         let size = data + self.pipelines * self.slots * (l + 1) * self.seg_bytes;
         Layout {
+            reasons,
             counters,
             tags,
             data,
@@ -214,6 +220,39 @@ impl HostStaging {
             .compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// Marks this member as aborted, with `why` for the others' errors. The reason is written
+    /// before the abort word is set (release), so a member that sees the word reads it whole.
+    fn mark_self(&self, why: &str) {
+        if self.word(1).load(Ordering::Acquire) == 0 {
+            let n = why.len().min(REASON_LEN - 1);
+            let at = self
+                .region
+                .ptr()
+                .wrapping_add(self.lay.reasons + self.me * REASON_LEN);
+            // SAFETY: our own reason slot in the reasons area; only we write it, before the
+            // abort word is set.
+            unsafe {
+                at.write(n as u8);
+                std::ptr::copy_nonoverlapping(why.as_ptr(), at.add(1), n);
+            }
+        }
+        self.mark(self.group[self.me].0, false);
+    }
+
+    /// The reason member `m` gave when it marked itself aborted ("" if none).
+    fn reason(&self, m: usize) -> String {
+        let at = self
+            .region
+            .ptr()
+            .wrapping_add(self.lay.reasons + m * REASON_LEN);
+        // SAFETY: member m's reason slot, complete once its abort word was seen (acquire).
+        let b = unsafe {
+            let n = (at.read() as usize).min(REASON_LEN - 1);
+            std::slice::from_raw_parts(at.add(1), n)
+        };
+        String::from_utf8_lossy(b).into_owned()
+    }
+
     pub fn params(&self) -> StagingParams {
         self.p
     }
@@ -268,12 +307,18 @@ impl HostStaging {
             let ab = self.word(1).load(Ordering::Acquire);
             if ab != 0 {
                 let (rank, died) = ((ab & 0xffff_ffff) as u32 - 1, ab >> 32 == 1);
+                let why = match self.group.iter().position(|r| r.0 == rank) {
+                    Some(m) if !died => self.reason(m),
+                    _ => String::new(),
+                };
                 return Err(Error::Remote {
                     rank,
                     detail: if died {
                         format!("exited during host reduce #{} (cpu_reduce)", w.seq)
-                    } else {
+                    } else if why.is_empty() {
                         format!("aborted during host reduce #{} (cpu_reduce)", w.seq)
+                    } else {
+                        format!("aborted during host reduce #{} (cpu_reduce): {why}", w.seq)
                     },
                 });
             }
@@ -340,7 +385,7 @@ impl HostStaging {
         pipe: usize,
         base: u64,
         segs: &[(usize, usize)],
-        data: usize,
+        data: Io<'_>,
         dtype: DType,
         op: ReduceOp,
         w: &Waiter,
@@ -363,14 +408,13 @@ impl HostStaging {
                 self.tag(pipe, slot, self.me, 1)
                     .store(meta, Ordering::Relaxed);
                 let (off, len) = segs[j];
-                // SAFETY: the caller's range and our input area are valid and disjoint.
-                unsafe {
-                    copy_in(
-                        (data + off) as *const u8,
-                        self.area(pipe, slot, self.me),
-                        len,
-                    )
-                };
+                let area = self.area(pipe, slot, self.me);
+                match data {
+                    // SAFETY: the caller's range and our input area are valid and disjoint.
+                    Io::Host(data) => unsafe { copy_in((data + off) as *const u8, area, len) },
+                    // SAFETY: our input area is ours until FILLED is published.
+                    Io::Dev(io) => unsafe { io.fill(area, off, len)? },
+                }
                 self.publish(pipe, FILLED, idx + 1);
             }
             if j >= 1 && j - 1 < n {
@@ -410,14 +454,16 @@ impl HostStaging {
                 self.wait_all(pipe, REDUCED, idx + 1, w)?;
                 let (off, len) = segs[j - 2];
                 if w.copy_out {
-                    // SAFETY: the output area and the caller's range are valid and disjoint.
-                    unsafe {
-                        kernels::copy::copy_nonoverlapping(
-                            self.area(pipe, slot, l),
-                            (data + off) as *mut u8,
-                            len,
-                        )
-                    };
+                    let out = self.area(pipe, slot, l);
+                    match data {
+                        // SAFETY: the output area and the caller's range are valid and
+                        // disjoint.
+                        Io::Host(data) => unsafe {
+                            kernels::copy::copy_nonoverlapping(out, (data + off) as *mut u8, len)
+                        },
+                        // SAFETY: the output area is unchanged until we publish DRAINED.
+                        Io::Dev(io) => unsafe { io.drain(out, off, len)? },
+                    }
                 }
                 self.publish(pipe, DRAINED, idx + 1);
             }
@@ -476,6 +522,14 @@ impl HostStaging {
     }
 }
 
+/// Where a member's input comes from and its result goes: host memory at an address, or a
+/// device's copies (`host_reduce_io`).
+#[derive(Clone, Copy)]
+enum Io<'a> {
+    Host(usize),
+    Dev(&'a dyn StageIo),
+}
+
 /// What a waiter reports.
 struct Waiter {
     seq: u64,
@@ -495,6 +549,43 @@ impl HostStage for HostStaging {
     unsafe fn host_reduce(
         &self,
         data: *mut u8,
+        len: usize,
+        dtype: DType,
+        op: ReduceOp,
+        seq: u64,
+        count: u64,
+        copy_out: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        let io = Io::Host(data as usize);
+        self.reduce_with(io, len, dtype, op, seq, count, copy_out, timeout)
+    }
+
+    unsafe fn host_reduce_io(
+        &self,
+        io: &dyn StageIo,
+        len: usize,
+        dtype: DType,
+        op: ReduceOp,
+        seq: u64,
+        count: u64,
+        copy_out: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.reduce_with(Io::Dev(io), len, dtype, op, seq, count, copy_out, timeout)
+    }
+
+    fn abort(&self, reason: &str) {
+        self.mark_self(reason);
+    }
+}
+
+impl HostStaging {
+    /// The body of both `HostStage` calls: the segments dealt round-robin to the pipelines.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_with(
+        &self,
+        data: Io<'_>,
         len: usize,
         dtype: DType,
         op: ReduceOp,
@@ -526,9 +617,8 @@ impl HostStage for HostStaging {
             }
             b
         };
-        let addr = data as usize;
         let run = |p: usize| {
-            let r = self.run_pipeline(p, base[p], &per[p], addr, dtype, op, &w);
+            let r = self.run_pipeline(p, base[p], &per[p], data, dtype, op, &w);
             if let Err(e) = &r {
                 // Members (and our other pipelines) waiting on our counters must not wait
                 // for the timeout: record who is to blame in the abort word.
@@ -537,7 +627,7 @@ impl HostStage for HostStaging {
                         self.mark(*rank, true)
                     }
                     Error::Remote { .. } => {}
-                    _ => self.mark(self.group[self.me].0, false),
+                    _ => self.mark_self(&e.to_string()),
                 }
             }
             r
@@ -560,10 +650,6 @@ impl HostStage for HostStaging {
             })
         };
         r
-    }
-
-    fn abort(&self, _reason: &str) {
-        self.mark(self.group[self.me].0, false);
     }
 }
 
