@@ -285,11 +285,58 @@ fn writer_loop(p: Arc<PeerShared>, mut s: TcpStream, busy: usize) {
                 if job.msg.stripes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
                     job.msg.handle.complete(Ok(()));
                 }
+                wait_drained(&p, &s);
             }
             Err(e) => {
                 job.msg.handle.complete(Err(p.fail(e)));
                 return;
             }
+        }
+    }
+}
+
+/// Bytes of a socket's packets that may wait in this host's transmit path (qdisc and
+/// device) before its writer takes another stripe.
+const MAX_QUEUED: usize = MIN_STRIPE;
+
+/// Returns once at most [`MAX_QUEUED`] bytes of the socket's packets wait in this host's
+/// transmit path (SO_MEMINFO's `wmem_alloc`: packets handed to the qdisc or device and not
+/// yet freed), or the peer failed. TCP_NOTSENT_LOWAT bounds only the bytes TCP has not sent;
+/// where the per-flow cap is a local shaper (a cloud vNIC's, netsim's HTB), sent packets then
+/// queue in the qdisc for milliseconds, and a writer that went straight back to the shared
+/// queue would take stripes its flow cannot move yet while the other sockets idle. Waiting on
+/// unacknowledged bytes instead (SIOCOUTQ) also counts ACKs delayed behind the peer's own
+/// data and cost large messages 15%. On a fast NIC packets leave the queue at the next
+/// transmit completion, so the wait is rare and short. (docs/NETWORK.md has the numbers.)
+fn wait_drained(p: &PeerShared, s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SK_MEMINFO_WMEM_ALLOC; the kernel fills SK_MEMINFO_VARS (9) counters.
+    const WMEM_ALLOC: usize = 2;
+    for tries in 0u32.. {
+        let mut mi = [0u32; 9];
+        let mut len = std::mem::size_of_val(&mi) as libc::socklen_t;
+        // SAFETY: a valid socket descriptor and an output buffer of the length passed.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                mi.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r != 0 || mi[WMEM_ALLOC] as usize <= MAX_QUEUED || p.aborted.load(Ordering::SeqCst) {
+            return;
+        }
+        if lock(&p.broken).is_some() {
+            return;
+        }
+        // Over loopback or a fast NIC the packets leave within microseconds: look again at
+        // once a few times before sleeping (a 50 us sleep cost 512 KiB loopback messages 10%).
+        if tries < 8 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 }
