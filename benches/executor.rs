@@ -124,6 +124,7 @@ fn run(count: usize, iters: u64, planned: bool) -> Duration {
         depth: DEPTH,
         timeout: TIMEOUT,
         stall_warn: Duration::ZERO,
+        min_segments: 1,
     });
     let start = Instant::now();
     std::thread::scope(|s| {

@@ -120,6 +120,7 @@ impl Communicator {
             depth: cfg.pipeline_depth,
             timeout: cfg.timeout,
             stall_warn: cfg.stall_warn,
+            min_segments: acspeed_core::schedule::min_segments(ctx.nhosts()),
         })
         .with_stall_sink(Arc::new(move |m: &str| log.warn(m)));
         let probe = Arc::new(acspeed_core::executor::WaitProbe::new(nranks));

@@ -31,6 +31,8 @@ fn exec(
         depth: 2,
         timeout: Duration::from_secs(30),
         stall_warn: Duration::ZERO,
+        // As across hosts: chunks of 128 KiB or more are split into up to four segments.
+        min_segments: 4,
     });
     std::thread::scope(|s| {
         let hs: Vec<_> = ts
@@ -65,6 +67,33 @@ fn exec(
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// Chunks long enough to be split into four segments (as across hosts), with lengths that
+/// are not multiples of the piece: every element still arrives once and sums exactly.
+#[test]
+fn chunks_split_into_four_segments_execute_exactly() {
+    for (n, count) in [(2u32, 100_003usize), (3, 65_536 * 3 + 5), (4, 200_000)] {
+        let nn = n as usize;
+        let out = exec(
+            Collective::AllReduce,
+            n,
+            1,
+            count,
+            256 << 10,
+            Some(ReduceOp::Sum),
+            false,
+        );
+        for o in &out {
+            for (i, v) in o.iter().enumerate() {
+                assert_eq!(
+                    *v,
+                    (0..nn).map(|q| x(q, i)).sum::<i64>(),
+                    "n={n} element {i}"
+                );
+            }
+        }
+    }
 }
 
 proptest! {
@@ -120,6 +149,7 @@ fn a_late_rank_is_reported_while_the_others_wait() {
         depth: 2,
         timeout: Duration::from_secs(30),
         stall_warn: Duration::from_millis(150),
+        min_segments: 1,
     })
     .with_stall_sink(Arc::new(move |m: &str| {
         sink.lock().unwrap().push(m.to_string())

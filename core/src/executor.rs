@@ -29,6 +29,9 @@ pub struct ExecParams {
     /// A wait longer than this reports itself to the executor's stall sink, then again
     /// every as long (zero: never).
     pub stall_warn: Duration,
+    /// The fewest segments a chunk is cut into ([`crate::schedule::min_segments`] of the
+    /// job's host count).
+    pub min_segments: usize,
 }
 
 /// Where stall reports go (the communicator's logger).
@@ -453,7 +456,7 @@ impl<'a> LaneCtx<'a> {
 
     /// Segments of a byte range (the rule the simulator shares, in `schedule`).
     fn segments(&self, r: Range<usize>) -> Vec<Range<usize>> {
-        crate::schedule::segments(r, self.params.segment_bytes)
+        crate::schedule::segments(r, self.params.segment_bytes, self.params.min_segments)
     }
 
     fn ptr(&self, buf: Buf, off: usize) -> *mut u8 {

@@ -438,6 +438,7 @@ impl Sim<'_> {
             self.p.count,
             self.p.elem_bytes,
             self.p.segment_bytes,
+            crate::schedule::min_segments(self.cl.hosts.len()),
         )
     }
 
