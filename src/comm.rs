@@ -1050,6 +1050,11 @@ fn decide_layer(
             ctx.nranks,
             human(TREE_MAX_BYTES)
         ),
+        Algorithm::CpuReduce => format!(
+            "auto: {} ranks on one host share a staging area and the message is >= {}",
+            ctx.nranks,
+            human(CPU_REDUCE_MIN_BYTES)
+        ),
         _ => "auto: ring (bandwidth-optimal; no hierarchy or latency rule applies)".into(),
     };
     (a, why, true)
@@ -1110,12 +1115,26 @@ const TREE_MAX_BYTES: usize = 16 << 10;
 const TREE_MIN_RANKS: u32 = 8;
 /// Smallest allreduce that goes hybrid in `auto` when ranks span hosts.
 const HYBRID_MIN_BYTES: usize = 1 << 20;
+/// Smallest allreduce `auto` runs as CPU-Reduce on one host whose ranks share one staging
+/// area, at least [`CPU_REDUCE_MIN_RANKS`] of them: there it measured 1.28-1.45x ring at
+/// 16-256 MiB (4 ranks, 3 runs), and parity or worse below 16 MiB and with 2 ranks, where the
+/// ring is one cache-resident exchange (docs/PERFORMANCE.md, "CPU-Reduce against ring").
+const CPU_REDUCE_MIN_BYTES: usize = 16 << 20;
+const CPU_REDUCE_MIN_RANKS: u32 = 4;
 
 /// `auto`'s rule (see `Communicator::algorithm_for`).
 fn auto_rule(ctx: &PlanContext, coll: Collective, bytes: usize) -> Algorithm {
     let multi_host = ctx.nhosts() > 1 && ctx.shape().iter().any(|m| *m > 1);
     let small = bytes <= TREE_MAX_BYTES && ctx.nranks >= TREE_MIN_RANKS;
+    // One host, one staging domain (no socket split, which is unmeasured) and no fallback.
+    let cpu_reduce = ctx.nhosts() == 1
+        && ctx.nranks >= CPU_REDUCE_MIN_RANKS
+        && ctx.domains().len() == 1
+        && acspeed_algorithms::cpu_reduce::fallback_reason(ctx).is_none();
     match coll {
+        Collective::AllReduce if cpu_reduce && bytes >= CPU_REDUCE_MIN_BYTES => {
+            Algorithm::CpuReduce
+        }
         Collective::AllReduce if multi_host && bytes >= HYBRID_MIN_BYTES => {
             Algorithm::Hybrid(acspeed_algorithms::InterHost::Ring)
         }
@@ -1194,7 +1213,30 @@ mod tests {
         let eight = PlanContext::single_host(8);
         assert_eq!(auto_rule(&eight, ar, 4 << 10), Algorithm::Tree);
         assert_eq!(auto_rule(&eight, ar, 4 << 20), Algorithm::Ring);
+        assert_eq!(auto_rule(&eight, ar, 16 << 20), Algorithm::CpuReduce);
         assert_eq!(auto_rule(&one, ar, 4 << 10), Algorithm::Ring);
+        assert_eq!(auto_rule(&one, ar, 16 << 20), Algorithm::CpuReduce);
+        assert_eq!(
+            table_row(|b| auto_rule(&one, ar, b)),
+            "ring to 8M; cpu_reduce beyond"
+        );
+        // Two ranks, more than a staging area holds, or several sockets: ring.
+        for ctx in [
+            PlanContext::single_host(2),
+            PlanContext::single_host(3),
+            PlanContext::single_host(9),
+        ] {
+            assert_eq!(auto_rule(&ctx, ar, 256 << 20), Algorithm::Ring, "{ctx:?}");
+        }
+        let sockets = PlanContext {
+            socket_of: vec![0, 0, 1, 1],
+            ..PlanContext::single_host(4)
+        };
+        assert_eq!(auto_rule(&sockets, ar, 256 << 20), Algorithm::Ring);
+        assert_eq!(
+            auto_rule(&one, Collective::Broadcast { root: Rank(0) }, 64 << 20),
+            Algorithm::Ring
+        );
         assert_eq!(
             auto_rule(&PlanContext::single_host(2), ar, 64),
             Algorithm::Ring
