@@ -774,26 +774,20 @@ impl Communicator {
         if !whole {
             return Ok(false);
         }
-        let timeout = self.cfg.timeout;
-        self.tracked(
-            &mut st,
-            (coll, algo, dtype, Some(op), count, bytes),
-            |call, _| {
-                // SAFETY: the caller's `io` serves 0..bytes until we return.
-                unsafe {
-                    stage.host_reduce_io(
-                        io,
-                        bytes,
-                        dtype,
-                        op,
-                        call.seq,
-                        count as u64,
-                        true,
-                        timeout,
-                    )
-                }
-            },
-        )?;
+        let what = (coll, algo, dtype, Some(op), count, bytes);
+        self.tracked(&mut st, what, |call, _| {
+            let call = acspeed_core::StageCall {
+                len: bytes,
+                dtype,
+                op,
+                seq: call.seq,
+                count: count as u64,
+                copy_out: true,
+                timeout: self.cfg.timeout,
+            };
+            // SAFETY: the caller's `io` serves 0..bytes until we return.
+            unsafe { stage.host_reduce_io(io, &call) }
+        })?;
         Ok(true)
     }
 

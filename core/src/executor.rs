@@ -600,18 +600,16 @@ impl<'a> LaneCtx<'a> {
                 let op = self.reduce_op()?;
                 // SAFETY: the range lies in a buffer of this call, no pending send reads it
                 // (cleared above) and no other lane of a verified plan touches it meanwhile.
-                unsafe {
-                    st.host_reduce(
-                        self.ptr(dst.buf, r.start),
-                        r.len(),
-                        self.call.dtype,
-                        op,
-                        self.call.seq,
-                        self.call.count as u64,
-                        to.iter().any(|t| t == self.plan.rank),
-                        self.params.timeout,
-                    )
-                }
+                let call = crate::StageCall {
+                    len: r.len(),
+                    dtype: self.call.dtype,
+                    op,
+                    seq: self.call.seq,
+                    count: self.call.count as u64,
+                    copy_out: to.iter().any(|t| t == self.plan.rank),
+                    timeout: self.params.timeout,
+                };
+                unsafe { st.host_reduce(self.ptr(dst.buf, r.start), &call) }
             }
             Op::Send { to, src } => {
                 for s in self.segments(self.range(src)) {

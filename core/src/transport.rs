@@ -343,49 +343,43 @@ pub trait HostStage: Send + Sync {
     /// The ranks that share the area, ascending (every `HostReduce` group must be these).
     fn group(&self) -> &[Rank];
 
-    /// Reduces `len` bytes of `dtype` at `data` with every other member, which must make the
-    /// same call (same `seq` and `count`) at the same point, and (with `copy_out`) writes the
+    /// Reduces `call.len` bytes at `data` with every other member, which must make the same
+    /// call (same `seq` and `count`) at the same point, and (with `copy_out`) writes the
     /// result back to `data`; a member that does not arrive within `timeout` is named in the
     /// error, and one that differs gets a `Mismatch`.
     ///
     /// # Safety
-    /// `data..data+len` must be valid for reads and writes and unused by others until the
-    /// call returns.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn host_reduce(
-        &self,
-        data: *mut u8,
-        len: usize,
-        dtype: DType,
-        op: crate::ReduceOp,
-        seq: u64,
-        count: u64,
-        copy_out: bool,
-        timeout: Duration,
-    ) -> Result<()>;
+    /// `data..data+call.len` must be valid for reads and writes and unused by others until
+    /// the call returns.
+    unsafe fn host_reduce(&self, data: *mut u8, call: &StageCall) -> Result<()>;
 
     /// As [`host_reduce`](HostStage::host_reduce), but this member's input is read and its
     /// result written through `io` (segment by segment, straight into and out of the shared
     /// area) instead of from host memory: a device buffer reaches the area without a bounce
-    /// through a host slot (CUDA CPU-Reduce). `len` is the buffer's length in bytes.
+    /// through a host slot (CUDA CPU-Reduce).
     ///
     /// # Safety
-    /// `io` must serve every range within `0..len` until the call returns.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn host_reduce_io(
-        &self,
-        io: &dyn StageIo,
-        len: usize,
-        dtype: DType,
-        op: crate::ReduceOp,
-        seq: u64,
-        count: u64,
-        copy_out: bool,
-        timeout: Duration,
-    ) -> Result<()>;
+    /// `io` must serve every range within `0..call.len` until the call returns.
+    unsafe fn host_reduce_io(&self, io: &dyn StageIo, call: &StageCall) -> Result<()>;
 
     /// Fails the calls of every member that wait on the area, naming this rank.
     fn abort(&self, reason: &str);
+}
+
+/// One host reduce as a member describes it (every member must describe the same one).
+#[derive(Clone, Copy, Debug)]
+pub struct StageCall {
+    /// Bytes of this member's buffer.
+    pub len: usize,
+    pub dtype: DType,
+    pub op: crate::ReduceOp,
+    /// The collective's sequence number and element count (checked across members).
+    pub seq: u64,
+    pub count: u64,
+    /// Whether this member copies the result out (else it only contributes).
+    pub copy_out: bool,
+    /// How long to wait for the other members.
+    pub timeout: Duration,
 }
 
 /// Where a member's `HostReduce` input comes from and its result goes when they are not in

@@ -21,7 +21,7 @@
 
 use super::engine::alive;
 use super::segment::{self, Mapping};
-use acspeed_core::{kernels, DType, Error, HostStage, Rank, ReduceOp, Result, StageIo};
+use acspeed_core::{kernels, DType, Error, HostStage, Rank, ReduceOp, Result, StageCall, StageIo};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -546,33 +546,12 @@ impl HostStage for HostStaging {
         &self.group
     }
 
-    unsafe fn host_reduce(
-        &self,
-        data: *mut u8,
-        len: usize,
-        dtype: DType,
-        op: ReduceOp,
-        seq: u64,
-        count: u64,
-        copy_out: bool,
-        timeout: Duration,
-    ) -> Result<()> {
-        let io = Io::Host(data as usize);
-        self.reduce_with(io, len, dtype, op, seq, count, copy_out, timeout)
+    unsafe fn host_reduce(&self, data: *mut u8, call: &StageCall) -> Result<()> {
+        self.reduce_with(Io::Host(data as usize), call)
     }
 
-    unsafe fn host_reduce_io(
-        &self,
-        io: &dyn StageIo,
-        len: usize,
-        dtype: DType,
-        op: ReduceOp,
-        seq: u64,
-        count: u64,
-        copy_out: bool,
-        timeout: Duration,
-    ) -> Result<()> {
-        self.reduce_with(Io::Dev(io), len, dtype, op, seq, count, copy_out, timeout)
+    unsafe fn host_reduce_io(&self, io: &dyn StageIo, call: &StageCall) -> Result<()> {
+        self.reduce_with(Io::Dev(io), call)
     }
 
     fn abort(&self, reason: &str) {
@@ -582,18 +561,16 @@ impl HostStage for HostStaging {
 
 impl HostStaging {
     /// The body of both `HostStage` calls: the segments dealt round-robin to the pipelines.
-    #[allow(clippy::too_many_arguments)]
-    fn reduce_with(
-        &self,
-        data: Io<'_>,
-        len: usize,
-        dtype: DType,
-        op: ReduceOp,
-        seq: u64,
-        count: u64,
-        copy_out: bool,
-        timeout: Duration,
-    ) -> Result<()> {
+    fn reduce_with(&self, data: Io<'_>, call: &StageCall) -> Result<()> {
+        let StageCall {
+            len,
+            dtype,
+            op,
+            seq,
+            count,
+            copy_out,
+            timeout,
+        } = *call;
         let es = dtype.size();
         let seg = (self.p.seg_bytes / es).max(1) * es;
         let w = Waiter {
