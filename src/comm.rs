@@ -278,8 +278,9 @@ impl Communicator {
     /// - with a GPU topology file (`ACSPEED_TOPO_FILE`), the simulator's prediction on that
     ///   topology times the job's host shape;
     /// - otherwise a fixed rule, measured on this project's 2-vCPU machines
-    ///   (docs/PERFORMANCE.md). Allreduce goes hybrid from 1 MiB when ranks span several
-    ///   hosts and some host has more than one. Small messages (up to 16 KiB) on 8+ ranks use
+    ///   (docs/PERFORMANCE.md). Allreduce goes hybrid from 256 KiB when ranks span several
+    ///   hosts and some host has more than one, and CPU-Reduce from 16 MiB on one host of
+    ///   4-8 ranks sharing one staging area. Small messages (up to 16 KiB) on 8+ ranks use
     ///   the double binary tree; at 4 ranks it measured no faster than ring here. Everything
     ///   else runs ring. Broadcast and reduce follow the same tree rule.
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
@@ -1107,8 +1108,11 @@ pub fn size_rules(cfg: &Config) -> Result<SizeRules> {
 const TREE_MAX_BYTES: usize = 16 << 10;
 /// Fewest ranks for which `auto` uses the tree (2 log2(n) hops against the ring's 2(n-1)).
 const TREE_MIN_RANKS: u32 = 8;
-/// Smallest allreduce that goes hybrid in `auto` when ranks span hosts.
-const HYBRID_MIN_BYTES: usize = 1 << 20;
+/// Smallest allreduce that goes hybrid in `auto` when ranks span hosts: netsim 2 x 2, after
+/// the TCP transmit-queue fix, hybrid took 0.9-2.0 ms at 256 KiB against ring's 2.6-3.1 and
+/// tied it at 64 KiB (2026-11-30, 2 runs; `benches/select_quality.py`: auto's ring at 256 KiB
+/// was 2.32x the best candidate).
+const HYBRID_MIN_BYTES: usize = 256 << 10;
 /// Smallest allreduce `auto` runs as CPU-Reduce on one host whose ranks share one staging
 /// area, at least [`CPU_REDUCE_MIN_RANKS`] of them: there it measured 1.28-1.45x ring at
 /// 16-256 MiB (4 ranks, 3 runs), and parity or worse below 16 MiB and with 2 ranks, where the
@@ -1243,7 +1247,7 @@ mod tests {
         assert_eq!(auto_rule(&one, Collective::AllGather, 64), Algorithm::Ring);
         assert_eq!(
             table_row(|b| auto_rule(&two, ar, b)),
-            "ring to 512K; hybrid beyond"
+            "ring to 128K; hybrid beyond"
         );
         assert_eq!(
             table_row(|b| auto_rule(&eight, Collective::Broadcast { root: Rank(0) }, b)),
