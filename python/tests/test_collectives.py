@@ -309,6 +309,18 @@ def test_recv_from_any_source():
     assert "sourceRank" in why, why
 
 
+def _error_and_time(call, ok):
+    """Runs `call`; returns (its error's text, or `ok`, and the seconds it took)."""
+    import time
+
+    t0 = time.time()
+    try:
+        call()
+        return (ok, time.time() - t0)
+    except Exception as e:
+        return (str(e), time.time() - t0)
+
+
 def _rank_2_dies(rank, world):
     import datetime
     import os
@@ -323,12 +335,7 @@ def _rank_2_dies(rank, world):
         threading.Thread(target=lambda: (time.sleep(0.5), os._exit(0)), daemon=True).start()
         return ("exiting", 0.0)
     time.sleep(0.2)
-    t0 = time.time()
-    try:
-        dist.all_reduce(t)
-        return ("no error", time.time() - t0)
-    except Exception as e:
-        return (str(e), time.time() - t0)
+    return _error_and_time(lambda: dist.all_reduce(t), "no error")
 
 
 @pytest.mark.parametrize("path", ["shm", "tcp"])
@@ -432,12 +439,7 @@ def _sender_killed(rank, world):
         # Report first, then die the hard way (no cleanup, no notice) while rank 0 waits.
         threading.Thread(target=lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGKILL)), daemon=True).start()
         return ("killed", 0.0)
-    t0 = time.time()
-    try:
-        acspeed.recv_any(torch.zeros(4))
-        return ("received", time.time() - t0)
-    except Exception as e:
-        return (str(e), time.time() - t0)
+    return _error_and_time(lambda: acspeed.recv_any(torch.zeros(4)), "received")
 
 
 @pytest.mark.parametrize("path", ["shm", "tcp"])
