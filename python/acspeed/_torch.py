@@ -577,6 +577,11 @@ def _backend_of(group):
     """The acspeed backend of ``group`` (default: the default group)."""
     if group is None:
         group = dist.distributed_c10d._get_default_group()
+    if group is dist.GroupMember.NON_GROUP_MEMBER or not hasattr(group, "group_name"):
+        # new_group() hands ranks outside the group a sentinel, not a group.
+        raise ValueError(
+            f"this rank (global rank {dist.get_rank()}) is not a member of the group it was given"
+        )
     b = _by_group.get(group.group_name)
     if b is None:
         raise ValueError(f"group {group.group_name!r} does not use the acspeed backend")

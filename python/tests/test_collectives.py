@@ -402,6 +402,44 @@ def test_bad_input_from_python_gets_clear_errors_and_leaves_the_group_usable():
         assert res["after"] == [2.0] * 4, res
 
 
+def _outside_a_subgroup(rank, world):
+    import acspeed
+
+    dist.init_process_group(backend="acspeed")
+    sub = dist.new_group(ranks=[0, 1], backend="acspeed")
+    out = {}
+    t = torch.full((8,), float(rank + 1))
+    if rank == 2:
+        # acspeed's own calls on a group this rank is not in: a clear error, not an AttributeError.
+        for name, fn in [
+            ("explain", lambda: acspeed.explain(sub, 1024)),
+            ("recv_any", lambda: acspeed.recv_any(torch.empty(8), sub)),
+            ("stall_reports", lambda: acspeed.stall_reports(sub)),
+        ]:
+            try:
+                fn()
+                out[name] = "no error"
+            except Exception as e:  # noqa: BLE001 - the test records what was raised
+                out[name] = f"{type(e).__name__}: {e}"
+    else:
+        dist.all_reduce(t, group=sub)
+        out["sum"] = t[0].item()
+    # The whole world still works afterwards.
+    w = torch.ones(4)
+    dist.all_reduce(w)
+    out["world"] = w[0].item()
+    dist.destroy_process_group()
+    return out
+
+
+def test_a_group_the_rank_is_not_in_gets_a_clear_error():
+    res = run_ranks(_outside_a_subgroup, 3)
+    assert res[0]["sum"] == res[1]["sum"] == 3.0, res
+    for name in ("explain", "recv_any", "stall_reports"):
+        assert res[2][name].startswith("ValueError") and "not a member" in res[2][name], res[2]
+    assert all(r["world"] == 3.0 for r in res), res
+
+
 def _late_rank(rank, world):
     import time
 
