@@ -925,6 +925,15 @@ impl Communicator {
         }
     }
 
+    /// Closes the timeline file (`ACSPEED_TIMELINE`) now, as dropping the communicator would.
+    /// For owners that may never drop it: a torch backend is shut down, and its process may
+    /// then exit without running destructors. Later collectives are not traced.
+    pub fn finish_timeline(&self) {
+        if let Some(t) = &self.timeline {
+            t.finish();
+        }
+    }
+
     fn check_usable(&self) -> Result<()> {
         if let Some(why) = self
             .poisoned

@@ -561,6 +561,9 @@ impl PyComm {
                 let _ = t.join();
             }
         });
+        // The Python objects may outlive this call, or never be collected at all (a
+        // multiprocessing child leaves with os._exit): the trace file is complete now.
+        self.coll.finish_timeline();
     }
 
     /// Fails everything in flight; peers get an error naming this rank.

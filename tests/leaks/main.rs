@@ -68,11 +68,7 @@ fn back_to(base: &Held, what: &str) {
             return;
         }
         if t0.elapsed() > Duration::from_secs(10) {
-            let new_fds: Vec<_> = now
-                .fds
-                .iter()
-                .filter(|f| !base.fds.contains(*f))
-                .collect();
+            let new_fds: Vec<_> = now.fds.iter().filter(|f| !base.fds.contains(*f)).collect();
             let new_shm: Vec<_> = now.shm.difference(&base.shm).collect();
             panic!(
                 "{what}: leaked {} thread(s), descriptors {new_fds:?}, /dev/shm {new_shm:?}",
@@ -88,7 +84,10 @@ fn clean_run(f: Fabric) {
         let mut v = vec![1.0f32; 1 << 18];
         comm.allreduce(&mut v, ReduceOp::Sum).map(|_| v[0])
     });
-    assert!(res.iter().all(|r| matches!(r, Ok(x) if *x == 3.0)), "{res:?}");
+    assert!(
+        res.iter().all(|r| matches!(r, Ok(x) if *x == 3.0)),
+        "{res:?}"
+    );
 }
 
 fn rank_leaves(f: Fabric) {
