@@ -36,7 +36,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
     ("ACSPEED_TOPO_FILE", "(probe)", "Load the topology from this JSON description instead of probing (VMs and containers that hide the real layout); its NVLinks are what ntree plans on."),
     ("ACSPEED_TOPO_DUMP_FILE", "(off)", "Write the probed topology description to this JSON file."),
-    ("ACSPEED_TIMELINE", "(off)", "Write every collective as a Chrome-trace event (Perfetto, chrome://tracing) to this JSON file; ranks of a multi-rank job write path-r<rank>.json."),
+    ("ACSPEED_TIMELINE", "(off)", "Write every collective as a Chrome-trace event (Perfetto, chrome://tracing) to this JSON file; ranks of a multi-rank job write path-r<rank>.json, a rank's further communicators (torch subgroups) path-r<rank>-<k>.json."),
     ("ACSPEED_PLAN_DUMP_DIR", "(off)", "Write every plan this rank generates as JSON into this directory."),
     ("MASTER_ADDR / MASTER_PORT", "127.0.0.1 / -", "Where rank 0 hosts the rendezvous store (torchrun's convention)."),
     ("RANK / WORLD_SIZE", "-", "This process's rank and the number of ranks (torchrun's convention)."),
