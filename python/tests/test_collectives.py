@@ -321,32 +321,40 @@ def _error_and_time(call, ok):
         return (str(e), time.time() - t0)
 
 
-def _rank_2_dies(rank, world):
+def _rank_2_dies(rank, world, how):
     import datetime
     import os
+    import signal
     import threading
     import time
 
     dist.init_process_group(backend="acspeed", timeout=datetime.timedelta(seconds=20))
     t = torch.ones(1000)
     dist.all_reduce(t)
+    die = {
+        "exit": lambda: os._exit(0),
+        "sigkill": lambda: os.kill(os.getpid(), signal.SIGKILL),
+    }[how.split("-")[0]]
+    between = how.endswith("between")
     if rank == 2:
-        # Report first, then vanish without any cleanup while the others are mid-collective.
-        threading.Thread(target=lambda: (time.sleep(0.5), os._exit(0)), daemon=True).start()
+        # Report first, then vanish without any cleanup: while the others are mid-collective,
+        # or before they start the next one.
+        threading.Thread(target=lambda: (time.sleep(0.05 if between else 0.5), die()), daemon=True).start()
         return ("exiting", 0.0)
-    time.sleep(0.2)
+    time.sleep(1.0 if between else 0.2)
     return _error_and_time(lambda: dist.all_reduce(t), "no error")
 
 
+@pytest.mark.parametrize("how", ["exit-mid", "sigkill-mid", "sigkill-between"])
 @pytest.mark.parametrize("path", ["shm", "tcp"])
-def test_a_rank_that_exits_is_named_within_2s_not_at_the_timeout(path):
+def test_a_rank_that_exits_is_named_within_2s_not_at_the_timeout(path, how):
     # The parent reaps nothing while the ranks run, so the dead rank stays a zombie: its pid
     # still answers kill(pid, 0), which is why liveness also reads /proc.
     env = {"ACSPEED_SHM": "1" if path == "shm" else "0"}
-    res = run_ranks(_rank_2_dies, 3, env=env, timeout=120)
+    res = run_ranks(_rank_2_dies, 3, how, env=env, timeout=120)
     for rank, (msg, took) in enumerate(res[:2]):
         assert "rank 2" in msg, f"rank {rank}: {msg}"
-        # rank 2 died 0.3 s into the collective; the timeout is 20 s.
+        # Mid-collective: rank 2 died 0.3 s into the call; between: before it. Timeout: 20 s.
         assert took < 2.5, f"rank {rank} took {took:.1f}s: {msg}"
 
 
