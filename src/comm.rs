@@ -30,6 +30,10 @@ pub struct Communicator {
     /// Channels 1.. (channel 0 is `transport`): more pipes to the same peers, for plans whose
     /// lanes share a peer (n-trees), set up at init from the agreed context.
     channels: Vec<Arc<dyn Transport>>,
+    /// The device's hold on the staging area (`StageIo::pin`): taken at the first device
+    /// call through the area, `Some(None)` when there was nothing to pin or pinning failed.
+    /// Declared before `staging` so that it is released before the area is unmapped.
+    stage_pin: Mutex<Option<Option<acspeed_core::PinGuard>>>,
     /// CPU-Reduce's staging area shared with this host's other ranks (none without
     /// shared memory or on a host of one rank).
     staging: Option<Arc<dyn HostStage>>,
@@ -168,6 +172,7 @@ impl Communicator {
             nranks,
             transport,
             channels,
+            stage_pin: Mutex::new(None),
             staging,
             exec,
             cfg,
@@ -775,6 +780,7 @@ impl Communicator {
         if !whole {
             return Ok(false);
         }
+        self.pin_stage(stage, io);
         let what = (coll, algo, dtype, Some(op), count, bytes);
         self.tracked(&mut st, what, |call, _| {
             let call = acspeed_core::StageCall {
@@ -923,6 +929,27 @@ impl Communicator {
         if let Some(s) = &self.staging {
             s.abort(reason);
         }
+    }
+
+    /// Pins the staging area for `io`'s device once. A failure (e.g. the page-lock limit) is
+    /// logged and not retried: the copies are then synchronous, but still right.
+    fn pin_stage(&self, stage: &dyn HostStage, io: &dyn acspeed_core::StageIo) {
+        let mut pin = self.stage_pin.lock().unwrap_or_else(|e| e.into_inner());
+        if pin.is_some() {
+            return;
+        }
+        let (ptr, len) = stage.area();
+        // SAFETY: the area stays mapped while `self.staging` lives, and the guard is
+        // dropped before it (field order).
+        *pin = Some(match unsafe { io.pin(ptr, len) } {
+            Ok(g) => g,
+            Err(e) => {
+                self.log.warn(&format!(
+                    "could not pin the CPU-Reduce staging area ({len} bytes) for the device, so its copies are synchronous: {e}"
+                ));
+                None
+            }
+        });
     }
 
     /// Closes the timeline file (`ACSPEED_TIMELINE`) now, as dropping the communicator would.

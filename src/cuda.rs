@@ -69,7 +69,8 @@ impl StagingDevice for CudaStaging {
             .bind_to_thread()
             .map_err(|e| cuda_err("binding the context", e))?;
         // SAFETY: caller guarantees both ranges. dst is pinned memory from alloc_host, or the
-        // (pageable) CPU-Reduce staging area, where the driver makes the copy synchronous.
+        // CPU-Reduce staging area, registered (register_host) unless that failed, in which
+        // case the driver makes the copy synchronous.
         let host = unsafe { std::slice::from_raw_parts_mut(dst, len) };
         unsafe { result::memcpy_dtoh_async(host, src, self.down.cu_stream()) }
             .map_err(|e| cuda_err("device-to-host copy", e))?;
@@ -110,6 +111,38 @@ impl StagingDevice for CudaStaging {
             )
         }
         .map_err(|e| cuda_err("ordering the download after the producer's stream", e))
+    }
+
+    unsafe fn register_host(&self, ptr: *mut u8, len: usize) -> Result<acspeed_core::PinGuard> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        // PORTABLE: pinned for every context, as the staging area is per host, not per device.
+        // SAFETY: the caller keeps the range mapped while the guard lives.
+        unsafe {
+            sys::cuMemHostRegister_v2(
+                ptr as *mut std::ffi::c_void,
+                len,
+                sys::CU_MEMHOSTREGISTER_PORTABLE,
+            )
+        }
+        .result()
+        .map_err(|e| {
+            cuda_err(
+                &format!("registering {len} bytes of host staging memory"),
+                e,
+            )
+        })?;
+        /// Unregisters the range when dropped, in the context it was registered in.
+        struct Registered(Arc<CudaContext>, usize);
+        impl Drop for Registered {
+            fn drop(&mut self) {
+                let _ = self.0.bind_to_thread();
+                // SAFETY: registered above and unregistered once, here.
+                let _ = unsafe { sys::cuMemHostUnregister(self.1 as *mut std::ffi::c_void) };
+            }
+        }
+        Ok(Box::new(Registered(self.ctx.clone(), ptr as usize)))
     }
 
     fn alloc_host(&self, bytes: usize) -> Result<HostSlot> {

@@ -51,6 +51,13 @@ pub trait StagingDevice {
     /// producer recorded on its own stream (for CUDA a `CUevent`): the caller then need not
     /// block until its stream is done, and backward keeps running while a bucket waits.
     fn after_event(&self, event: u64) -> Result<()>;
+
+    /// Makes host memory it did not allocate (CPU-Reduce's shared staging area) a valid
+    /// target of asynchronous copies, until the returned guard is dropped.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must stay mapped while the guard lives.
+    unsafe fn register_host(&self, ptr: *mut u8, len: usize) -> Result<acspeed_core::PinGuard>;
 }
 
 /// A device buffer to reduce: its address, length, and optionally the event after which its
@@ -223,6 +230,11 @@ impl<D: StagingDevice + Sync> acspeed_core::StageIo for DeviceIo<'_, D> {
         let ev = unsafe { self.device.upload(self.base + off as u64, src, len)? };
         self.device.wait(ev)
     }
+
+    unsafe fn pin(&self, ptr: *mut u8, len: usize) -> Result<Option<acspeed_core::PinGuard>> {
+        // SAFETY: forwarded; the communicator keeps the area mapped while the guard lives.
+        unsafe { self.device.register_host(ptr, len) }.map(Some)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -353,6 +365,12 @@ pub struct HostStandIn {
     copies: AtomicUsize,
     /// Events the pipeline was told to wait for, with the number of copies queued before.
     events: Mutex<Vec<(u64, usize)>>,
+    /// Host ranges copies may use asynchronously, as on a real device: the slots it
+    /// allocated and the ranges registered with it, (start, len, registered?).
+    pinned: Arc<Mutex<Vec<(usize, usize, bool)>>>,
+    /// Copies whose host side was none of those (a real device makes them synchronous).
+    pageable: AtomicUsize,
+    registrations: AtomicUsize,
 }
 
 /// Completion of a stand-in copy.
@@ -411,6 +429,36 @@ impl HostStandIn {
             fail_copy: 0,
             copies: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
+            pinned: Arc::default(),
+            pageable: AtomicUsize::new(0),
+            registrations: AtomicUsize::new(0),
+        }
+    }
+
+    /// Copies whose host memory was neither an allocated slot nor registered (on CUDA those
+    /// are synchronous and slower), and host registrations made so far.
+    pub fn pageable_copies(&self) -> (usize, usize) {
+        (
+            self.pageable.load(Ordering::Relaxed),
+            self.registrations.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Registered host ranges still held.
+    pub fn registered(&self) -> Vec<(usize, usize)> {
+        self.pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.2)
+            .map(|r| (r.0, r.1))
+            .collect()
+    }
+
+    fn note_host_side(&self, p: usize, len: usize) {
+        let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        if !pinned.iter().any(|&(a, n, _)| p >= a && p + len <= a + n) {
+            self.pageable.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -454,12 +502,40 @@ impl StagingDevice for HostStandIn {
 
     unsafe fn download(&self, dst: *mut u8, src: u64, len: usize) -> Result<StandInEvent> {
         self.copy_fault()?;
+        self.note_host_side(dst as usize, len);
         self.down.push(dst as usize, src as usize, len)
     }
 
     unsafe fn upload(&self, dst: u64, src: *const u8, len: usize) -> Result<StandInEvent> {
         self.copy_fault()?;
+        self.note_host_side(src as usize, len);
         self.up.push(dst as usize, src as usize, len)
+    }
+
+    unsafe fn register_host(&self, ptr: *mut u8, len: usize) -> Result<acspeed_core::PinGuard> {
+        let range = (ptr as usize, len, true);
+        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        // As cuMemHostRegister: registering a range twice is an error.
+        if pinned
+            .iter()
+            .any(|r| r.2 && r.0 < range.0 + len && range.0 < r.0 + r.1)
+        {
+            return Err(Error::Device(
+                "stand-in: host memory already registered".into(),
+            ));
+        }
+        pinned.push(range);
+        self.registrations.fetch_add(1, Ordering::Relaxed);
+        struct Unpin(Arc<Mutex<Vec<(usize, usize, bool)>>>, (usize, usize, bool));
+        impl Drop for Unpin {
+            fn drop(&mut self) {
+                let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(i) = v.iter().position(|r| *r == self.1) {
+                    v.swap_remove(i);
+                }
+            }
+        }
+        Ok(Box::new(Unpin(self.pinned.clone(), range)))
     }
 
     fn wait(&self, ev: StandInEvent) -> Result<()> {
@@ -488,11 +564,19 @@ impl StagingDevice for HostStandIn {
         let ptr = Box::into_raw(v) as *mut u64 as *mut u8;
         self.allocs.fetch_add(1, Ordering::Relaxed);
         let frees = self.frees.clone();
+        let slot = (ptr as usize, bytes, false);
+        let pinned = self.pinned.clone();
+        pinned.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
         Ok(HostSlot::new(
             ptr,
             bytes,
             Box::new(move |p| {
                 frees.fetch_add(1, Ordering::Relaxed);
+                let mut v = pinned.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(i) = v.iter().position(|r| *r == slot) {
+                    v.swap_remove(i);
+                }
+                drop(v);
                 // SAFETY: p came from Box::into_raw of a [u64] of `words` elements above.
                 drop(unsafe {
                     Box::from_raw(std::ptr::slice_from_raw_parts_mut(p as *mut u64, words))

@@ -160,6 +160,55 @@ fn staged_allreduce_through_cpu_reduce() {
     assert!(slots.iter().all(|c| c.0 == 2), "{slots:?}");
 }
 
+/// The direct CPU-Reduce path registers the shared staging area with the device once (so a
+/// real GPU copies into it asynchronously), copies only between device memory and registered
+/// or slot memory, and gives the registration back when the communicator goes, before the
+/// area is unmapped. Across hosts (not the direct path) nothing is registered.
+#[test]
+fn cpu_reduce_registers_the_staging_area_once_and_releases_it() {
+    let cfg = acspeed::Config {
+        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
+        ..test_config(1 << 14, 2, 30)
+    };
+    for shape in [&[3u32][..], &[2, 2]] {
+        let res = run_group_on_hosts(Fabric::Shm, shape, cfg.clone(), |comm| {
+            let dev = HostStandIn::new(Duration::ZERO);
+            let p = StagingParams {
+                chunk_bytes: 64 << 10,
+                depth: 3,
+            };
+            let pool = SlotPool::for_params(p);
+            let mut buf = vec![1.0f32; 40_000];
+            for _ in 0..3 {
+                let b = host_buf(&mut buf, 40_000 * 4);
+                staged_allreduce(&comm, &dev, &pool, b, DType::F32, ReduceOp::Sum, p).unwrap();
+            }
+            let held = dev.registered();
+            drop(comm);
+            (buf[0], dev.pageable_copies(), held, dev.registered())
+        });
+        let n: u32 = shape.iter().sum();
+        for (r, (v, (pageable, regs), held, after)) in res.into_iter().enumerate() {
+            assert_eq!(v, (n as f32).powi(3), "{shape:?} rank {r}");
+            assert_eq!(
+                pageable, 0,
+                "{shape:?} rank {r}: copies to unregistered memory"
+            );
+            if shape.len() == 1 {
+                assert_eq!(regs, 1, "{shape:?} rank {r}: one registration per area");
+                assert_eq!(held.len(), 1, "{shape:?} rank {r}");
+                assert!(held[0].1 >= 3 * (64 << 10), "{held:?}");
+            } else {
+                assert_eq!(regs, 0, "{shape:?} rank {r}: slots only across hosts");
+            }
+            assert!(
+                after.is_empty(),
+                "{shape:?} rank {r}: still registered {after:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn staged_allreduce_rejects_bad_shapes() {
     run_group(Fabric::Memory, 1, test_config(1 << 14, 2, 5), |comm| {

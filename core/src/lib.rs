@@ -33,4 +33,4 @@ pub use context::PlanContext;
 pub use dtype::{DType, ReduceOp};
 pub use error::{Error, Result};
 pub use plan::{Buf, ChunkRef, Collective, Op, Peers, Rank, RankPlan};
-pub use transport::{FrameHeader, HostStage, OpHandle, StageCall, StageIo, Transport};
+pub use transport::{FrameHeader, HostStage, OpHandle, PinGuard, StageCall, StageIo, Transport};

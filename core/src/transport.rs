@@ -362,6 +362,9 @@ pub trait HostStage: Send + Sync {
     /// `io` must serve every range within `0..call.len` until the call returns.
     unsafe fn host_reduce_io(&self, io: &dyn StageIo, call: &StageCall) -> Result<()>;
 
+    /// The whole shared area as this member maps it (start, bytes), for [`StageIo::pin`].
+    fn area(&self) -> (*mut u8, usize);
+
     /// Fails the calls of every member that wait on the area, naming this rank.
     fn abort(&self, reason: &str);
 }
@@ -399,7 +402,22 @@ pub trait StageIo: Sync {
     /// # Safety
     /// `src..src+len` is valid for reads and unchanged until the call returns.
     unsafe fn drain(&self, src: *const u8, off: usize, len: usize) -> Result<()>;
+
+    /// Lets the device reach the staging area `ptr..ptr+len` directly (CUDA: page-locks and
+    /// registers it, so copies into it are asynchronous DMA at the pinned rate instead of
+    /// synchronous copies through the driver's own bounce buffer). Called once per staging
+    /// area, before the first `fill`; the returned guard undoes it when dropped, which the
+    /// owner does before the area is unmapped. `None`: nothing to do for this device.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` is a mapping that outlives the returned guard.
+    unsafe fn pin(&self, _ptr: *mut u8, _len: usize) -> Result<Option<PinGuard>> {
+        Ok(None)
+    }
 }
+
+/// Undoes a [`StageIo::pin`] when dropped.
+pub type PinGuard = Box<dyn Send + Sync>;
 
 /// Raw pointer that may cross threads; the `Transport` safety contract keeps it valid.
 #[derive(Clone, Copy, Debug)]

@@ -542,6 +542,10 @@ struct Waiter {
 }
 
 impl HostStage for HostStaging {
+    fn area(&self) -> (*mut u8, usize) {
+        (self.region.ptr(), self.region.len())
+    }
+
     fn group(&self) -> &[Rank] {
         &self.group
     }
