@@ -341,20 +341,50 @@ pub fn run_sweep(comm: &Communicator, p: &BenchParams) -> Result<Vec<Row>> {
 }
 
 pub fn format_table(rows: &[Row]) -> String {
+    // The algorithm column fits its longest name (cpu_reduce, hybrid:butterfly), so the
+    // columns after it stay aligned.
+    let aw = rows.iter().map(|r| r.algo.len()).max().unwrap_or(0).max(6);
     let mut s = String::new();
     s.push_str(&format!(
-        "#{:>12} {:>12} {:>9} {:>6} {:>6} {:>10} {:>8} {:>8} {:>7}\n",
+        "#{:>12} {:>12} {:>9} {:>6} {:>aw$} {:>10} {:>8} {:>8} {:>7}\n",
         "size", "count", "type", "redop", "algo", "time", "algbw", "busbw", "#wrong"
     ));
     s.push_str(&format!(
-        "#{:>12} {:>12} {:>9} {:>6} {:>6} {:>10} {:>8} {:>8} {:>7}\n",
+        "#{:>12} {:>12} {:>9} {:>6} {:>aw$} {:>10} {:>8} {:>8} {:>7}\n",
         "(B)", "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", ""
     ));
     for r in rows {
         s.push_str(&format!(
-            " {:>12} {:>12} {:>9} {:>6} {:>6} {:>10.1} {:>8.3} {:>8.3} {:>7}\n",
+            " {:>12} {:>12} {:>9} {:>6} {:>aw$} {:>10.1} {:>8.3} {:>8.3} {:>7}\n",
             r.bytes, r.count, r.dtype, r.op, r.algo, r.time_us, r.algbw_gbps, r.busbw_gbps, r.wrong
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_stay_aligned_with_long_algorithm_names() {
+        let row = |algo: &str| Row {
+            bytes: 4096,
+            count: 1024,
+            dtype: "float".into(),
+            op: "sum".into(),
+            algo: algo.into(),
+            time_us: 12.5,
+            algbw_gbps: 1.0,
+            busbw_gbps: 1.5,
+            wrong: 0,
+        };
+        let t = format_table(&[row("ring"), row("hybrid:butterfly"), row("cpu_reduce")]);
+        let lines: Vec<&str> = t.lines().collect();
+        // Every line ends its "time" column at the same place as the header's.
+        let end = lines[0].find("time").unwrap() + "time".len();
+        for l in &lines[2..] {
+            assert_eq!(l.find("12.5").map(|i| i + 4), Some(end), "{t}");
+        }
+    }
 }
