@@ -58,7 +58,8 @@ import json, sys, statistics as st
 raw, names = sys.argv[1], sys.argv[2:]
 host = json.load(open(f"{raw}/host.json"))["host"]
 print(f"Host model (--here): {host['cores']:.0f} cores, copy {host['copy_gbps']:.1f} GB/s, reduce {host['reduce_gbps']:.1f} GB/s, "
-      f"shm stream {host['shm_gbps']:.1f} GB/s (slots) / {host['shm_cma_gbps']:.1f} GB/s (large collectives), message {host['latency_us']:.1f} us\n")
+      f"shm stream {host['shm_gbps']:.1f} GB/s (slots) / {host['shm_cma_gbps']:.1f} GB/s (large collectives), message {host['latency_us']:.1f} us, "
+      f"CPU-Reduce {host.get('stage_gbps', 0):.1f} / {host.get('stage_stream_gbps', 0):.1f} GB/s (below / from 4 MiB)\n")
 summary = []
 for name in names:
     title = open(f"{raw}/{name}.title").read().strip()
@@ -113,11 +114,11 @@ cargo build --release -q --example core_pingpong
 probe() { "$PWD/target/release/examples/core_pingpong" 0 1 20000 | awk '{printf "%.0f", $2}'; }
 for n in 2 4; do
   before=$(probe)
-  measure "shm$n" "$n" ring,tree
+  measure "shm$n" "$n" ring,tree,cpu_reduce
   place="line round trip CPU 0-1 ${before}/$(probe) ns before/after"
   echo "shared memory, 1 host x $n ranks (calibration point at 2 ranks; $place)" >"$RAW/shm$n.title"
   [[ $n == 2 ]] || echo "shared memory, 1 host x $n ranks ($place)" >"$RAW/shm$n.title"
-  predict "shm$n" "$n" ring,tree
+  predict "shm$n" "$n" ring,tree,cpu_reduce
   names+=("shm$n")
 done
 if [[ "${1:-}" != quick ]]; then

@@ -95,6 +95,11 @@ pub fn measure_here() -> Result<HostModel> {
         shm.latency_us,
     )
     .with_shm(shm.slot_gbps, shm.cma_gbps, cfg.shm_cma_min)
+    .with_stage(
+        shm.stage_gbps,
+        shm.stage_stream_gbps,
+        acspeed_transports::shm::STAGE_STREAM_FROM,
+    )
     .with_cache(
         llc,
         (small * reps) as f64 / copy_c / 1e9,
@@ -117,6 +122,9 @@ struct ShmRates {
     latency_us: f64,
     slot_gbps: f64,
     cma_gbps: f64,
+    /// CPU-Reduce between the two: below and from the staging area's streaming size.
+    stage_gbps: f64,
+    stage_stream_gbps: f64,
 }
 
 /// Two ranks as two processes (`acspeed-bench -n 2`, found beside this binary) over the
@@ -127,25 +135,43 @@ struct ShmRates {
 /// between the directions included: a one-way copy of a cached buffer, or ranks as threads
 /// of one process, run several times faster and would mislead). At 4 MiB that is the slot
 /// path, at 64 MiB cross-memory attach (the transport switches at ACSPEED_SHM_CMA_MIN).
-/// Two-rank shared-memory predictions are therefore calibrated, not independent; more ranks
-/// and other shapes are not.
+/// A two-rank CPU-Reduce run at 1 MiB and 64 MiB gives the staging area's two rates the same
+/// way. Two-rank shared-memory predictions are therefore calibrated, not independent; more
+/// ranks and other shapes are not.
 fn measure_shm() -> Result<ShmRates> {
+    let ring = bench_rows(&["-b", "4", "-e", "64M", "-f", "16"], None)?;
+    // CPU-Reduce at 1 MiB (ordinary stores) and 64 MiB (streaming), the same two processes'
+    // worth of contention.
+    let stage = bench_rows(&["-b", "1M", "-e", "64M", "-f", "64"], Some("cpu_reduce"))?;
+    Ok(ShmRates {
+        latency_us: time_at(&ring, 4)? / 2.0,
+        slot_gbps: rate_at(&ring, 4 << 20)?,
+        cma_gbps: rate_at(&ring, 64 << 20)?,
+        stage_gbps: rate_at(&stage, 1 << 20)?,
+        stage_stream_gbps: rate_at(&stage, 64 << 20)?,
+    })
+}
+
+/// JSON rows of a two-rank `acspeed-bench` run (found beside this binary) with `sizes`,
+/// default settings, and `algo` when given.
+fn bench_rows(sizes: &[&str], algo: Option<&str>) -> Result<Vec<serde_json::Value>> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("locating this binary", e))?
         .with_file_name("acspeed-bench");
-    let out = std::process::Command::new(&exe)
-        .args([
-            "-n", "2", "-b", "4", "-e", "64M", "-f", "16", "--iters", "10", "-w", "2",
-        ])
-        .args(["--json", "--time-limit", "120"])
-        .env_remove("ACSPEED_ALGO")
-        .output()
-        .map_err(|e| {
-            Error::io(
-                format!("running {} to measure shared memory", exe.display()),
-                e,
-            )
-        })?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(["-n", "2"])
+        .args(sizes)
+        .args(["--iters", "10", "-w", "2", "--json", "--time-limit", "120"])
+        .env_remove("ACSPEED_ALGO");
+    if let Some(a) = algo {
+        cmd.args(["--algo", a]);
+    }
+    let out = cmd.output().map_err(|e| {
+        Error::io(
+            format!("running {} to measure shared memory", exe.display()),
+            e,
+        )
+    })?;
     if !out.status.success() {
         return Err(Error::invalid(format!(
             "measuring shared memory with {} failed: {}",
@@ -153,20 +179,20 @@ fn measure_shm() -> Result<ShmRates> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::invalid(format!("acspeed-bench printed no JSON rows: {e}")))?;
-    let time_at = |bytes: u64| -> Result<f64> {
-        rows.iter()
-            .find(|r| r["bytes"].as_u64() == Some(bytes))
-            .and_then(|r| r["time_us"].as_f64())
-            .ok_or_else(|| Error::invalid(format!("acspeed-bench gave no row of {bytes} bytes")))
-    };
-    let rate = |bytes: u64| -> Result<f64> { Ok(bytes as f64 / time_at(bytes)? / 1e3) };
-    Ok(ShmRates {
-        latency_us: time_at(4)? / 2.0,
-        slot_gbps: rate(4 << 20)?,
-        cma_gbps: rate(64 << 20)?,
-    })
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::invalid(format!("acspeed-bench printed no JSON rows: {e}")))
+}
+
+fn time_at(rows: &[serde_json::Value], bytes: u64) -> Result<f64> {
+    rows.iter()
+        .find(|r| r["bytes"].as_u64() == Some(bytes))
+        .and_then(|r| r["time_us"].as_f64())
+        .ok_or_else(|| Error::invalid(format!("acspeed-bench gave no row of {bytes} bytes")))
+}
+
+/// Bytes per microsecond / 1e3 = GB/s.
+fn rate_at(rows: &[serde_json::Value], bytes: u64) -> Result<f64> {
+    Ok(bytes as f64 / time_at(rows, bytes)? / 1e3)
 }
 
 /// Builds the cluster model the spec describes.

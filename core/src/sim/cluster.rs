@@ -57,6 +57,17 @@ pub struct HostModel {
     pub copy_cache_gbps: f64,
     #[serde(default)]
     pub reduce_cache_gbps: f64,
+    /// A two-member CPU-Reduce allreduce through the host staging area as one member sees
+    /// it (bytes / time), below `stage_stream_from` bytes and from there (where the area is
+    /// filled with streaming stores), GB/s; 0: unmeasured, and a host reduce is costed from
+    /// the copy and reduce rates. Calibrated like `shm_gbps`: the two-member case is
+    /// measured, more members are predicted.
+    #[serde(default)]
+    pub stage_gbps: f64,
+    #[serde(default)]
+    pub stage_stream_gbps: f64,
+    #[serde(default)]
+    pub stage_stream_from: usize,
 }
 
 impl HostModel {
@@ -76,6 +87,9 @@ impl HostModel {
             llc_bytes: 0,
             copy_cache_gbps: 0.0,
             reduce_cache_gbps: 0.0,
+            stage_gbps: 0.0,
+            stage_stream_gbps: 0.0,
+            stage_stream_from: usize::MAX,
         }
     }
 
@@ -116,6 +130,30 @@ impl HostModel {
         }
     }
 
+    /// Measured CPU-Reduce rates (see the fields).
+    pub fn with_stage(
+        self,
+        stage_gbps: f64,
+        stage_stream_gbps: f64,
+        stream_from: usize,
+    ) -> HostModel {
+        HostModel {
+            stage_gbps,
+            stage_stream_gbps,
+            stage_stream_from: stream_from,
+            ..self
+        }
+    }
+
+    /// The measured CPU-Reduce rate of a host reduce of `bytes` (0: unmeasured).
+    pub fn stage_rate(&self, bytes: usize) -> f64 {
+        if bytes >= self.stage_stream_from {
+            self.stage_stream_gbps
+        } else {
+            self.stage_gbps
+        }
+    }
+
     /// One shared-memory stream's rate in a collective of `coll_bytes`.
     pub fn shm_rate(&self, coll_bytes: usize) -> f64 {
         if coll_bytes >= self.cma_min_bytes {
@@ -148,6 +186,9 @@ impl HostModel {
             llc_bytes: 0,
             copy_cache_gbps: 0.0,
             reduce_cache_gbps: 0.0,
+            stage_gbps: 0.0,
+            stage_stream_gbps: 0.0,
+            stage_stream_from: usize::MAX,
         })
     }
 

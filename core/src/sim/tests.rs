@@ -306,3 +306,44 @@ fn cache_rates_apply_while_the_buffers_fit() {
         "four ranks: 48 MiB does not"
     );
 }
+
+#[test]
+fn host_reduce_runs_at_the_measured_staging_rates() {
+    // Two members on two cores, one host reduce of S bytes each: S / (measured rate) plus
+    // one message's latency, below the streaming size and from it.
+    let host = HostModel::cpu(2.0, 10.0, 10.0, 5.0).with_stage(2.0, 5.0, 4 * MIB);
+    let cl = Cluster::new(vec![host.clone()], &[2], net(8.0, None, 1, 0.0)).unwrap();
+    let all = Peers::new(&[Rank(0), Rank(1)]);
+    let plans: Vec<RankPlan> = (0..2u32)
+        .map(|r| {
+            plan(
+                r,
+                2,
+                1,
+                vec![Op::HostReduce {
+                    dst: ChunkRef::out(0),
+                    group: all,
+                    to: all,
+                }],
+            )
+        })
+        .collect();
+    for (bytes, gbps) in [(MIB, 2.0), (16 * MIB, 5.0)] {
+        let r = simulate(&plans, &cl, params(bytes, bytes)).unwrap();
+        let want = bytes as f64 / (gbps * 1e3) + 5.0;
+        assert!(
+            (r.time_us - want).abs() / want < 1e-3,
+            "{bytes}: {r:?} vs {want}"
+        );
+    }
+    // Unmeasured: costed from the copy and reduce rates (two copies and a reduce per byte).
+    let cl = Cluster::new(
+        vec![HostModel::cpu(2.0, 10.0, 10.0, 0.0)],
+        &[2],
+        net(8.0, None, 1, 0.0),
+    )
+    .unwrap();
+    let r = simulate(&plans, &cl, params(MIB, MIB)).unwrap();
+    let want = MIB as f64 * 3.0 / 10e3;
+    assert!((r.time_us - want).abs() / want < 1e-3, "{r:?} vs {want}");
+}

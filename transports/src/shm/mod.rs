@@ -24,4 +24,4 @@ mod engine;
 #[cfg(not(loom))]
 mod staging;
 #[cfg(not(loom))]
-pub use staging::{HostStaging, StagingParams};
+pub use staging::{HostStaging, StagingParams, STREAM_FROM as STAGE_STREAM_FROM};

@@ -109,7 +109,7 @@ pub struct HostStaging {
 /// stores made large calls bimodal (2 ranks, 2026-11-29 spot runs of acspeed-bench: 1.6 or
 /// 7.5 GB/s at 64 MiB from run to run; streaming 4.3-4.7 in 4 of 4 runs). Smaller calls stay
 /// in cache, where ordinary stores win.
-const STREAM_FROM: usize = 4 << 20;
+pub const STREAM_FROM: usize = 4 << 20;
 
 /// The copy that fills a staging area.
 fn copier(stream: bool) -> unsafe fn(*const u8, *mut u8, usize) {
