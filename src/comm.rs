@@ -549,7 +549,7 @@ impl Communicator {
         }
     }
 
-    /// The selector's choice where it has a model (a GPU topology file), with every
+    /// The selector's choice where it has a model (a GPU topology file or a CPU host model), with every
     /// candidate's predicted time.
     fn predicted(&self, coll: Collective, bytes: usize) -> Option<(Algorithm, String)> {
         let s = self.selector.as_ref().ok()?;

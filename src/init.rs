@@ -206,7 +206,7 @@ pub fn init_with_store(
             return Err(Error::Mismatch {
                 peer: q,
                 detail: format!(
-                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings, ACSPEED_SEGMENT_BYTES and ACSPEED_TOPO_FILE (its NVLinks, sockets and the paths the selector models) must be the same on every rank"
+                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings, ACSPEED_SEGMENT_BYTES, ACSPEED_TOPO_FILE (its NVLinks, sockets and the paths the selector models) and ACSPEED_HOST_MODEL / ACSPEED_NET_GBPS / ACSPEED_FLOW_GBPS must be the same on every rank"
                 ),
             });
         }

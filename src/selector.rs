@@ -3,9 +3,12 @@
 //! and it simulates every candidate algorithm on the very plans the executor would run. The
 //! fastest prediction per collective and power-of-two size class is what `auto` runs.
 //!
-//! Without a topology file there is no model of the devices, and `auto` keeps its measured
-//! fixed rule (or `ACSPEED_AUTOTUNE`). The CPU model of these machines is not accurate enough
-//! to choose with (docs/PERFORMANCE.md, "Simulator against measurement").
+//! On CPU hosts the same happens with a host model the user measured once per machine type
+//! (`ACSPEED_HOST_MODEL`, from `acspeed simulate --here --json`) and the network given by
+//! `ACSPEED_NET_GBPS` / `ACSPEED_FLOW_GBPS`. Without either there is no model, and `auto` keeps
+//! its measured fixed rule (or `ACSPEED_AUTOTUNE`): the CPU model is measured in seconds, too
+//! slow for every init, and on VMs whose vCPU placement changes its shared-memory figures move
+//! with it (docs/PERFORMANCE.md, "Simulator against measurement").
 //!
 //! Every rank must build the same table. The inputs are the agreed context, the settings
 //! compared at rendezvous and the topology file, whose fingerprint init compares too. The
@@ -17,7 +20,7 @@ use acspeed_algorithms::Algorithm;
 use acspeed_core::plan::Collective;
 use acspeed_core::sim::{Cluster, HostModel, NetModel};
 use acspeed_core::topology::TopoDescription;
-use acspeed_core::{Config, PlanContext, Result};
+use acspeed_core::{Config, Error, PlanContext, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -49,11 +52,17 @@ impl Selector {
         ctx: &PlanContext,
     ) -> Result<std::result::Result<Selector, String>> {
         let Some(file) = &cfg.topo_file else {
-            return Ok(Err("no ACSPEED_TOPO_FILE".into()));
+            return match &cfg.host_model {
+                Some(m) => Self::for_cpu_hosts(cfg, ctx, m),
+                None => Ok(Err("no ACSPEED_TOPO_FILE or ACSPEED_HOST_MODEL".into())),
+            };
         };
         let d = crate::probe::discover(cfg)?;
         if d.gpus.is_empty() {
-            return Ok(Err(format!("{file} describes no GPU")));
+            return match &cfg.host_model {
+                Some(m) => Self::for_cpu_hosts(cfg, ctx, m),
+                None => Ok(Err(format!("{file} describes no GPU"))),
+            };
         }
         let shape = ctx.shape();
         if let Some(m) = shape.iter().find(|m| **m as usize > d.gpus.len()) {
@@ -73,6 +82,54 @@ impl Selector {
                 "simulated on {file} x {} host(s) {shape:?}, {net_note}",
                 shape.len()
             ),
+            cluster,
+            segment_bytes: cfg.segment_bytes,
+            elem: 4,
+            table: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The selector for CPU hosts described by the host model in `file` (every host alike).
+    fn for_cpu_hosts(
+        cfg: &Config,
+        ctx: &PlanContext,
+        file: &str,
+    ) -> Result<std::result::Result<Selector, String>> {
+        let host = read_host_model(file)?;
+        if ctx.host_of.windows(2).any(|w| w[1] < w[0]) {
+            return Ok(Err("ranks are not numbered host by host".into()));
+        }
+        let shape = ctx.shape();
+        let (gbit, note) = match cfg.net_gbps {
+            Some(g) => (g, format!("network {g} Gbit/s (ACSPEED_NET_GBPS)")),
+            None => (
+                DEFAULT_NET_GBIT,
+                format!("network {DEFAULT_NET_GBIT} Gbit/s (assumed: set ACSPEED_NET_GBPS)"),
+            ),
+        };
+        let flow = cfg
+            .flow_gbps
+            .map(|f| format!(", {f} Gbit/s per flow"))
+            .unwrap_or_default();
+        let net = NetModel {
+            nic_gbit: gbit,
+            flow_gbit: cfg.flow_gbps,
+            streams: cfg.nstreams.unwrap_or(4),
+            latency_us: NET_LATENCY_US,
+        };
+        let cluster = Cluster::new(vec![host; shape.len()], &shape, net)?;
+        Ok(Ok(Selector {
+            about: if shape.len() > 1 {
+                format!(
+                    "simulated on host model {file} x {} hosts {shape:?}, {note}{flow}",
+                    shape.len()
+                )
+            } else {
+                format!(
+                    "simulated on host model {file}, one host of {} ranks",
+                    shape[0]
+                )
+            },
             cluster,
             segment_bytes: cfg.segment_bytes,
             elem: 4,
@@ -112,16 +169,44 @@ impl Selector {
     }
 }
 
-/// The network model: the fastest NIC of the description, else [`DEFAULT_NET_GBIT`]; sockets
-/// per peer as the TCP transport opens them.
+/// A CPU host model as `acspeed simulate --here --json` prints it (its `host` object), or
+/// the bare object.
+pub fn read_host_model(file: &str) -> Result<HostModel> {
+    let bad = |why: String| Error::invalid(format!("ACSPEED_HOST_MODEL={file}: {why}"));
+    let text = std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let h = v.get("host").cloned().unwrap_or(v);
+    let m: HostModel = serde_json::from_value(h).map_err(|e| {
+        bad(format!(
+            "not a host model ({e}); write one with `acspeed simulate --here --json --sizes 4K > {file}`"
+        ))
+    })?;
+    if !matches!(m.kind, acspeed_core::sim::HostKind::Cpu) {
+        return Err(bad(
+            "describes a GPU host: use ACSPEED_TOPO_FILE for GPUs".into()
+        ));
+    }
+    let rates = [m.cores, m.copy_gbps, m.reduce_gbps];
+    if rates.iter().any(|r| !r.is_finite() || *r <= 0.0) || !m.latency_us.is_finite() {
+        return Err(bad(format!(
+            "cores, copy_gbps and reduce_gbps must be positive (got {rates:?})"
+        )));
+    }
+    Ok(m)
+}
+
+/// The network model: `ACSPEED_NET_GBPS`, else the fastest NIC of the description, else
+/// [`DEFAULT_NET_GBIT`]; `ACSPEED_FLOW_GBPS`; sockets per peer as the TCP transport opens them.
 fn net_of(d: &TopoDescription, cfg: &Config) -> (NetModel, String) {
     let nic = d.nics.iter().filter_map(|n| n.speed_mbps).max();
-    let (gbit, note) = match nic {
-        Some(m) => (
+    let (gbit, note) = match (cfg.net_gbps, nic) {
+        (Some(g), _) => (g, format!("network {g} Gbit/s (ACSPEED_NET_GBPS)")),
+        (None, Some(m)) => (
             m as f64 / 1000.0,
             format!("network {} Gbit/s (its fastest NIC)", m / 1000),
         ),
-        None => (
+        (None, None) => (
             DEFAULT_NET_GBIT,
             format!("network {DEFAULT_NET_GBIT} Gbit/s (assumed: the file gives no NIC speed)"),
         ),
@@ -129,7 +214,7 @@ fn net_of(d: &TopoDescription, cfg: &Config) -> (NetModel, String) {
     (
         NetModel {
             nic_gbit: gbit,
-            flow_gbit: None,
+            flow_gbit: cfg.flow_gbps,
             streams: cfg.nstreams.unwrap_or(4),
             latency_us: NET_LATENCY_US,
         },
@@ -140,16 +225,26 @@ fn net_of(d: &TopoDescription, cfg: &Config) -> (NetModel, String) {
 /// A fingerprint of the topology file's contents that plans and predictions depend on, for
 /// the rendezvous comparison ("" without a file).
 pub fn topo_fingerprint(cfg: &Config) -> Result<String> {
-    if cfg.topo_file.is_none() {
-        return Ok(String::new());
+    let mut parts = Vec::new();
+    if cfg.topo_file.is_some() {
+        let d = crate::probe::discover(cfg)?;
+        let text = format!(
+            "{:?} {:?} {:?} {}",
+            d.paths,
+            d.nics.iter().map(|n| n.speed_mbps).collect::<Vec<_>>(),
+            d.gpus.len(),
+            d.cores
+        );
+        parts.push(format!("{:016x}", crate::autotune::fnv64(&text)));
     }
-    let d = crate::probe::discover(cfg)?;
-    let text = format!(
-        "{:?} {:?} {:?} {}",
-        d.paths,
-        d.nics.iter().map(|n| n.speed_mbps).collect::<Vec<_>>(),
-        d.gpus.len(),
-        d.cores
-    );
-    Ok(format!("{:016x}", crate::autotune::fnv64(&text)))
+    if let Some(f) = &cfg.host_model {
+        // The model's contents, not its path: ranks that would predict differently fail init.
+        let m = read_host_model(f)?;
+        let text = serde_json::to_string(&m).unwrap_or_default();
+        parts.push(format!("host-model={:016x}", crate::autotune::fnv64(&text)));
+    }
+    if !parts.is_empty() && (cfg.net_gbps.is_some() || cfg.flow_gbps.is_some()) {
+        parts.push(format!("net={:?}/{:?}", cfg.net_gbps, cfg.flow_gbps));
+    }
+    Ok(parts.join(","))
 }

@@ -164,3 +164,108 @@ fn topology_files_with_different_pcie_paths_fail_init() {
         assert!(fps.len() == 2 && fps[0] != fps[1], "{e}");
     }
 }
+
+/// A CPU host model file (`ACSPEED_HOST_MODEL`) in `dir`, as `acspeed simulate --here --json`
+/// writes it, with `stage_gbps` for CPU-Reduce below its streaming size.
+fn cpu_model(dir: &std::path::Path, name: &str, stage_gbps: f64) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let m = acspeed_core::sim::HostModel::cpu(2.0, 10.0, 11.0, 6.0)
+        .with_shm(9.0, 5.0, 16 << 20)
+        .with_stage(stage_gbps, 5.5, 4 << 20);
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::json!({ "host": m, "rows": [] }).to_string()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// With a CPU host model and the network's rates, `auto` runs the selector's prediction on
+/// CPU hosts too: hybrid for a large allreduce across 2 x 2 hosts behind a per-flow cap, the
+/// same choice and reasons on every rank, results right.
+#[test]
+fn auto_follows_the_selector_with_a_cpu_host_model() {
+    let dir = std::env::temp_dir().join(format!("acspeed-hostmodel-{}", std::process::id()));
+    let cfg = Config {
+        host_model: Some(cpu_model(&dir, "here.json", 1.9)),
+        net_gbps: Some(2.0),
+        flow_gbps: Some(0.5),
+        ..test_config(1 << 16, 4, 30)
+    };
+    let seen = crate::util::run_group_on_hosts(Fabric::Memory, &[2, 2], cfg, |comm| {
+        let big = comm.explain(Collective::AllReduce, 64 << 20);
+        let mut v: Vec<f32> = (0..COUNT).map(|i| (i % 3) as f32).collect();
+        comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, x)| *x == 4.0 * (i % 3) as f32));
+        (big, comm.explain(Collective::AllReduce, 4 << 10))
+    });
+    for s in &seen {
+        assert_eq!(s, &seen[0], "every rank chooses alike");
+    }
+    let (big, small) = &seen[0];
+    assert!(
+        big.contains("): hybrid (selector: predicted hybrid"),
+        "{big}"
+    );
+    assert!(
+        big.contains(
+            "here.json x 2 hosts [2, 2], network 2 Gbit/s (ACSPEED_NET_GBPS), 0.5 Gbit/s per flow"
+        ),
+        "{big}"
+    );
+    assert!(small.contains("(selector: predicted "), "{small}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A host model that cannot be used is an error naming the variable and the file; one that
+/// differs between ranks fails init on both, naming the other rank.
+#[test]
+fn host_models_that_are_bad_or_differ_fail_clearly() {
+    let dir = std::env::temp_dir().join(format!("acspeed-hostmodel-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ctx = acspeed_core::PlanContext::single_host(2);
+    for (name, text, why) in [
+        ("missing.json", None, "cannot read it"),
+        ("junk.json", Some("not json"), "not JSON"),
+        (
+            "wrong.json",
+            Some(r#"{"host": {"cores": 2}}"#),
+            "not a host model",
+        ),
+        (
+            "zero.json",
+            Some(r#"{"kind":"Cpu","cores":0,"copy_gbps":1,"reduce_gbps":1,"latency_us":1}"#),
+            "must be positive",
+        ),
+    ] {
+        let p = dir.join(name);
+        if let Some(t) = text {
+            std::fs::write(&p, t).unwrap();
+        }
+        let cfg = Config {
+            host_model: Some(p.to_str().unwrap().into()),
+            ..Config::default()
+        };
+        let e = match acspeed::selector::Selector::for_job(&cfg, &ctx) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{name}: accepted"),
+        };
+        assert!(
+            e.contains("ACSPEED_HOST_MODEL") && e.contains(name) && e.contains(why),
+            "{name}: {e}"
+        );
+    }
+    let a = cpu_model(&dir, "a.json", 1.9);
+    let b = cpu_model(&dir, "b.json", 2.5);
+    let errs = crate::util::init_errors_of_two("hostfp", |r| Config {
+        host_model: Some(if r == 0 { a.clone() } else { b.clone() }),
+        ..test_config(1 << 16, 4, 10)
+    });
+    std::fs::remove_dir_all(&dir).ok();
+    for (r, e) in errs.iter().enumerate() {
+        assert!(
+            e.contains(&format!("rank {}", 1 - r)) && e.contains("host-model="),
+            "{e}"
+        );
+    }
+}

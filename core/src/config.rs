@@ -35,6 +35,9 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_SOCKET_IFNAME", "(route to master)", "Interface to listen on, NCCL syntax: prefix `eth`, exact `=eth0`, exclude `^docker,lo`."),
     ("ACSPEED_HOST_ID", "hostname", "Overrides the host identity used to group ranks that share a machine."),
     ("ACSPEED_TOPO_FILE", "(probe)", "Load the topology from this JSON description instead of probing (VMs and containers that hide the real layout); its NVLinks are what ntree plans on."),
+    ("ACSPEED_HOST_MODEL", "(off)", "CPU hosts: a host model (`acspeed simulate --here --json > F`, measured once per machine type) that lets auto choose by simulation, as a GPU ACSPEED_TOPO_FILE does; the same file on every rank."),
+    ("ACSPEED_NET_GBPS", "(the NIC's, else 25)", "Network rate per host, Gbit/s, for the selector's model (ACSPEED_HOST_MODEL or a topology file without NIC speeds)."),
+    ("ACSPEED_FLOW_GBPS", "(none)", "Per-flow cap of the network (cloud links, netsim), Gbit/s, for the selector's model."),
     ("ACSPEED_TOPO_DUMP_FILE", "(off)", "Write the probed topology description to this JSON file."),
     ("ACSPEED_TIMELINE", "(off)", "Write every collective as a Chrome-trace event (Perfetto, chrome://tracing) to this JSON file; ranks of a multi-rank job write path-r<rank>.json, a rank's further communicators (torch subgroups) path-r<rank>-<k>.json."),
     ("ACSPEED_PLAN_DUMP_DIR", "(off)", "Write every plan this rank generates as JSON into this directory."),
@@ -191,6 +194,11 @@ pub struct Config {
     pub nstreams: Option<u32>,
     pub ifname: Option<IfaceFilter>,
     pub topo_file: Option<String>,
+    /// `ACSPEED_HOST_MODEL`: a CPU host model file for the selector.
+    pub host_model: Option<String>,
+    /// `ACSPEED_NET_GBPS` and `ACSPEED_FLOW_GBPS`: the network the selector models.
+    pub net_gbps: Option<f64>,
+    pub flow_gbps: Option<f64>,
     pub topo_dump_file: Option<String>,
     pub rdma: RdmaChoice,
     pub rdma_provider: Option<String>,
@@ -230,6 +238,9 @@ impl Default for Config {
             nstreams: None,
             ifname: None,
             topo_file: None,
+            host_model: None,
+            net_gbps: None,
+            flow_gbps: None,
             topo_dump_file: None,
             rdma: RdmaChoice::Auto,
             rdma_provider: None,
@@ -426,6 +437,23 @@ impl Config {
         c.ifname = lookup(vars, "ACSPEED_SOCKET_IFNAME").map(IfaceFilter::parse);
         c.topo_file = lookup(vars, "ACSPEED_TOPO_FILE").map(str::to_string);
         c.topo_dump_file = lookup(vars, "ACSPEED_TOPO_DUMP_FILE").map(str::to_string);
+        c.host_model = lookup(vars, "ACSPEED_HOST_MODEL").map(str::to_string);
+        for (name, slot) in [
+            ("ACSPEED_NET_GBPS", &mut c.net_gbps),
+            ("ACSPEED_FLOW_GBPS", &mut c.flow_gbps),
+        ] {
+            if let Some(v) = lookup(vars, name) {
+                *slot = Some(
+                    v.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|g| g.is_finite() && *g > 0.0 && *g <= 1e5)
+                        .ok_or_else(|| {
+                            bad(name, v, "a rate in Gbit/s above 0 and at most 100000")
+                        })?,
+                );
+            }
+        }
         if let Some(v) = lookup(vars, "ACSPEED_RDMA") {
             c.rdma = match v.to_ascii_lowercase().as_str() {
                 "auto" => RdmaChoice::Auto,
