@@ -11,7 +11,7 @@ use crate::log::{log_enabled, Logger};
 use crate::selector::Selector;
 use acspeed_algorithms::Algorithm;
 use acspeed_core::config::AlgoChoice;
-use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor, PeerStats};
+use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor, PeerStats, StageUse};
 use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{
     kernels, Config, DType, Error, HostStage, PlanContext, Rank, ReduceOp, Result, Transport,
@@ -627,6 +627,23 @@ impl Communicator {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<()> {
+        self.run_fed(coll, algo, dtype, op, count, input, output, None)
+    }
+
+    /// [`run_as`](Self::run_as), with the host reduces' input read through `fed` (see
+    /// `StageUse::input`; the caller checked the plan takes it).
+    #[allow(clippy::too_many_arguments)]
+    fn run_fed(
+        &self,
+        coll: Collective,
+        algo: Algorithm,
+        dtype: DType,
+        op: Option<ReduceOp>,
+        count: usize,
+        input: &[u8],
+        output: &mut [u8],
+        fed: Option<&dyn acspeed_core::StageIo>,
+    ) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let plan = self.plan(&mut st, coll, algo)?;
         let bufs = Buffers {
@@ -638,9 +655,13 @@ impl Communicator {
         let mut pipes: Vec<&dyn Transport> = vec![&*self.transport];
         pipes.extend(self.channels.iter().map(|t| &**t));
         let what = (coll, algo, dtype, op, count, output.len());
+        let staging = self
+            .staging
+            .as_deref()
+            .map(|area| StageUse { area, input: fed });
         self.tracked(&mut st, what, |call, stats| {
             self.exec
-                .run_with(&plan, &pipes, self.staging.as_deref(), call, bufs, stats)
+                .run_with(&plan, &pipes, staging, call, bufs, stats)
         })?;
         if op == Some(ReduceOp::Avg) {
             let root_only = matches!(coll, Collective::Reduce { root } if root.0 != self.rank);
@@ -929,6 +950,49 @@ impl Communicator {
         if let Some(s) = &self.staging {
             s.abort(reason);
         }
+    }
+
+    /// In-place allreduce of `data` (host memory) whose input this rank supplies through
+    /// `input` (e.g. a device buffer of the same length) instead of `data`: a CPU-Reduce plan
+    /// whose host reduces come first reads it straight into the shared staging area, and
+    /// `data` receives the result (then the rest of the plan, across domains, runs on it).
+    /// `Ok(false)`, with nothing done, when this call would not run such a plan (another
+    /// algorithm, no staging area, the autotuner deciding, a rank alone in its domain): the
+    /// caller then fills `data` itself and calls [`allreduce_bytes`](Self::allreduce_bytes).
+    pub fn allreduce_fed(
+        &self,
+        data: &mut [u8],
+        input: &dyn acspeed_core::StageIo,
+        dtype: DType,
+        op: ReduceOp,
+    ) -> Result<bool> {
+        self.check_usable()?;
+        op.check_dtype(dtype)?;
+        let count = Self::elems("allreduce", dtype, data.len(), "data")?;
+        if !self.would_feed(data.len())? {
+            return Ok(false);
+        }
+        if let Some(stage) = self.staging.as_deref() {
+            self.pin_stage(stage, input);
+        }
+        let (coll, algo) = (Collective::AllReduce, Algorithm::CpuReduce);
+        self.run_fed(coll, algo, dtype, Some(op), count, &[], data, Some(input))?;
+        Ok(true)
+    }
+
+    /// Whether [`allreduce_fed`](Self::allreduce_fed) of `bytes` would read its input through
+    /// the staging area (the same answer on every call of that size).
+    pub fn would_feed(&self, bytes: usize) -> Result<bool> {
+        if self.staging.is_none() || self.tuner.is_some() || bytes == 0 {
+            return Ok(false);
+        }
+        let coll = Collective::AllReduce;
+        if self.choose_layer(coll, bytes).0 != Algorithm::CpuReduce {
+            return Ok(false);
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let plan = self.plan(&mut st, coll, Algorithm::CpuReduce)?;
+        Ok(acspeed_core::executor::feeds_host_reduce(&plan))
     }
 
     /// Pins the staging area for `io`'s device once. A failure (e.g. the page-lock limit) is

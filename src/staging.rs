@@ -238,7 +238,7 @@ impl<D: StagingDevice + Sync> acspeed_core::StageIo for DeviceIo<'_, D> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn staged_inner<D: StagingDevice>(
+fn staged_inner<D: StagingDevice + Sync>(
     comm: &Communicator,
     device: &D,
     pool: &SlotPool,
@@ -264,6 +264,13 @@ fn staged_inner<D: StagingDevice>(
         .step_by(chunk)
         .map(|o| (o, chunk.min(bytes - o)))
         .collect();
+    // CPU-Reduce across staging domains: each chunk's host reduces read it from the device
+    // straight into the shared area (no download into the slot, no copy from the slot into
+    // the area), and the slot only receives the result for the rest of the plan.
+    let fed = match ranges.first() {
+        Some(&(_, len)) => comm.would_feed(len)?,
+        None => false,
+    };
     if ranges.is_empty() {
         // Zero elements: still one (synchronising, checked) collective, like host buffers.
         return comm.allreduce_bytes(&mut [], dtype, op);
@@ -285,8 +292,8 @@ fn staged_inner<D: StagingDevice>(
     let mut result = Ok(());
     let mut issued = 0;
     // Prefetch into all but one slot (that one frees up when chunk 0 is uploaded); a single
-    // chunk has a single slot.
-    while issued < ranges.len() && issued < (depth - 1).max(1) {
+    // chunk has a single slot. Fed chunks are not downloaded.
+    while !fed && issued < ranges.len() && issued < (depth - 1).max(1) {
         let (off, len) = ranges[issued];
         // SAFETY: slot `issued` is unused; the device range lies in the buffer.
         downloads.push_back(unsafe {
@@ -296,16 +303,40 @@ fn staged_inner<D: StagingDevice>(
     }
     for (i, &(off, len)) in ranges.iter().enumerate() {
         let slot = &slots[i % depth];
-        let ev = downloads.pop_front().expect("download issued ahead");
-        if let Err(e) = device.wait(ev) {
-            result = Err(e);
-            break;
-        }
-        // SAFETY: the download completed; the slot holds `len` valid bytes.
-        let host = unsafe { std::slice::from_raw_parts_mut(slot.as_ptr(), len) };
-        if let Err(e) = comm.allreduce_bytes(host, dtype, op) {
-            result = Err(e);
-            break;
+        if fed {
+            // The slot's last chunk (i - depth) finished uploading at iteration i - depth + 1.
+            // SAFETY: so nothing reads the slot; it holds `len` bytes.
+            let host = unsafe { std::slice::from_raw_parts_mut(slot.as_ptr(), len) };
+            let io = DeviceIo {
+                device,
+                base: dev + off as u64,
+            };
+            let r = comm.allreduce_fed(host, &io, dtype, op).and_then(|done| {
+                if done {
+                    return Ok(());
+                }
+                // A chunk of another size class may run another algorithm: staged as usual.
+                // SAFETY: the slot is free (above) and the device range lies in the buffer.
+                let ev = unsafe { device.download(slot.as_ptr(), dev + off as u64, len)? };
+                device.wait(ev)?;
+                comm.allreduce_bytes(host, dtype, op)
+            });
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        } else {
+            let ev = downloads.pop_front().expect("download issued ahead");
+            if let Err(e) = device.wait(ev) {
+                result = Err(e);
+                break;
+            }
+            // SAFETY: the download completed; the slot holds `len` valid bytes.
+            let host = unsafe { std::slice::from_raw_parts_mut(slot.as_ptr(), len) };
+            if let Err(e) = comm.allreduce_bytes(host, dtype, op) {
+                result = Err(e);
+                break;
+            }
         }
         // The previous upload read the slot we are about to refill: wait for it first.
         if let Some(prev) = last_upload.take() {
@@ -322,7 +353,7 @@ fn staged_inner<D: StagingDevice>(
                 break;
             }
         }
-        if issued < ranges.len() {
+        if !fed && issued < ranges.len() {
             let (o2, l2) = ranges[issued];
             // SAFETY: slot `issued % depth` is chunk i-1's (issued = i + depth - 1), whose
             // upload was waited for above, or was never used.
@@ -370,6 +401,8 @@ pub struct HostStandIn {
     pinned: Arc<Mutex<Vec<(usize, usize, bool)>>>,
     /// Copies whose host side was none of those (a real device makes them synchronous).
     pageable: AtomicUsize,
+    /// Downloads into allocated slots (a fed CPU-Reduce makes none).
+    slot_downloads: AtomicUsize,
     registrations: AtomicUsize,
 }
 
@@ -431,8 +464,14 @@ impl HostStandIn {
             events: Mutex::new(Vec::new()),
             pinned: Arc::default(),
             pageable: AtomicUsize::new(0),
+            slot_downloads: AtomicUsize::new(0),
             registrations: AtomicUsize::new(0),
         }
+    }
+
+    /// Downloads whose destination was an allocated slot.
+    pub fn slot_downloads(&self) -> usize {
+        self.slot_downloads.load(Ordering::Relaxed)
     }
 
     /// Copies whose host memory was neither an allocated slot nor registered (on CUDA those
@@ -455,10 +494,16 @@ impl HostStandIn {
             .collect()
     }
 
-    fn note_host_side(&self, p: usize, len: usize) {
+    fn note_host_side(&self, p: usize, len: usize, download: bool) {
         let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
-        if !pinned.iter().any(|&(a, n, _)| p >= a && p + len <= a + n) {
-            self.pageable.fetch_add(1, Ordering::Relaxed);
+        match pinned.iter().find(|&&(a, n, _)| p >= a && p + len <= a + n) {
+            None => {
+                self.pageable.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(&(_, _, false)) if download => {
+                self.slot_downloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
         }
     }
 
@@ -502,13 +547,13 @@ impl StagingDevice for HostStandIn {
 
     unsafe fn download(&self, dst: *mut u8, src: u64, len: usize) -> Result<StandInEvent> {
         self.copy_fault()?;
-        self.note_host_side(dst as usize, len);
+        self.note_host_side(dst as usize, len, true);
         self.down.push(dst as usize, src as usize, len)
     }
 
     unsafe fn upload(&self, dst: u64, src: *const u8, len: usize) -> Result<StandInEvent> {
         self.copy_fault()?;
-        self.note_host_side(src as usize, len);
+        self.note_host_side(src as usize, len, false);
         self.up.push(dst as usize, src as usize, len)
     }
 

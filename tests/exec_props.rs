@@ -188,3 +188,72 @@ fn a_late_rank_is_reported_while_the_others_wait() {
         "{seen:?}"
     );
 }
+
+/// An input fed through the staging area is refused, with a clear error and before any
+/// traffic, for a plan whose first steps are not host reduces covering the buffer (a ring).
+#[test]
+fn a_fed_input_is_refused_for_plans_that_do_not_start_with_host_reduces() {
+    use acspeed_core::executor::StageUse;
+    use acspeed_core::{HostStage, StageCall, StageIo};
+    struct Unused;
+    impl HostStage for Unused {
+        fn group(&self) -> &[Rank] {
+            &[]
+        }
+        unsafe fn host_reduce(&self, _: *mut u8, _: &StageCall) -> acspeed_core::Result<()> {
+            unreachable!("refused before")
+        }
+        unsafe fn host_reduce_io(
+            &self,
+            _: &dyn StageIo,
+            _: &StageCall,
+        ) -> acspeed_core::Result<()> {
+            unreachable!("refused before")
+        }
+        fn area(&self) -> (*mut u8, usize) {
+            (std::ptr::null_mut(), 0)
+        }
+        fn abort(&self, _: &str) {}
+    }
+    struct NoIo;
+    impl StageIo for NoIo {
+        unsafe fn fill(&self, _: *mut u8, _: usize, _: usize) -> acspeed_core::Result<()> {
+            unreachable!("refused before")
+        }
+        unsafe fn drain(&self, _: *const u8, _: usize, _: usize) -> acspeed_core::Result<()> {
+            unreachable!("refused before")
+        }
+    }
+    let ts = MemoryTransport::fabric(2);
+    let exe = Executor::new(ExecParams {
+        segment_bytes: 1 << 16,
+        depth: 2,
+        timeout: Duration::from_secs(5),
+        stall_warn: Duration::ZERO,
+        min_segments: 1,
+    });
+    let plan = Ring { chunks_per_rank: 1 }.plan_for_rank(Collective::AllReduce, Rank(0), 2);
+    let mut out = vec![0i64; 8];
+    let bufs = Buffers {
+        input: std::ptr::null(),
+        input_len: 0,
+        output: out.as_mut_ptr() as *mut u8,
+        output_len: 64,
+    };
+    let call = CallInfo {
+        seq: 1,
+        dtype: DType::I64,
+        op: Some(ReduceOp::Sum),
+        count: 8,
+    };
+    let fed = StageUse {
+        area: &Unused,
+        input: Some(&NoIo),
+    };
+    let t: &dyn acspeed_core::Transport = &ts[0];
+    let e = exe
+        .run_with(&plan, &[t], Some(fed), call, bufs, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("host reduces come first"), "{e}");
+}

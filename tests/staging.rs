@@ -160,51 +160,69 @@ fn staged_allreduce_through_cpu_reduce() {
     assert!(slots.iter().all(|c| c.0 == 2), "{slots:?}");
 }
 
-/// The direct CPU-Reduce path registers the shared staging area with the device once (so a
-/// real GPU copies into it asynchronously), copies only between device memory and registered
-/// or slot memory, and gives the registration back when the communicator goes, before the
-/// area is unmapped. Across hosts (not the direct path) nothing is registered.
+/// CUDA CPU-Reduce registers the shared staging area with the device once (so a real GPU
+/// copies into it asynchronously), reads the input from the device straight into the area on
+/// one host and across hosts alike (never into a slot first), copies only between device
+/// memory and registered or slot memory, and gives the registration back when the
+/// communicator goes, before the area is unmapped.
 #[test]
 fn cpu_reduce_registers_the_staging_area_once_and_releases_it() {
     let cfg = acspeed::Config {
         algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
         ..test_config(1 << 14, 2, 30)
     };
-    for shape in [&[3u32][..], &[2, 2]] {
+    for (shape, op) in [
+        (&[3u32][..], ReduceOp::Sum),
+        (&[2, 2], ReduceOp::Sum),
+        (&[2, 1, 2], ReduceOp::Sum),
+        (&[2, 2], ReduceOp::Avg),
+    ] {
         let res = run_group_on_hosts(Fabric::Shm, shape, cfg.clone(), |comm| {
-            let dev = HostStandIn::new(Duration::ZERO);
+            let dev = HostStandIn::new(Duration::from_micros(5));
             let p = StagingParams {
                 chunk_bytes: 64 << 10,
                 depth: 3,
             };
             let pool = SlotPool::for_params(p);
-            let mut buf = vec![1.0f32; 40_000];
+            let r = comm.rank() as f32;
+            let mut buf: Vec<f32> = (0..40_000).map(|i| r + (i % 5) as f32).collect();
             for _ in 0..3 {
                 let b = host_buf(&mut buf, 40_000 * 4);
-                staged_allreduce(&comm, &dev, &pool, b, DType::F32, ReduceOp::Sum, p).unwrap();
+                staged_allreduce(&comm, &dev, &pool, b, DType::F32, op, p).unwrap();
             }
             let held = dev.registered();
+            let alone = comm.local_ranks().len() == 1;
             drop(comm);
-            (buf[0], dev.pageable_copies(), held, dev.registered())
+            let counts = (dev.pageable_copies(), dev.slot_downloads());
+            (buf, counts, held, dev.registered(), alone)
         });
         let n: u32 = shape.iter().sum();
-        for (r, (v, (pageable, regs), held, after)) in res.into_iter().enumerate() {
-            assert_eq!(v, (n as f32).powi(3), "{shape:?} rank {r}");
-            assert_eq!(
-                pageable, 0,
-                "{shape:?} rank {r}: copies to unregistered memory"
-            );
-            if shape.len() == 1 {
-                assert_eq!(regs, 1, "{shape:?} rank {r}: one registration per area");
-                assert_eq!(held.len(), 1, "{shape:?} rank {r}");
-                assert!(held[0].1 >= 3 * (64 << 10), "{held:?}");
-            } else {
-                assert_eq!(regs, 0, "{shape:?} rank {r}: slots only across hosts");
+        for (r, (v, (copies, slot_dl), held, after, alone)) in res.into_iter().enumerate() {
+            let what = format!("{shape:?} {op:?} rank {r}");
+            for (i, x) in v.iter().enumerate() {
+                // Three calls: sum_r (r + k) = S, then n S, then n^2 S (Avg: S / n each time).
+                let s = (n * (n - 1) / 2) as f32 + n as f32 * (i % 5) as f32;
+                let want = match op {
+                    ReduceOp::Avg => s / n as f32,
+                    _ => s * (n * n) as f32,
+                };
+                assert_eq!(*x, want, "{what}: element {i}");
             }
-            assert!(
-                after.is_empty(),
-                "{shape:?} rank {r}: still registered {after:?}"
-            );
+            let (pageable, regs) = copies;
+            assert_eq!(pageable, 0, "{what}: copies to unregistered memory");
+            assert!(after.is_empty(), "{what}: still registered {after:?}");
+            if alone {
+                // A rank alone on its host has no staging area: the slot pipeline.
+                assert_eq!(regs, 0, "{what}");
+                assert!(slot_dl > 0, "{what}");
+                continue;
+            }
+            assert_eq!(regs, 1, "{what}: one registration per area");
+            assert_eq!(held.len(), 1, "{what}");
+            assert!(held[0].1 >= 3 * (64 << 10), "{held:?}");
+            // One host (not Avg): the direct path; several: fed through the area. Either way
+            // the input never lands in a slot first.
+            assert_eq!(slot_dl, 0, "{what}: input downloaded into a slot");
         }
     }
 }

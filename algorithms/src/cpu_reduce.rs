@@ -163,4 +163,31 @@ mod tests {
             eprintln!("{bytes}: per socket {per_socket:.3}x ring, one area {one_area:.3}x ring");
         }
     }
+
+    /// The plans whose input a device can feed straight into the staging area: CPU-Reduce's,
+    /// for every rank that shares a staging area; not a rank alone on its host, nor other
+    /// algorithms' plans (their first steps send).
+    #[test]
+    fn cpu_reduce_plans_take_a_fed_input_where_a_rank_shares_a_staging_area() {
+        use acspeed_core::executor::feeds_host_reduce;
+        use acspeed_core::{PlanContext, Rank};
+        for shape in [&[4u32][..], &[2, 2], &[3, 1, 2], &[8, 8]] {
+            let ctx = PlanContext::from_shape(shape).unwrap();
+            for r in 0..ctx.nranks {
+                let alone = shape[ctx.host_of[r as usize] as usize] == 1;
+                let plan = Algorithm::CpuReduce
+                    .plan(Collective::AllReduce, Rank(r), &ctx)
+                    .unwrap();
+                assert_eq!(feeds_host_reduce(&plan), !alone, "{shape:?} rank {r}");
+                for a in [
+                    Algorithm::Ring,
+                    Algorithm::Tree,
+                    Algorithm::Hybrid(crate::InterHost::Ring),
+                ] {
+                    let p = a.plan(Collective::AllReduce, Rank(r), &ctx).unwrap();
+                    assert!(!feeds_host_reduce(&p), "{shape:?} rank {r} {a:?}");
+                }
+            }
+        }
+    }
 }

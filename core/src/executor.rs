@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::plan::{Buf, ChunkRef, Op, RankPlan, StepId};
-use crate::transport::{FrameHeader, HostStage, OpHandle, Transport};
+use crate::transport::{FrameHeader, HostStage, OpHandle, StageIo, Transport};
 use crate::{DType, ReduceOp};
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -38,6 +38,78 @@ pub struct ExecParams {
 pub type StallSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 pub use crate::exec_stats::{PeerStats, WaitProbe};
+
+/// The staging area a plan's `HostReduce` steps meet in and, optionally, where they read this
+/// rank's input from instead of the output buffer: a device buffer of the same layout, so its
+/// bytes go straight into the shared area (CUDA CPU-Reduce across staging domains). Allowed
+/// only for a single-lane plan whose `HostReduce` steps come first and cover the whole output
+/// buffer, so no other step has touched a range when it is read; each result is written to
+/// the output buffer as usual.
+#[derive(Clone, Copy)]
+pub struct StageUse<'a> {
+    pub area: &'a dyn HostStage,
+    pub input: Option<&'a dyn StageIo>,
+}
+
+impl<'a> StageUse<'a> {
+    pub fn area(area: &'a dyn HostStage) -> Self {
+        StageUse { area, input: None }
+    }
+}
+
+/// Whether `plan` can take its input through [`StageUse::input`]: one lane, whose leading
+/// `HostReduce` steps cover every output chunk, and no `HostReduce` after them.
+pub fn feeds_host_reduce(plan: &RankPlan) -> bool {
+    let [lane] = &plan.lanes[..] else {
+        return false;
+    };
+    let lead = lane
+        .steps
+        .iter()
+        .take_while(|s| matches!(s.op, Op::HostReduce { .. }))
+        .count();
+    if lane.steps[lead..]
+        .iter()
+        .any(|s| matches!(s.op, Op::HostReduce { .. }))
+    {
+        return false;
+    }
+    let mut covered = vec![false; plan.output_chunks as usize];
+    for s in &lane.steps[..lead] {
+        if let Op::HostReduce { dst, .. } = s.op {
+            if dst.buf != Buf::Output {
+                return false;
+            }
+            match covered.get_mut(dst.index as usize) {
+                Some(c) => *c = true,
+                None => return false,
+            }
+        }
+    }
+    !covered.is_empty() && covered.iter().all(|c| *c)
+}
+
+/// A host reduce's input read from the caller's [`StageIo`] at `off` (the step's offset in the
+/// buffer), its result written to the output buffer at `out`.
+struct Fed<'a> {
+    io: &'a dyn StageIo,
+    off: usize,
+    out: usize,
+}
+
+impl StageIo for Fed<'_> {
+    unsafe fn fill(&self, dst: *mut u8, off: usize, len: usize) -> Result<()> {
+        // SAFETY: forwarded; the range lies within the buffer the caller's io serves.
+        unsafe { self.io.fill(dst, self.off + off, len) }
+    }
+
+    unsafe fn drain(&self, src: *const u8, off: usize, len: usize) -> Result<()> {
+        // SAFETY: `out + off .. + len` lies in the step's range of the output buffer, which
+        // no other step touches while the host reduce runs.
+        unsafe { std::ptr::copy_nonoverlapping(src, (self.out + off) as *mut u8, len) };
+        Ok(())
+    }
+}
 
 /// What the call is, for frame headers and reductions.
 #[derive(Clone, Copy, Debug)]
@@ -93,8 +165,8 @@ struct LaneCtx<'a> {
     probe: Option<&'a WaitProbe>,
     /// The plan's algorithm wire code, looked up once (every segment's header carries it).
     algo: u8,
-    /// Where `HostReduce` steps meet (CPU-Reduce).
-    staging: Option<&'a dyn HostStage>,
+    /// Where `HostReduce` steps meet (CPU-Reduce), and where they read the input from.
+    staging: Option<StageUse<'a>>,
     /// This lane's traffic per peer, when asked for.
     stats: Option<PeerStats>,
 }
@@ -155,7 +227,7 @@ impl Executor {
         &self,
         plan: &RankPlan,
         channels: &[&dyn Transport],
-        staging: Option<&dyn HostStage>,
+        staging: Option<StageUse<'_>>,
         call: CallInfo,
         bufs: Buffers,
         stats: Option<&Mutex<PeerStats>>,
@@ -169,9 +241,15 @@ impl Executor {
                 channels.len()
             )));
         }
+        if staging.is_some_and(|s| s.input.is_some()) && !feeds_host_reduce(plan) {
+            return Err(Error::invalid(format!(
+                "{} plan: its input can be read through the staging area only when its host reduces come first and cover the buffer",
+                plan.algorithm
+            )));
+        }
         let abort_all = |why: &str| {
             channels.iter().for_each(|t| t.abort(why));
-            staging.iter().for_each(|s| s.abort(why));
+            staging.iter().for_each(|s| s.area.abort(why));
         };
         let es = call.dtype.size();
         let (ie, oe) = plan
@@ -580,7 +658,7 @@ impl<'a> LaneCtx<'a> {
     fn run_step(&mut self, op: &Op) -> Result<()> {
         match *op {
             Op::HostReduce { dst, group, to } => {
-                let st = self.staging.ok_or_else(|| {
+                let StageUse { area: st, input } = self.staging.ok_or_else(|| {
                     Error::invalid(format!(
                         "{} plan: a host reduce needs the host's shared staging area, and this communicator has none (local ranks without shared memory: ACSPEED_SHM=0, or one rank per host)",
                         self.plan.algorithm
@@ -609,7 +687,19 @@ impl<'a> LaneCtx<'a> {
                     copy_out: to.iter().any(|t| t == self.plan.rank),
                     timeout: self.params.timeout,
                 };
-                unsafe { st.host_reduce(self.ptr(dst.buf, r.start), &call) }
+                let data = self.ptr(dst.buf, r.start);
+                match input {
+                    // SAFETY: as above; the caller's io serves the whole buffer.
+                    Some(io) => unsafe {
+                        let fed = Fed {
+                            io,
+                            off: r.start,
+                            out: data as usize,
+                        };
+                        st.host_reduce_io(&fed, &call)
+                    },
+                    None => unsafe { st.host_reduce(data, &call) },
+                }
             }
             Op::Send { to, src } => {
                 for s in self.segments(self.range(src)) {
