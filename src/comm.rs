@@ -499,7 +499,7 @@ impl Communicator {
             self.plan(&mut st, coll, algo)?;
         }
         let t0 = std::time::Instant::now();
-        self.run_as(coll, algo, dtype, op, count, input, output)?;
+        self.run_as(coll, algo, dtype, op, count, input, output, None)?;
         if let (Some(t), Some(class)) = (&self.tuner, trial) {
             if let Some(local) = t.record(class, t0.elapsed().as_secs_f64()) {
                 self.tune_decide(t, class, &local)?;
@@ -534,6 +534,7 @@ impl Communicator {
                         2,
                         &[],
                         &mut v,
+                        None,
                     )?;
                     let m = decode_i64(&v);
                     let agreed = mine > 0 && m[0] == mine && -m[1] == mine;
@@ -601,6 +602,7 @@ impl Communicator {
             local.len(),
             &[],
             &mut v,
+            None,
         )?;
         let maxed: Vec<f64> = v
             .chunks_exact(8)
@@ -615,25 +617,10 @@ impl Communicator {
         Ok(())
     }
 
-    /// Runs one collective with `algo`.
+    /// Runs one collective with `algo`; with `fed`, the host reduces read this rank's input
+    /// through it (see `StageUse::input`; the caller checked the plan takes it).
     #[allow(clippy::too_many_arguments)]
     fn run_as(
-        &self,
-        coll: Collective,
-        algo: Algorithm,
-        dtype: DType,
-        op: Option<ReduceOp>,
-        count: usize,
-        input: &[u8],
-        output: &mut [u8],
-    ) -> Result<()> {
-        self.run_fed(coll, algo, dtype, op, count, input, output, None)
-    }
-
-    /// [`run_as`](Self::run_as), with the host reduces' input read through `fed` (see
-    /// `StageUse::input`; the caller checked the plan takes it).
-    #[allow(clippy::too_many_arguments)]
-    fn run_fed(
         &self,
         coll: Collective,
         algo: Algorithm,
@@ -976,7 +963,7 @@ impl Communicator {
             self.pin_stage(stage, input);
         }
         let (coll, algo) = (Collective::AllReduce, Algorithm::CpuReduce);
-        self.run_fed(coll, algo, dtype, Some(op), count, &[], data, Some(input))?;
+        self.run_as(coll, algo, dtype, Some(op), count, &[], data, Some(input))?;
         Ok(true)
     }
 
