@@ -69,6 +69,23 @@ fn exec(
     })
 }
 
+/// The buffers and call of an in-place i64 sum allreduce of `v`, call number `seq`.
+fn in_place_sum(v: &mut [i64], seq: u64) -> (Buffers, CallInfo) {
+    let bufs = Buffers {
+        input: std::ptr::null(),
+        input_len: 0,
+        output: v.as_mut_ptr() as *mut u8,
+        output_len: v.len() * 8,
+    };
+    let call = CallInfo {
+        seq,
+        dtype: DType::I64,
+        op: Some(ReduceOp::Sum),
+        count: v.len(),
+    };
+    (bufs, call)
+}
+
 /// Chunks long enough to be split into four segments (as across hosts), with lengths that
 /// are not multiples of the piece: every element still arrives once and sums exactly.
 #[test]
@@ -163,18 +180,7 @@ fn a_late_rank_is_reported_while_the_others_wait() {
                 }
                 let plan = Ring::default().plan_for_rank(Collective::AllReduce, Rank(r as u32), 2);
                 let mut v = vec![1i64; 1000];
-                let bufs = Buffers {
-                    input: std::ptr::null(),
-                    input_len: 0,
-                    output: v.as_mut_ptr() as *mut u8,
-                    output_len: 8000,
-                };
-                let call = CallInfo {
-                    seq: 7,
-                    dtype: DType::I64,
-                    op: Some(ReduceOp::Sum),
-                    count: 1000,
-                };
+                let (bufs, call) = in_place_sum(&mut v, 7);
                 exe.run(&plan, t, call, bufs).unwrap();
                 assert!(v.iter().all(|x| *x == 2));
             });
@@ -234,18 +240,7 @@ fn a_fed_input_is_refused_for_plans_that_do_not_start_with_host_reduces() {
     });
     let plan = Ring { chunks_per_rank: 1 }.plan_for_rank(Collective::AllReduce, Rank(0), 2);
     let mut out = vec![0i64; 8];
-    let bufs = Buffers {
-        input: std::ptr::null(),
-        input_len: 0,
-        output: out.as_mut_ptr() as *mut u8,
-        output_len: 64,
-    };
-    let call = CallInfo {
-        seq: 1,
-        dtype: DType::I64,
-        op: Some(ReduceOp::Sum),
-        count: 8,
-    };
+    let (bufs, call) = in_place_sum(&mut out, 1);
     let fed = StageUse {
         area: &Unused,
         input: Some(&NoIo),
