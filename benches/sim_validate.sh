@@ -21,7 +21,18 @@ trap 'bash "$NETSIM" down --kill >/dev/null 2>&1 || true; rm -rf "$RAW"' EXIT
 bmin=$(python3 -c "import sys; s='$SIZES'.split(',')[0]; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(s)")
 bmax=$(python3 -c "print('$SIZES'.split(',')[-1])")
 
+# The vCPU placement (one core's two threads, ~60-80 ns per cache-line round trip between
+# CPU 0 and 1, or two cores, ~330-380 ns) sets shared-memory speed on these VMs
+# (docs/PERFORMANCE.md, "Bimodal shared memory: the cause"). It is probed around the
+# calibration and around each shared-memory configuration: a model measured in one placement
+# describes a different machine from the other.
+cargo build --release -q --example core_pingpong
+probe() { "$PWD/target/release/examples/core_pingpong" 0 1 20000 | awk '{printf "%.0f", $2}'; }
+place() { (($1 < 200)) && echo "one core" || echo "two cores"; }
+cal_before=$(probe)
 "$SIM" simulate --here --json --sizes 4K >"$RAW/host.json"
+cal_after=$(probe)
+echo "$cal_before/$cal_after ns before/after: $(place "$cal_before")/$(place "$cal_after")" >"$RAW/host.place"
 
 . benches/netsim_lib.sh
 
@@ -57,7 +68,7 @@ report() {
 import json, sys, statistics as st
 raw, names = sys.argv[1], sys.argv[2:]
 host = json.load(open(f"{raw}/host.json"))["host"]
-print(f"Host model (--here): {host['cores']:.0f} cores, copy {host['copy_gbps']:.1f} GB/s, reduce {host['reduce_gbps']:.1f} GB/s, "
+print(f"Host model (--here; line round trip CPU 0-1 {open(f'{raw}/host.place').read().strip()}): {host['cores']:.0f} cores, copy {host['copy_gbps']:.1f} GB/s, reduce {host['reduce_gbps']:.1f} GB/s, "
       f"shm stream {host['shm_gbps']:.1f} GB/s (slots) / {host['shm_cma_gbps']:.1f} GB/s (large collectives), message {host['latency_us']:.1f} us, "
       f"CPU-Reduce {host.get('stage_gbps', 0):.1f} / {host.get('stage_stream_gbps', 0):.1f} GB/s (below / from 4 MiB)\n")
 summary = []
@@ -108,14 +119,15 @@ PY
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), RUNS=$RUNS"
 echo
 names=()
-# The vCPU placement (one core's two threads or two cores) sets shared-memory speed on these
-# VMs (docs/PERFORMANCE.md, "Bimodal shared memory: the cause"): show it with each config.
-cargo build --release -q --example core_pingpong
-probe() { "$PWD/target/release/examples/core_pingpong" 0 1 20000 | awk '{printf "%.0f", $2}'; }
 for n in 2 4; do
   before=$(probe)
   measure "shm$n" "$n" ring,tree,cpu_reduce
-  place="line round trip CPU 0-1 ${before}/$(probe) ns before/after"
+  after=$(probe)
+  same="same placement as the calibration"
+  for x in "$before" "$after" "$cal_before" "$cal_after"; do
+    [[ "$(place "$x")" == "$(place "$before")" ]] || same="placement differs from the calibration's or changed"
+  done
+  place="line round trip CPU 0-1 ${before}/${after} ns before/after: $same"
   echo "shared memory, 1 host x $n ranks (calibration point at 2 ranks; $place)" >"$RAW/shm$n.title"
   [[ $n == 2 ]] || echo "shared memory, 1 host x $n ranks ($place)" >"$RAW/shm$n.title"
   predict "shm$n" "$n" ring,tree,cpu_reduce
