@@ -67,6 +67,8 @@ pub struct Communicator {
     /// What the executor waits for right now (read by the heartbeat).
     probe: Arc<acspeed_core::executor::WaitProbe>,
     log: Logger,
+    /// Per-collective timing statistics, logged at the end (`ACSPEED_DEBUG=INFO` or more).
+    call_stats: Option<crate::call_stats::CallStats>,
 }
 
 struct CallState {
@@ -194,6 +196,8 @@ impl Communicator {
             busy: Mutex::new(None),
             probe,
             log,
+            call_stats: log_enabled(&log, acspeed_core::config::LogLevel::Info)
+                .then(|| crate::call_stats::CallStats::new(log, nranks)),
         };
         c.log_init();
         Ok(c)
@@ -732,6 +736,9 @@ impl Communicator {
                 .warn(&format!("{} #{} failed: {e}", coll.name(), call.seq));
             return r;
         }
+        if let Some(s) = &self.call_stats {
+            s.record(coll.name(), algo.name(), bytes, t0.elapsed().as_secs_f64());
+        }
         if log_enabled(&self.log, acspeed_core::config::LogLevel::Trace) {
             self.log.trace(&format!(
                 "{} #{} {} x {} via {} in {:?}",
@@ -1003,13 +1010,26 @@ impl Communicator {
         });
     }
 
-    /// Closes the timeline file (`ACSPEED_TIMELINE`) now, as dropping the communicator would.
-    /// For owners that may never drop it: a torch backend is shut down, and its process may
-    /// then exit without running destructors. Later collectives are not traced.
-    pub fn finish_timeline(&self) {
+    /// Closes the timeline file (`ACSPEED_TIMELINE`) and logs the call statistics now, as
+    /// dropping the communicator would. For owners that may never drop it: a torch backend is
+    /// shut down, and its process may then exit without running destructors. Later
+    /// collectives are neither traced nor counted.
+    pub fn finish_reports(&self) {
         if let Some(t) = &self.timeline {
             t.finish();
         }
+        if let Some(s) = &self.call_stats {
+            s.finish();
+        }
+    }
+
+    /// The call statistics so far, one line per collective, algorithm and size class (empty
+    /// below `ACSPEED_DEBUG=INFO`).
+    pub fn call_stats(&self) -> Vec<String> {
+        self.call_stats
+            .as_ref()
+            .map(|s| s.lines())
+            .unwrap_or_default()
     }
 
     fn check_usable(&self) -> Result<()> {

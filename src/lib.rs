@@ -16,6 +16,7 @@
 
 pub mod autotune;
 pub mod bench;
+pub mod call_stats;
 pub mod charts;
 pub mod comm;
 mod control;

@@ -75,3 +75,41 @@ fn no_stall_threshold_no_control_plane() {
     use acspeed::store::Store;
     assert!(store.get("z/ctl", Duration::ZERO).is_err());
 }
+
+/// At `ACSPEED_DEBUG=INFO` every collective's time is counted per collective, algorithm and
+/// size class (logged when the communicator ends); at the default level nothing is kept.
+#[test]
+fn call_statistics_per_collective_at_info() {
+    use acspeed_core::config::LogLevel;
+    let cfg = acspeed::Config {
+        log: LogLevel::Info,
+        ..crate::util::test_config(1 << 16, 4, 20)
+    };
+    let res = crate::util::run_group(crate::util::Fabric::Memory, 2, cfg, |comm| {
+        for _ in 0..3 {
+            comm.allreduce(&mut [1.0f32; 1000], acspeed::ReduceOp::Sum)
+                .unwrap();
+        }
+        comm.broadcast(&mut [0u8; 100], 0).unwrap();
+        comm.call_stats()
+    });
+    for lines in &res {
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("stats: allreduce ring <= 4 KiB: 3 calls, time min/median/max"),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("stats: broadcast "), "{lines:?}");
+    }
+    let quiet = crate::util::run_group(
+        crate::util::Fabric::Memory,
+        2,
+        crate::util::test_config(1 << 16, 4, 20),
+        |comm| {
+            comm.allreduce(&mut [1.0f32; 10], acspeed::ReduceOp::Sum)
+                .unwrap();
+            comm.call_stats()
+        },
+    );
+    assert!(quiet.iter().all(|l| l.is_empty()), "{quiet:?}");
+}

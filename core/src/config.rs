@@ -22,7 +22,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ACSPEED_REDUCE", "(off)", "Algorithm per size range for reduce (ring or tree), as ACSPEED_ALLREDUCE."),
     ("ACSPEED_AUTOTUNE", "0", "1 = choose by measurement where auto decides: the first calls of each collective and power-of-two size class try every candidate algorithm 3 times, the ranks agree on the fastest (median of the slowest rank's times) and later jobs of the same shape read the choice from ACSPEED_AUTOTUNE_FILE (checked by every rank before use). Same value on every rank."),
     ("ACSPEED_AUTOTUNE_FILE", "~/.cache/acspeed/autotune-<key>.json", "Where ACSPEED_AUTOTUNE keeps its choices; the default name hashes the job's shape and settings, so a different job never reads another's."),
-    ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init) or TRACE."),
+    ("ACSPEED_DEBUG", "WARN", "Log level: WARN, INFO (prints the transport and algorithm chosen at init, and at the end per-collective timing statistics) or TRACE (also every call)."),
     ("ACSPEED_SHM", "1", "Use shared memory between ranks of the same host (0 forces TCP)."),
     ("ACSPEED_SHM_CMA_MIN", "16M", "Collective size from which shared memory takes its large-message path: streaming stores into the slots (auto) or cross-memory attach for messages of 64 KiB or more (cma). Smaller collectives stay in cache through the slot rings, which is faster there."),
     ("ACSPEED_SHM_MODE", "auto", "Large shared-memory messages: auto = slot rings filled with streaming stores, cma = the receiver reads the sender's buffer directly (process_vm_readv, one copy), copy = slot rings with ordinary stores."),

@@ -562,8 +562,9 @@ impl PyComm {
             }
         });
         // The Python objects may outlive this call, or never be collected at all (a
-        // multiprocessing child leaves with os._exit): the trace file is complete now.
-        self.coll.finish_timeline();
+        // multiprocessing child leaves with os._exit): the trace file is complete and the call
+        // statistics are logged now.
+        self.coll.finish_reports();
     }
 
     /// Fails everything in flight; peers get an error naming this rank.
