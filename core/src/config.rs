@@ -640,6 +640,25 @@ mod tests {
     }
 
     #[test]
+    fn selector_model_rates() {
+        let v = |k: &str, x: &str| vec![(k.to_string(), x.to_string())];
+        let c = Config::from_vars(&[
+            ("ACSPEED_NET_GBPS".into(), "2.5".into()),
+            ("ACSPEED_FLOW_GBPS".into(), " 0.5".into()),
+            ("ACSPEED_HOST_MODEL".into(), "here.json".into()),
+        ])
+        .unwrap();
+        assert_eq!((c.net_gbps, c.flow_gbps), (Some(2.5), Some(0.5)));
+        assert_eq!(c.host_model.as_deref(), Some("here.json"));
+        for name in ["ACSPEED_NET_GBPS", "ACSPEED_FLOW_GBPS"] {
+            for bad in ["0", "-1", "fast", "inf", "NaN", "1e9"] {
+                let e = Config::from_vars(&v(name, bad)).unwrap_err().to_string();
+                assert!(e.contains(name) && e.contains(bad), "{name}={bad}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn transport_knobs() {
         let c = Config::from_vars(&v(&[
             ("ACSPEED_SHM", "0"),
