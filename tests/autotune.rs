@@ -232,6 +232,9 @@ fn host_models_that_are_bad_or_differ_fail_clearly() {
             Some(r#"{"host": {"cores": 2}}"#),
             "not a host model",
         ),
+        // A GPU host model (what a topology file gives): refused. Serialized, its infinite
+        // rates come back as null, so it is refused as not a host model before its kind is seen.
+        ("gpu.json", None, "not a host model"),
         (
             "zero.json",
             Some(r#"{"kind":"Cpu","cores":0,"copy_gbps":1,"reduce_gbps":1,"latency_us":1}"#),
@@ -241,6 +244,14 @@ fn host_models_that_are_bad_or_differ_fail_clearly() {
         let p = dir.join(name);
         if let Some(t) = text {
             std::fs::write(&p, t).unwrap();
+        }
+        if name == "gpu.json" {
+            let d = acspeed_core::topology::nvsmi::parse(include_str!(
+                "fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt"
+            ))
+            .unwrap();
+            let m = acspeed_core::sim::HostModel::gpu(&d).unwrap();
+            std::fs::write(&p, serde_json::to_string(&m).unwrap()).unwrap();
         }
         let cfg = Config {
             host_model: Some(p.to_str().unwrap().into()),
