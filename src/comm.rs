@@ -53,7 +53,9 @@ pub struct Communicator {
     /// `ACSPEED_AUTOTUNE`: measured choices where `auto` decides.
     tuner: Option<Tuner>,
     /// Predicted choices where `auto` decides, on a GPU topology file (else why not).
-    selector: std::result::Result<Selector, String>,
+    selector: std::result::Result<Arc<Selector>, String>,
+    /// The selector's table, filled at init in the background (stopped and joined on drop).
+    fill: Mutex<Option<crate::selector::Fill>>,
     /// Candidates of allreduce, broadcast and reduce for the autotuner and the selector
     /// (empty when neither is on).
     cands: [Vec<Algorithm>; 3],
@@ -151,7 +153,7 @@ impl Communicator {
             )
         });
         warnings.iter().for_each(|w| log.warn(w));
-        let selector = Selector::for_job(&cfg, &ctx)?;
+        let selector = Selector::for_job(&cfg, &ctx)?.map(Arc::new);
         let cands = if tuner.is_some() || selector.is_ok() {
             let root = Rank(0);
             [
@@ -169,6 +171,20 @@ impl Communicator {
         } else {
             Default::default()
         };
+        // The selector's table is filled now, in the background; a call whose class it has not
+        // reached predicts that class itself (deterministic: the same table either way).
+        let fill = selector.as_ref().ok().map(|s| {
+            let root = Rank(0);
+            let work = [
+                Collective::AllReduce,
+                Collective::Broadcast { root },
+                Collective::Reduce { root },
+            ]
+            .into_iter()
+            .zip(cands.iter().cloned())
+            .collect();
+            crate::selector::Fill::start(s.clone(), work, log)
+        });
         let c = Communicator {
             rank,
             nranks,
@@ -190,6 +206,7 @@ impl Communicator {
             timeline,
             tuner,
             selector,
+            fill: Mutex::new(fill),
             cands,
             next_any: std::sync::atomic::AtomicU32::new(0),
             control: None,
@@ -345,6 +362,16 @@ impl Communicator {
             },
         };
         (a, why, auto)
+    }
+
+    /// Waits for the selector's init-time table fill to end and returns how many (collective,
+    /// size class) entries the table holds: every class up to 1 GiB of allreduce, broadcast
+    /// and reduce once the fill is done; 0 without a selector (no model to predict with).
+    pub fn selector_table(&self) -> usize {
+        if let Some(f) = self.fill.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f.wait();
+        }
+        self.selector.as_ref().map(|s| s.filled()).unwrap_or(0)
     }
 
     /// Which algorithm a collective of `bytes` (output size) runs and why, in one line.
@@ -1021,6 +1048,8 @@ impl Communicator {
         if let Some(s) = &self.call_stats {
             s.finish();
         }
+        // A table fill still running has nothing left to serve: stop it (and join its thread).
+        drop(self.fill.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// The call statistics so far, one line per collective, algorithm and size class (empty

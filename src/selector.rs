@@ -1,7 +1,9 @@
 //! `auto` by prediction on GPU hosts: with a topology file (`ACSPEED_TOPO_FILE`) that
 //! describes GPUs, the communicator models the job as that host times the agreed host shape,
 //! and it simulates every candidate algorithm on the very plans the executor would run. The
-//! fastest prediction per collective and power-of-two size class is what `auto` runs.
+//! fastest prediction per collective and power-of-two size class is what `auto` runs. The
+//! cost table is filled at init on a background thread ([`Fill`]); a call that gets to a class
+//! first predicts it itself.
 //!
 //! On CPU hosts the same happens with a host model the user measured once per machine type
 //! (`ACSPEED_HOST_MODEL`, from `acspeed simulate --here --json`) and the network given by
@@ -22,7 +24,9 @@ use acspeed_core::sim::{Cluster, HostModel, NetModel};
 use acspeed_core::topology::TopoDescription;
 use acspeed_core::{Config, Error, PlanContext, Result};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 /// Network rate assumed when the topology file gives no NIC speed, Gbit/s (a common cloud
 /// instance NIC; said in every explanation, so nobody mistakes it for a measurement).
@@ -33,14 +37,22 @@ const NET_LATENCY_US: f64 = 30.0;
 /// negligible there, and the simulation of a 1 GiB class stays well under a second.
 const SIM_SEGMENTS_MAX: usize = 256;
 
-/// The model and the predictions made so far.
+/// The largest size class the init-time fill covers (1 GiB); larger classes are predicted on
+/// their first call, with the same result.
+pub const FILL_MAX_LOG2: u32 = 30;
+
+/// One entry of the cost table: filled once, by whichever thread gets there first (the
+/// background fill or a call), and waited for by the others.
+type Cell = Arc<OnceLock<std::result::Result<Vec<Prediction>, String>>>;
+
+/// The model and its cost table.
 pub struct Selector {
     cluster: Cluster,
     /// What the model is, for explanations.
     pub about: String,
     segment_bytes: usize,
     elem: usize,
-    table: Mutex<HashMap<Class, Vec<Prediction>>>,
+    table: Mutex<HashMap<Class, Cell>>,
 }
 
 impl Selector {
@@ -85,7 +97,7 @@ impl Selector {
             cluster,
             segment_bytes: cfg.segment_bytes,
             elem: 4,
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::default(),
         }))
     }
 
@@ -133,12 +145,13 @@ impl Selector {
             cluster,
             segment_bytes: cfg.segment_bytes,
             elem: 4,
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::default(),
         }))
     }
 
     /// Predictions for `coll` at the size class of `bytes`, fastest first, among `cands`
-    /// (computed once per class).
+    /// (computed once per class: by the init-time fill, or here if the fill has not reached
+    /// the class yet; the simulator is deterministic, so either gives the same table).
     pub fn predictions(
         &self,
         coll: Collective,
@@ -148,24 +161,123 @@ impl Selector {
         let Some(class) = Class::of(coll, bytes) else {
             return Ok(Vec::new());
         };
-        if let Some(p) = self.lock().get(&class) {
-            return Ok(p.clone());
-        }
-        // Predict at the class's largest size: the same for every call of the class.
-        let b = (1usize << class.log2()).max(self.elem);
-        let seg = self.segment_bytes.max(b / SIM_SEGMENTS_MAX);
-        let preds = rank_candidates(coll, &self.cluster, cands, b, self.elem, seg)?;
-        self.lock().insert(class, preds.clone());
-        Ok(preds)
+        self.predict_class(coll, class, cands, None)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Class, Vec<Prediction>>> {
+    fn predict_class(
+        &self,
+        coll: Collective,
+        class: Class,
+        cands: &[Algorithm],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<Vec<Prediction>> {
+        let cell = self.lock().entry(class).or_default().clone();
+        cell.get_or_init(|| {
+            // Predict at the class's largest size: the same for every call of the class.
+            let b = (1usize << class.log2()).max(self.elem);
+            let seg = self.segment_bytes.max(b / SIM_SEGMENTS_MAX);
+            let run = || rank_candidates(coll, &self.cluster, cands, b, self.elem, seg);
+            match pool {
+                Some(p) => p.install(run),
+                None => run(),
+            }
+            .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(Error::invalid)
+    }
+
+    /// Fills the cost table for every `(collective, candidates)` in `work` and every size
+    /// class up to 1 GiB, smallest first, until `stop` is set. Returns how many classes it
+    /// covered and the seconds it took.
+    pub fn fill(
+        &self,
+        work: &[(Collective, Vec<Algorithm>)],
+        stop: &AtomicBool,
+    ) -> Result<(usize, f64)> {
+        let t0 = Instant::now();
+        // One thread: the background fill must not take every core from the job.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "acspeed-select-sim".into())
+            .start_handler(|_| lower_priority())
+            .build()
+            .map_err(|e| Error::invalid(format!("selector: no thread for the table fill: {e}")))?;
+        let mut n = 0;
+        for log2 in 0..=FILL_MAX_LOG2 {
+            for (coll, cands) in work.iter().filter(|(_, c)| c.len() >= 2) {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok((n, t0.elapsed().as_secs_f64()));
+                }
+                if let Some(class) = Class::of(*coll, 1usize << log2) {
+                    self.predict_class(*coll, class, cands, Some(&pool))?;
+                    n += 1;
+                }
+            }
+        }
+        Ok((n, t0.elapsed().as_secs_f64()))
+    }
+
+    /// The classes up to 1 GiB whose predictions are in the table now.
+    pub fn filled(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|(k, c)| k.log2() <= FILL_MAX_LOG2 && c.get().is_some())
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Class, Cell>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The context the model describes (for checks: it must be the job's).
     pub fn context(&self) -> PlanContext {
         context_of(&self.cluster)
+    }
+}
+
+/// The init-time fill of a selector's cost table, on a thread of its own so init does not
+/// wait for it. Dropping it stops the fill after the class in progress and joins the thread.
+pub struct Fill {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fill {
+    /// Starts filling `sel`'s table for `work`; logs at INFO when done (or a warning if a
+    /// prediction failed: those classes fall back to `auto`'s fixed rule, alike on every rank).
+    pub fn start(
+        sel: Arc<Selector>,
+        work: Vec<(Collective, Vec<Algorithm>)>,
+        log: crate::log::Logger,
+    ) -> Fill {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("acspeed-select".into())
+            .spawn(move || match sel.fill(&work, &flag) {
+                Ok((n, secs)) if !flag.load(Ordering::Relaxed) => log.info(&format!(
+                    "selector: cost table filled at init: {n} (collective, size class) entries, 1 B to 1 GiB, in {secs:.2} s"
+                )),
+                Ok(_) => {}
+                Err(e) => log.warn(&format!("selector: table fill stopped: {e}")),
+            })
+            .ok();
+        Fill { stop, handle }
+    }
+
+    /// Waits for the fill to end (tests, explanations that want the whole table).
+    pub fn wait(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wait();
     }
 }
 
@@ -247,4 +359,14 @@ pub fn topo_fingerprint(cfg: &Config) -> Result<String> {
         parts.push(format!("net={:?}/{:?}", cfg.net_gbps, cfg.flow_gbps));
     }
     Ok(parts.join(","))
+}
+
+/// Nice 10 for the calling thread: the table fill runs beside the job's own threads and must
+/// yield to them on a busy host.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread; a failure only leaves the priority as is.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
 }

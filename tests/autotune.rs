@@ -128,6 +128,10 @@ fn auto_follows_the_selector_on_a_gpu_topology() {
         comm.explain(Collective::AllReduce, 128 << 20)
     });
     assert!(plain[0].contains("(auto: ring"), "{}", plain[0]);
+    let none = run_group(Fabric::Memory, 2, test_config(1 << 16, 4, 30), |c| {
+        c.selector_table()
+    });
+    assert_eq!(none, vec![0, 0], "no model, no table");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -197,12 +201,20 @@ fn auto_follows_the_selector_with_a_cpu_host_model() {
             .iter()
             .enumerate()
             .all(|(i, x)| *x == 4.0 * (i % 3) as f32));
-        (big, comm.explain(Collective::AllReduce, 4 << 10))
+        let small = comm.explain(Collective::AllReduce, 4 << 10);
+        // The table was filled at init in the background: whole once the fill ends, and the
+        // classes the calls above predicted on the spot read the same from it.
+        let filled = comm.selector_table();
+        assert_eq!(comm.explain(Collective::AllReduce, 64 << 20), big);
+        assert_eq!(comm.explain(Collective::AllReduce, 4 << 10), small);
+        (big, small, filled)
     });
     for s in &seen {
         assert_eq!(s, &seen[0], "every rank chooses alike");
     }
-    let (big, small) = &seen[0];
+    let (big, small, filled) = &seen[0];
+    // Classes 1 B ..= 1 GiB (31) of each collective with two candidates or more.
+    assert!(*filled >= 31 && filled % 31 == 0, "{filled}");
     assert!(
         big.contains("): hybrid (selector: predicted hybrid"),
         "{big}"
