@@ -75,7 +75,8 @@ pub struct Communicator {
 
 struct CallState {
     seq: u64,
-    plans: HashMap<(Collective, Algorithm), Arc<RankPlan>>,
+    /// Plans by collective, algorithm and rounds ([`Algorithm::rounds_for`]).
+    plans: HashMap<(Collective, Algorithm, u32), Arc<RankPlan>>,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -460,22 +461,35 @@ impl Communicator {
         }
     }
 
-    fn plan(&self, st: &mut CallState, coll: Collective, algo: Algorithm) -> Result<Arc<RankPlan>> {
-        if let Some(p) = st.plans.get(&(coll, algo)) {
+    /// The plan of `algo` for a `coll` of `bytes` (output per rank), built and verified once.
+    fn plan(
+        &self,
+        st: &mut CallState,
+        coll: Collective,
+        algo: Algorithm,
+        bytes: usize,
+    ) -> Result<Arc<RankPlan>> {
+        let rounds = algo.rounds_for(coll, bytes, &self.ctx);
+        if let Some(p) = st.plans.get(&(coll, algo, rounds)) {
             return Ok(p.clone());
         }
-        let plan = Arc::new(algo.plan(coll, Rank(self.rank), &self.ctx)?);
+        let plan = Arc::new(algo.plan_rounds(coll, Rank(self.rank), &self.ctx, rounds)?);
         // Verify every new plan against all ranks' plans while that is cheap, in both buffer
         // models (a plan that needs unbounded transport buffers would hang at scale).
         if self.nranks <= 64 {
-            let all = algo.all_plans(coll, &self.ctx)?;
+            let all = algo.all_plans_rounds(coll, &self.ctx, rounds)?;
             acspeed_core::verify::verify_all_models(&all, None)?;
         }
         if let Some(dir) = &self.cfg.plan_dump_dir {
             let path = std::path::Path::new(dir).join(format!(
-                "plan-{}-{}-n{}-r{}.json",
+                "plan-{}-{}{}-n{}-r{}.json",
                 coll.name(),
                 algo.name(),
+                if rounds > 1 {
+                    format!("-x{rounds}")
+                } else {
+                    String::new()
+                },
                 self.nranks,
                 self.rank
             ));
@@ -488,7 +502,7 @@ impl Communicator {
                     )
                 })?;
         }
-        st.plans.insert((coll, algo), plan.clone());
+        st.plans.insert((coll, algo, rounds), plan.clone());
         Ok(plan)
     }
 
@@ -527,7 +541,7 @@ impl Communicator {
         if trial.is_some() {
             // A trial times the call, not building and verifying the algorithm's plan.
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            self.plan(&mut st, coll, algo)?;
+            self.plan(&mut st, coll, algo, output.len())?;
         }
         let t0 = std::time::Instant::now();
         self.run_as(coll, algo, dtype, op, count, input, output, None)?;
@@ -663,7 +677,7 @@ impl Communicator {
         fed: Option<&dyn acspeed_core::StageIo>,
     ) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let plan = self.plan(&mut st, coll, algo)?;
+        let plan = self.plan(&mut st, coll, algo, output.len())?;
         let bufs = Buffers {
             input: input.as_ptr(),
             input_len: input.len(),
@@ -810,7 +824,7 @@ impl Communicator {
             return Ok(false);
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let plan = self.plan(&mut st, coll, algo)?;
+        let plan = self.plan(&mut st, coll, algo, bytes)?;
         let whole = matches!(
             &plan.lanes[..],
             [lane] if plan.output_chunks == 1 && matches!(
@@ -1012,7 +1026,7 @@ impl Communicator {
             return Ok(false);
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let plan = self.plan(&mut st, coll, Algorithm::CpuReduce)?;
+        let plan = self.plan(&mut st, coll, Algorithm::CpuReduce, bytes)?;
         Ok(acspeed_core::executor::feeds_host_reduce(&plan))
     }
 

@@ -538,6 +538,67 @@ fn results_are_bitwise_identical_on_every_rank() {
     }
 }
 
+/// Large hybrid allreduces run in overlapping rounds (each round's inter-host phase beside
+/// the next round's reduce-scatter and the last one's allgather): on uneven hosts over TCP,
+/// every inter-host variant gives the exact sum, bitwise the same on every rank, and the plan
+/// that ran is the four-round one.
+#[test]
+fn hybrid_rounds_overlap_phases_and_stay_exact() {
+    let dir = std::env::temp_dir().join(format!("acspeed-rounds-{}", std::process::id()));
+    let shape = [3u32, 1, 2];
+    // 28 MiB of f32: 18 inter-host chunks per round, at least 384 KiB each: 4 rounds.
+    let count = 7 << 20;
+    let ctx = acspeed_core::PlanContext::from_shape(&shape).unwrap();
+    for algo in ["hybrid", "hybrid:tree", "hybrid:butterfly", "hybrid:ps"] {
+        let a = acspeed_algorithms::Algorithm::from_name(algo).unwrap();
+        assert_eq!(
+            a.rounds_for(acspeed_core::plan::Collective::AllReduce, count * 4, &ctx),
+            4
+        );
+        assert_eq!(
+            a.rounds_for(acspeed_core::plan::Collective::AllReduce, 1 << 20, &ctx),
+            1
+        );
+        let cfg = Config {
+            algo: acspeed_core::config::AlgoChoice::Named(algo.into()),
+            plan_dump_dir: Some(dir.to_str().unwrap().into()),
+            ..test_config(256 << 10, 4, 60)
+        };
+        let outs = run_group_on_hosts(Fabric::Tcp, &shape, cfg, |comm| {
+            let r = comm.rank();
+            let mut v: Vec<f32> = (0..count).map(|i| ((i % 7) as u32 + r) as f32).collect();
+            comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+            let wrong = v
+                .iter()
+                .enumerate()
+                .filter(|(i, x)| **x != (6 * (i % 7) + 15) as f32)
+                .count();
+            let mut f: Vec<f32> = (0..count / 3)
+                .map(|i| ((i as f32 * 0.37 + r as f32 * 1.91).sin() * 1e3) / 7.0)
+                .collect();
+            comm.allreduce(&mut f, ReduceOp::Sum).unwrap();
+            (wrong, f)
+        });
+        for (q, o) in outs.iter().enumerate() {
+            assert_eq!(o.0, 0, "{algo}: rank {q} has wrong elements");
+            assert!(
+                o.1.iter()
+                    .zip(&outs[0].1)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{algo}: rank {q} differs from rank 0"
+            );
+        }
+        let name = a.name();
+        assert!(
+            dir.join(format!("plan-allreduce-{name}-x4-n6-r3.json"))
+                .exists(),
+            "{algo}: no four-round plan dumped in {}",
+            dir.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Soak: 10,000 collectives of random kinds, sizes, dtypes, ops and algorithms on 4 ranks
 /// (2 hosts of 2: shared memory inside, TCP across), every result checked against its closed
 /// form. Every rank draws the same sequence from the same seed, as a training job issues the

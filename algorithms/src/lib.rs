@@ -93,8 +93,49 @@ impl Algorithm {
         }
     }
 
-    /// Rank `rank`'s plan for `coll` in the job `ctx`.
+    /// Rank `rank`'s plan for `coll` in the job `ctx` (the plan of small messages: hybrid in
+    /// one round).
     pub fn plan(self, coll: Collective, rank: Rank, ctx: &PlanContext) -> Result<RankPlan> {
+        self.plan_rounds(coll, rank, ctx, 1)
+    }
+
+    /// Rounds of the plan for a message of `bytes` (output per rank): hybrid, and CPU-Reduce
+    /// where it runs hybrid across hosts, cut large messages into overlapping rounds
+    /// ([`Hybrid::rounds_for`]); every other plan is the same at every size (1). The executor,
+    /// the simulator and the selector all plan through this, so they run the same plan.
+    pub fn rounds_for(self, coll: Collective, bytes: usize, ctx: &PlanContext) -> u32 {
+        match self {
+            Algorithm::Hybrid(_) if Hybrid::serves(coll) => Hybrid::rounds_for(bytes, ctx),
+            Algorithm::CpuReduce
+                if Hybrid::serves(coll)
+                    && ctx.nhosts() > 1
+                    && cpu_reduce::fallback_reason(ctx).is_some() =>
+            {
+                Hybrid::rounds_for(bytes, ctx)
+            }
+            _ => 1,
+        }
+    }
+
+    /// Rank `rank`'s plan for a message of `bytes` (see [`Algorithm::rounds_for`]).
+    pub fn plan_sized(
+        self,
+        coll: Collective,
+        rank: Rank,
+        ctx: &PlanContext,
+        bytes: usize,
+    ) -> Result<RankPlan> {
+        self.plan_rounds(coll, rank, ctx, self.rounds_for(coll, bytes, ctx))
+    }
+
+    /// Rank `rank`'s plan with `rounds` rounds (hybrid; ignored by the others).
+    pub fn plan_rounds(
+        self,
+        coll: Collective,
+        rank: Rank,
+        ctx: &PlanContext,
+        rounds: u32,
+    ) -> Result<RankPlan> {
         if rank.0 >= ctx.nranks {
             return Err(Error::invalid(format!(
                 "rank {rank} is out of range for {} ranks",
@@ -132,13 +173,13 @@ impl Algorithm {
             Algorithm::Ring => Ring::default().plan_for_rank(coll, rank, ctx.nranks),
             Algorithm::Tree => Tree.plan_for_rank(coll, rank, ctx.nranks),
             Algorithm::Ntree => NTrees.plan_for_rank(coll, rank, ctx),
-            Algorithm::Hybrid(inter) => Hybrid { inter }.plan_for_rank(coll, rank, ctx)?,
+            Algorithm::Hybrid(inter) => Hybrid { inter }.plan_rounds(coll, rank, ctx, rounds)?,
             Algorithm::CpuReduce => match CpuReduce.plan_for_rank(coll, rank, ctx) {
                 Some(p) => p,
                 None if ctx.nhosts() > 1 => Hybrid {
                     inter: InterHost::Ring,
                 }
-                .plan_for_rank(coll, rank, ctx)?,
+                .plan_rounds(coll, rank, ctx, rounds)?,
                 None => Ring::default().plan_for_rank(coll, rank, ctx.nranks),
             },
         })
@@ -146,8 +187,18 @@ impl Algorithm {
 
     /// Plans of every rank (for verification and simulation).
     pub fn all_plans(self, coll: Collective, ctx: &PlanContext) -> Result<Vec<RankPlan>> {
+        self.all_plans_rounds(coll, ctx, 1)
+    }
+
+    /// Plans of every rank with `rounds` rounds (see [`Algorithm::plan_rounds`]).
+    pub fn all_plans_rounds(
+        self,
+        coll: Collective,
+        ctx: &PlanContext,
+        rounds: u32,
+    ) -> Result<Vec<RankPlan>> {
         (0..ctx.nranks)
-            .map(|r| self.plan(coll, Rank(r), ctx))
+            .map(|r| self.plan_rounds(coll, Rank(r), ctx, rounds))
             .collect()
     }
 }

@@ -39,16 +39,20 @@ fn check_all(ctx: &PlanContext, count: Option<usize>) -> std::result::Result<(),
             if !algo.serves(coll) {
                 continue;
             }
-            let plans = algo
-                .all_plans(coll, ctx)
-                .map_err(|e| format!("{} {coll:?} {:?}: {e}", algo.name(), ctx.shape()))?;
-            verify_all_models(&plans, count).map_err(|e| {
-                format!(
-                    "{} {coll:?} shape {:?} count {count:?}: {e}",
-                    algo.name(),
-                    ctx.shape()
-                )
-            })?;
+            // Every plan variant: hybrid's overlapping rounds too, where it would use them.
+            let max_rounds = algo.rounds_for(coll, usize::MAX, ctx);
+            for rounds in 1..=max_rounds {
+                let plans = algo.all_plans_rounds(coll, ctx, rounds).map_err(|e| {
+                    format!("{} x{rounds} {coll:?} {:?}: {e}", algo.name(), ctx.shape())
+                })?;
+                verify_all_models(&plans, count).map_err(|e| {
+                    format!(
+                        "{} x{rounds} {coll:?} shape {:?} count {count:?}: {e}",
+                        algo.name(),
+                        ctx.shape()
+                    )
+                })?;
+            }
         }
     }
     Ok(())
@@ -238,9 +242,10 @@ fn hybrid_keeps_inter_host_traffic_to_stripe_owners() {
         let p = Algorithm::Hybrid(InterHost::Ring)
             .plan(Collective::AllReduce, Rank(r), &ctx)
             .unwrap();
-        let peers: std::collections::BTreeSet<u32> = p.lanes[0]
-            .steps
+        let peers: std::collections::BTreeSet<u32> = p
+            .lanes
             .iter()
+            .flat_map(|l| &l.steps)
             .flat_map(|s| s.op.send_peers().into_iter().chain(s.op.recv_peers()))
             .map(|r| r.0)
             .collect();
@@ -347,7 +352,7 @@ fn butterfly_and_ps_serve_any_host_count() {
             let ctx = PlanContext::from_shape(&vec![per_host; h]).unwrap();
             for inter in [InterHost::Butterfly, InterHost::Ps] {
                 let plans = Algorithm::Hybrid(inter)
-                    .all_plans(Collective::AllReduce, &ctx)
+                    .all_plans_rounds(Collective::AllReduce, &ctx, 3)
                     .unwrap();
                 verify_all_models(&plans, Some(777))
                     .unwrap_or_else(|e| panic!("{inter:?} on {h} hosts of {per_host}: {e}"));
