@@ -269,9 +269,9 @@ impl Hybrid {
 /// Most rounds a hybrid allreduce is cut into, and the smallest inter-host message a further
 /// round may make. Measured under netsim (2 Gbit/s per host, 500 Mbit/s per flow, 2026-11-30,
 /// medians of 3): at 64 MiB on hosts 3+1+2, 1 / 4 / 8 rounds took 481 / 415 / 411 ms (the flat
-/// ring 480), on 2 x 2 318 / 299 / 297 ms; at 16 MiB on 3+1+2, 2 rounds (466 KiB messages)
-/// took 117 ms against 131 with one, and 4 rounds (233 KiB) 120-158 ms: below a few hundred
-/// KiB a message's fixed costs outweigh the overlap.
+/// ring 480), on 2 x 2 320 / 299 / 297 ms; at 16 MiB on 3+1+2, in two sweeps, 2 rounds (466
+/// KiB messages) took 117 and 119 ms, 1 round 132 and 124, 4 rounds (233 KiB) 155 and 130:
+/// below a few hundred KiB a message's fixed costs outweigh the overlap.
 pub const MAX_ROUNDS: u32 = 4;
 pub const MIN_ROUND_CHUNK: usize = 384 << 10;
 
