@@ -1188,7 +1188,7 @@ fn decide_layer(
             "auto: ranks span {} hosts {:?} and the message is >= {}",
             ctx.nhosts(),
             ctx.shape(),
-            human(HYBRID_MIN_BYTES)
+            human(hybrid_min_bytes(ctx))
         ),
         Algorithm::Tree => format!(
             "auto: {} ranks (>= {TREE_MIN_RANKS}) and <= {}",
@@ -1263,6 +1263,22 @@ const TREE_MIN_RANKS: u32 = 8;
 /// tied it at 64 KiB (2026-11-30, 2 runs; `benches/select_quality.py`: auto's ring at 256 KiB
 /// was 2.32x the best candidate).
 const HYBRID_MIN_BYTES: usize = 256 << 10;
+/// The same on hosts of different sizes (3+1+2): there the one-rank host drives every stripe
+/// and hybrid sends at most 1.25x less than the ring (docs/PERFORMANCE.md, "Hybrid in
+/// overlapping rounds"); netsim 3+1+2, hybrid against ring (medians of 3, two runs on
+/// 2026-11-30): 1.01x and 1.00x at 1 MiB, 0.82x and 0.85x at 4 MiB, 0.99x and 1.04x at 16 MiB,
+/// 1.02x and 1.15x (with rounds) at 64 MiB.
+const HYBRID_UNEVEN_MIN_BYTES: usize = 16 << 20;
+
+/// Smallest allreduce `auto` runs hybrid for on `ctx` (several hosts, some with several ranks).
+fn hybrid_min_bytes(ctx: &PlanContext) -> usize {
+    let shape = ctx.shape();
+    if shape.iter().all(|m| *m == shape[0]) {
+        HYBRID_MIN_BYTES
+    } else {
+        HYBRID_UNEVEN_MIN_BYTES
+    }
+}
 /// Smallest allreduce `auto` runs as CPU-Reduce on one host whose ranks share one staging
 /// area, at least [`CPU_REDUCE_MIN_RANKS`] of them: there it measured 1.28-1.45x ring at
 /// 16-256 MiB (4 ranks, 3 runs), and parity or worse below 16 MiB and with 2 ranks, where the
@@ -1283,7 +1299,7 @@ fn auto_rule(ctx: &PlanContext, coll: Collective, bytes: usize) -> Algorithm {
         Collective::AllReduce if cpu_reduce && bytes >= CPU_REDUCE_MIN_BYTES => {
             Algorithm::CpuReduce
         }
-        Collective::AllReduce if multi_host && bytes >= HYBRID_MIN_BYTES => {
+        Collective::AllReduce if multi_host && bytes >= hybrid_min_bytes(ctx) => {
             Algorithm::Hybrid(acspeed_algorithms::InterHost::Ring)
         }
         Collective::AllReduce | Collective::Broadcast { .. } | Collective::Reduce { .. }
@@ -1398,6 +1414,12 @@ mod tests {
         assert_eq!(
             table_row(|b| auto_rule(&two, ar, b)),
             "ring to 128K; hybrid beyond"
+        );
+        // Uneven hosts: hybrid from 16 MiB.
+        let uneven = PlanContext::from_shape(&[3, 1, 2]).unwrap();
+        assert_eq!(
+            table_row(|b| auto_rule(&uneven, ar, b)),
+            "ring to 8M; hybrid beyond"
         );
         assert_eq!(
             table_row(|b| auto_rule(&eight, Collective::Broadcast { root: Rank(0) }, b)),

@@ -81,8 +81,12 @@ check_job cpu-reduce-uneven-3+1+2 3,1,2 -- -b 4K -e 4M -f 32 --check --iters 2 -
 # joined across the network at their roots.
 "$PWD/target/release/acspeed" topo --nvidia-smi-topo tests/fixtures/fake-nvlink-4gpu.txt --dump "$OUT/fake4.json" >/dev/null
 check_job ntree-2x2 2 ACSPEED_TOPO_FILE="$OUT/fake4.json" -- -b 4K -e 4M -f 32 --check --iters 2 -w 1 --algo ntree
-check_job auto-uneven-3+1+2 3,1,2 ACSPEED_DEBUG=INFO -- -b 4K -e 4M -f 32 --check --iters 2 -w 1
-if grep -q "hybrid beyond" "$OUT/auto-uneven-3+1+2.0.err" && grep -Eq "^ +4194304 .* hybrid " "$OUT/auto-uneven-3+1+2.0.out"; then
+# (Hosts of different sizes: ring below 16 MiB, hybrid from there, in 2 overlapping rounds at
+# 16 MiB; the forced hybrid jobs above run 4 rounds at 16 MiB on 2 x 2 and 2 on 3+1+2.)
+check_job auto-uneven-3+1+2 3,1,2 ACSPEED_DEBUG=INFO -- -b 4K -e 16M -f 64 --check --iters 2 -w 1
+if grep -q "ring to 8M; hybrid beyond" "$OUT/auto-uneven-3+1+2.0.err" &&
+  grep -Eq "^ +16777216 .* hybrid " "$OUT/auto-uneven-3+1+2.0.out" &&
+  grep -Eq "^ +262144 .* ring " "$OUT/auto-uneven-3+1+2.0.out"; then
   ok "auto-picks-hybrid-across-uneven-hosts"
 else
   bad "auto-picks-hybrid-across-uneven-hosts"; grep "algorithm table" "$OUT/auto-uneven-3+1+2.0.err" | head -2
