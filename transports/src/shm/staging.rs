@@ -98,9 +98,6 @@ pub struct HostStaging {
     /// Segments each pipeline has processed so far (the same on every member).
     done: Mutex<Vec<u64>>,
     pool: Option<rayon::ThreadPool>,
-    /// How long a waiter spins before it yields and sleeps: 2 ms when every member thread
-    /// has a core of its own, none when they outnumber the cores.
-    spin_for: Duration,
     _server: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
@@ -196,14 +193,6 @@ impl HostStaging {
             region,
             done: Mutex::new(vec![0; p.pipelines]),
             pool,
-            spin_for: {
-                let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-                if l * p.pipelines <= cores {
-                    Duration::from_millis(2)
-                } else {
-                    Duration::ZERO
-                }
-            },
             _server: server,
         };
         s.word(PIDS + me)
@@ -323,20 +312,14 @@ impl HostStaging {
                 });
             }
             polls += 1;
-            // Spin while every member has a core of its own (the laggard is microseconds away,
-            // or between two calls: a 50 us spin then a futex sleep cost 2 ranks ~9x at 64 KiB in a spot run
-            // through the wake-up latency), then give the core away a few times, then sleep in
-            // the kernel until the laggard publishes. With more members than cores there is
-            // no spin at all: it would keep the laggard off the core it needs.
-            let now = if polls % 32 == 0 {
-                Instant::now()
-            } else {
-                start
-            };
-            if now.duration_since(start) < self.spin_for {
-                std::hint::spin_loop();
-                continue;
-            }
+            // Poll, giving the core away every 32 polls, then sleep in the kernel until the
+            // laggard publishes. No longer spin: a 2 ms spin while every member had a core
+            // (by the machine's core count) made CPU-Reduce on netsim 2 x 2, where four ranks
+            // share this VM's 2 cores, 2-4x slower in 3 runs of 5 (22 against 5 ms at 1 MiB,
+            // 185 against 85 ms at 16 MiB); without it, 5 of 5 fast. On one host of 2 ranks
+            // the spin gained nothing: 13-16 us at 64 KiB and 116-127 us at 1 MiB either way
+            // (6 runs each, 2026-11-30). (Before the yields, a 50 us spin then a futex sleep
+            // cost 2 ranks ~9x at 64 KiB through the wake-up latency.)
             if polls % 32 == 0 && polls < 32 * 64 {
                 std::thread::yield_now();
             } else if polls >= 32 * 64 {
