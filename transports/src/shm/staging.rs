@@ -315,8 +315,9 @@ impl HostStaging {
             // Poll, giving the core away every 32 polls, then sleep in the kernel until the
             // laggard publishes. No longer spin: a 2 ms spin while every member had a core
             // (by the machine's core count) made CPU-Reduce on netsim 2 x 2, where four ranks
-            // share this VM's 2 cores, 2-4x slower in 3 runs of 5 (22 against 5 ms at 1 MiB,
-            // 185 against 85 ms at 16 MiB); without it, 5 of 5 fast. On one host of 2 ranks
+            // share this VM's 2 cores, 2-4x slower in 4 runs of 10 (21-22 against 4.6-8.6 ms
+            // at 1 MiB, 183-185 against 84-97 ms at 16 MiB); without it, 5 of 5 ran at 5.3-6.5
+            // and 82-86 ms. On one host of 2 ranks
             // the spin gained nothing: 13-16 us at 64 KiB and 116-127 us at 1 MiB either way
             // (6 runs each, 2026-11-30). (Before the yields, a 50 us spin then a futex sleep
             // cost 2 ranks ~9x at 64 KiB through the wake-up latency.)
