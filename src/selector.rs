@@ -33,9 +33,6 @@ use std::time::Instant;
 pub const DEFAULT_NET_GBIT: f64 = 25.0;
 /// One inter-host message's fixed cost assumed by the model, microseconds.
 const NET_LATENCY_US: f64 = 30.0;
-/// Predictions use segments of at least 1/256 of the message: the pipeline's fill is
-/// negligible there, and the simulation of a 1 GiB class stays well under a second.
-const SIM_SEGMENTS_MAX: usize = 256;
 
 /// The largest size class the init-time fill covers (1 GiB); larger classes are predicted on
 /// their first call, with the same result.
@@ -175,7 +172,7 @@ impl Selector {
         cell.get_or_init(|| {
             // Predict at the class's largest size: the same for every call of the class.
             let b = (1usize << class.log2()).max(self.elem);
-            let seg = self.segment_bytes.max(b / SIM_SEGMENTS_MAX);
+            let seg = acspeed_algorithms::select::sim_segment_bytes(self.segment_bytes, b);
             let run = || rank_candidates(coll, &self.cluster, cands, b, self.elem, seg);
             match pool {
                 Some(p) => p.install(run),

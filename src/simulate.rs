@@ -228,15 +228,10 @@ pub fn simulate_rows(spec: &SimulateSpec, cluster: &Cluster) -> Result<Vec<Row>>
     let mut rows = Vec::new();
     for &bytes in &spec.sizes {
         let bytes = (bytes / es).max(1) * es;
+        // The selector's segments (at least 1/256 of the message), so the mark is its pick.
+        let seg = acspeed_algorithms::select::sim_segment_bytes(spec.segment_bytes, bytes);
         // The selector chooses among all candidates, whatever subset is shown.
-        let all = rank_candidates(
-            spec.collective,
-            cluster,
-            &cands,
-            bytes,
-            es,
-            spec.segment_bytes,
-        )?;
+        let all = rank_candidates(spec.collective, cluster, &cands, bytes, es, seg)?;
         let pick = all.first().map(|p| p.algo);
         for &a in &shown {
             let time_us = match all.iter().find(|p| p.algo == a) {
@@ -247,7 +242,7 @@ pub fn simulate_rows(spec: &SimulateSpec, cluster: &Cluster) -> Result<Vec<Row>>
                     cluster,
                     bytes,
                     es,
-                    spec.segment_bytes,
+                    seg,
                 )?,
             };
             let algbw = bytes as f64 / time_us / 1e3;

@@ -336,7 +336,7 @@ fn simulate(args: SimArgs) -> Result<()> {
     }
     let h = &cluster.hosts[0];
     println!(
-        "# acspeed simulate (predicted): hosts {:?}; host {}; network {} Gbit/s per host{}, {} stream(s), {} us; {} {}, segment {}",
+        "# acspeed simulate (predicted): hosts {:?}; host {}; network {} Gbit/s per host{}, {} stream(s), {} us; {} {}, segment {} (at least 1/256 of a message, as the selector)",
         shape,
         match &h.kind {
             acspeed_core::sim::HostKind::Cpu => format!(
