@@ -26,7 +26,7 @@ use acspeed_core::{Config, Error, PlanContext, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Network rate assumed when the topology file gives no NIC speed, Gbit/s (a common cloud
 /// instance NIC; said in every explanation, so nobody mistakes it for a measurement).
@@ -37,6 +37,12 @@ const NET_LATENCY_US: f64 = 30.0;
 /// The largest size class the init-time fill covers (1 GiB); larger classes are predicted on
 /// their first call, with the same result.
 pub const FILL_MAX_LOG2: u32 = 30;
+
+/// Wall time the init-time fill may take. Simulating every class takes well under a second
+/// per rank for a few hosts and about 6 s for 8 ranks of a V100 box on this 2-core VM, but
+/// grows with ranks x steps (1024 ranks: minutes per class at 1 GiB); past the budget the fill
+/// ends, so a large job does not keep a core per rank busy for its first half hour.
+const FILL_BUDGET: Duration = Duration::from_secs(60);
 
 /// One entry of the cost table: filled once, by whichever thread gets there first (the
 /// background fill or a call), and waited for by the others.
@@ -187,11 +193,16 @@ impl Selector {
     /// Fills the cost table for every `(collective, candidates)` in `work` and every size
     /// class up to 1 GiB, smallest first, until `stop` is set. Returns how many classes it
     /// covered and the seconds it took.
+    ///
+    /// Stops early, too, once `budget` has passed (checked between classes): the classes it
+    /// has not reached are predicted at their first call, with the same result. Returns how
+    /// many classes it covered, the seconds it took, and whether it covered them all.
     pub fn fill(
         &self,
         work: &[(Collective, Vec<Algorithm>)],
         stop: &AtomicBool,
-    ) -> Result<(usize, f64)> {
+        budget: Duration,
+    ) -> Result<(usize, f64, bool)> {
         let t0 = Instant::now();
         // One thread: the background fill must not take every core from the job.
         let pool = rayon::ThreadPoolBuilder::new()
@@ -203,8 +214,8 @@ impl Selector {
         let mut n = 0;
         for log2 in 0..=FILL_MAX_LOG2 {
             for (coll, cands) in work.iter().filter(|(_, c)| c.len() >= 2) {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok((n, t0.elapsed().as_secs_f64()));
+                if stop.load(Ordering::Relaxed) || t0.elapsed() >= budget {
+                    return Ok((n, t0.elapsed().as_secs_f64(), false));
                 }
                 if let Some(class) = Class::of(*coll, 1usize << log2) {
                     self.predict_class(*coll, class, cands, Some(&pool))?;
@@ -212,7 +223,7 @@ impl Selector {
                 }
             }
         }
-        Ok((n, t0.elapsed().as_secs_f64()))
+        Ok((n, t0.elapsed().as_secs_f64(), true))
     }
 
     /// The classes up to 1 GiB whose predictions are in the table now.
@@ -252,9 +263,12 @@ impl Fill {
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("acspeed-select".into())
-            .spawn(move || match sel.fill(&work, &flag) {
-                Ok((n, secs)) if !flag.load(Ordering::Relaxed) => log.info(&format!(
+            .spawn(move || match sel.fill(&work, &flag, FILL_BUDGET) {
+                Ok((n, secs, true)) => log.info(&format!(
                     "selector: cost table filled at init: {n} (collective, size class) entries, 1 B to 1 GiB, in {secs:.2} s"
+                )),
+                Ok((n, secs, false)) if !flag.load(Ordering::Relaxed) => log.info(&format!(
+                    "selector: cost table fill stopped after {secs:.0} s (its budget) with {n} entries; larger classes are predicted at their first call"
                 )),
                 Ok(_) => {}
                 Err(e) => log.warn(&format!("selector: table fill stopped: {e}")),

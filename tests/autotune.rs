@@ -229,6 +229,38 @@ fn auto_follows_the_selector_with_a_cpu_host_model() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The init-time fill stops at its budget or when told to, and says so: the classes it did not
+/// reach are left to their first call.
+#[test]
+fn table_fill_ends_at_its_budget_or_stop() {
+    use acspeed::selector::Selector;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+    let dir = std::env::temp_dir().join(format!("acspeed-fill-{}", std::process::id()));
+    let cfg = Config {
+        host_model: Some(cpu_model(&dir, "here.json", 1.9)),
+        ..test_config(1 << 16, 4, 30)
+    };
+    let ctx = acspeed_core::PlanContext::from_shape(&[2, 2]).unwrap();
+    let sel = Selector::for_job(&cfg, &ctx).unwrap().unwrap();
+    let cands = acspeed_algorithms::select::candidates(Collective::AllReduce, &ctx);
+    let work = vec![(Collective::AllReduce, cands)];
+    let go = AtomicBool::new(false);
+    let (n, _, whole) = sel.fill(&work, &go, Duration::ZERO).unwrap();
+    assert_eq!(
+        (n, whole, sel.filled()),
+        (0, false, 0),
+        "a zero budget fills nothing"
+    );
+    let (n, _, whole) = sel
+        .fill(&work, &AtomicBool::new(true), Duration::MAX)
+        .unwrap();
+    assert_eq!((n, whole), (0, false), "a stopped fill fills nothing");
+    let (n, _, whole) = sel.fill(&work, &go, Duration::MAX).unwrap();
+    assert_eq!((n, whole, sel.filled()), (31, true, 31));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A host model that cannot be used is an error naming the variable and the file; one that
 /// differs between ranks fails init on both, naming the other rank.
 #[test]
