@@ -95,7 +95,8 @@ impl std::fmt::Debug for Communicator {
 
 impl Communicator {
     /// Wraps a connected transport. `hosts[r]` is rank r's host identity (for grouping); the
-    /// GPUs' NVLinks come from `ACSPEED_TOPO_FILE` when it is set.
+    /// GPUs' NVLinks come from `ACSPEED_TOPO_FILE` when it is set. No rank gets a CPU-Reduce
+    /// staging area, so CPU-Reduce runs what it runs without shared memory (ring or hybrid).
     pub fn from_transport(
         transport: Arc<dyn Transport>,
         cfg: Config,
@@ -105,6 +106,7 @@ impl Communicator {
         let ctx = PlanContext::from_host_names(&hosts)
             .with_nvlinks(nvlinks)?
             .with_sockets(&sockets);
+        let cfg = Config { shm: false, ..cfg };
         Communicator::with_channels(transport, Vec::new(), None, cfg, hosts, ctx)
     }
 
@@ -170,8 +172,12 @@ impl Communicator {
             .map(|coll| {
                 acspeed_algorithms::select::candidates(coll, &ctx)
                     .into_iter()
-                    // Without a staging area CPU-Reduce runs another algorithm's plan.
-                    .filter(|a| *a != Algorithm::CpuReduce || (cfg.shm && staging.is_some()))
+                    // Without shared memory CPU-Reduce runs another algorithm's plan. Only
+                    // agreed facts may decide: a rank alone in its domain has no staging area
+                    // of its own yet runs CPU-Reduce plans like the others (a candidate list
+                    // that differed there made 3+1+2 jobs under ACSPEED_AUTOTUNE issue
+                    // different calls on rank 3 and fail with a mismatch).
+                    .filter(|a| *a != Algorithm::CpuReduce || cfg.shm)
                     .collect()
             })
         } else {

@@ -83,6 +83,42 @@ fn ranks_measure_agree_and_reuse_the_cached_choice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Hosts where one rank is alone (no staging area of its own): every rank must try the same
+/// candidates, CPU-Reduce included, or the ranks issue different calls. 2 + 1 ranks, every
+/// result checked, the same decision everywhere.
+#[test]
+fn autotune_agrees_when_a_rank_is_alone_on_its_host() {
+    let dir = std::env::temp_dir().join(format!("acspeed-autotune-alone-{}", std::process::id()));
+    let cfg = Config {
+        autotune: true,
+        autotune_file: Some(dir.join("cache.json").to_str().unwrap().into()),
+        ..test_config(1 << 16, 4, 20)
+    };
+    let seen = crate::util::run_group_on_hosts(Fabric::Memory, &[2, 1], cfg, |comm| {
+        let r = comm.rank() as f32;
+        for call in 0..30 {
+            let mut v: Vec<f32> = (0..COUNT).map(|i| r + (i % 5) as f32).collect();
+            comm.allreduce(&mut v, ReduceOp::Sum)
+                .unwrap_or_else(|e| panic!("rank {r} call {call}: {e}"));
+            assert!(v
+                .iter()
+                .enumerate()
+                .all(|(i, x)| *x == 3.0 + 3.0 * (i % 5) as f32));
+        }
+        comm.explain(Collective::AllReduce, COUNT * 4)
+    });
+    for s in &seen {
+        assert!(s.contains("measured "), "{s}");
+        assert_eq!(s, &seen[0], "every rank decided alike");
+    }
+    assert!(
+        seen[0].contains("cpu_reduce"),
+        "CPU-Reduce was a candidate: {}",
+        seen[0]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// With a GPU topology file, `auto` runs the selector's prediction: n-trees on the V100
 /// cube-mesh at 128 MiB (the seed's claim), the same choice and reasons on every rank; calls
 /// run it correctly. Without a file, the fixed rule.
