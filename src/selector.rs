@@ -44,6 +44,44 @@ pub const FILL_MAX_LOG2: u32 = 30;
 /// ends, so a large job does not keep a core per rank busy for its first half hour.
 const FILL_BUDGET: Duration = Duration::from_secs(60);
 
+/// A table entry: a power-of-two size class and a quarter of it. The class of messages of
+/// 2^(k-1)+1 ..= 2^k bytes is cut at its quarter points 2^(k-1) x 5/4, 6/4, 7/4 and 8/4, and
+/// each part is predicted at its largest size. On the topology fixtures a pick per whole class
+/// was up to 1.35x the best prediction at sizes between the class tops (the crossover of two
+/// algorithms inside a class); per quarter, at most 1.03x at the eighth points
+/// (`benches/select_fixtures.py`, 2026-11-30).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    class: Class,
+    quarter: u32,
+}
+
+impl Key {
+    fn of(class: Class, bytes: usize) -> Key {
+        let k = class.log2();
+        let quarter = if k < QUARTERS_FROM_LOG2 {
+            4
+        } else {
+            let base = 1usize << (k - 1);
+            (1..=4).find(|j| bytes <= base / 4 * (4 + j)).unwrap_or(4) as u32
+        };
+        Key { class, quarter }
+    }
+
+    /// The largest size of the entry (where it is predicted).
+    fn bytes(&self) -> usize {
+        let k = self.class.log2();
+        if k < QUARTERS_FROM_LOG2 {
+            1 << k
+        } else {
+            (1usize << (k - 1)) / 4 * (4 + self.quarter as usize)
+        }
+    }
+}
+
+/// Classes below 16 bytes are not cut (their quarters would not be whole bytes).
+const QUARTERS_FROM_LOG2: u32 = 4;
+
 /// One entry of the cost table: filled once, by whichever thread gets there first (the
 /// background fill or a call), and waited for by the others.
 type Cell = Arc<OnceLock<std::result::Result<Vec<Prediction>, String>>>;
@@ -55,7 +93,7 @@ pub struct Selector {
     pub about: String,
     segment_bytes: usize,
     elem: usize,
-    table: Mutex<HashMap<Class, Cell>>,
+    table: Mutex<HashMap<Key, Cell>>,
 }
 
 impl Selector {
@@ -164,20 +202,20 @@ impl Selector {
         let Some(class) = Class::of(coll, bytes) else {
             return Ok(Vec::new());
         };
-        self.predict_class(coll, class, cands, None)
+        self.predict_class(coll, Key::of(class, bytes), cands, None)
     }
 
     fn predict_class(
         &self,
         coll: Collective,
-        class: Class,
+        key: Key,
         cands: &[Algorithm],
         pool: Option<&rayon::ThreadPool>,
     ) -> Result<Vec<Prediction>> {
-        let cell = self.lock().entry(class).or_default().clone();
+        let cell = self.lock().entry(key).or_default().clone();
         cell.get_or_init(|| {
-            // Predict at the class's largest size: the same for every call of the class.
-            let b = (1usize << class.log2()).max(self.elem);
+            // Predict at the entry's largest size: the same for every call it covers.
+            let b = key.bytes().max(self.elem);
             let seg = acspeed_algorithms::select::sim_segment_bytes(self.segment_bytes, b);
             let run = || rank_candidates(coll, &self.cluster, cands, b, self.elem, seg);
             match pool {
@@ -217,8 +255,18 @@ impl Selector {
                 if stop.load(Ordering::Relaxed) || t0.elapsed() >= budget {
                     return Ok((n, t0.elapsed().as_secs_f64(), false));
                 }
-                if let Some(class) = Class::of(*coll, 1usize << log2) {
-                    self.predict_class(*coll, class, cands, Some(&pool))?;
+                let Some(class) = Class::of(*coll, 1usize << log2) else {
+                    continue;
+                };
+                for quarter in if log2 < QUARTERS_FROM_LOG2 {
+                    4..=4
+                } else {
+                    1..=4
+                } {
+                    if stop.load(Ordering::Relaxed) || t0.elapsed() >= budget {
+                        return Ok((n, t0.elapsed().as_secs_f64(), false));
+                    }
+                    self.predict_class(*coll, Key { class, quarter }, cands, Some(&pool))?;
                     n += 1;
                 }
             }
@@ -230,11 +278,11 @@ impl Selector {
     pub fn filled(&self) -> usize {
         self.lock()
             .iter()
-            .filter(|(k, c)| k.log2() <= FILL_MAX_LOG2 && c.get().is_some())
+            .filter(|(k, c)| k.class.log2() <= FILL_MAX_LOG2 && c.get().is_some())
             .count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Class, Cell>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Cell>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -265,7 +313,7 @@ impl Fill {
             .name("acspeed-select".into())
             .spawn(move || match sel.fill(&work, &flag, FILL_BUDGET) {
                 Ok((n, secs, true)) => log.info(&format!(
-                    "selector: cost table filled at init: {n} (collective, size class) entries, 1 B to 1 GiB, in {secs:.2} s"
+                    "selector: cost table filled at init: {n} (collective, quarter of a size class) entries, 1 B to 1 GiB, in {secs:.2} s"
                 )),
                 Ok((n, secs, false)) if !flag.load(Ordering::Relaxed) => log.info(&format!(
                     "selector: cost table fill stopped after {secs:.0} s (its budget) with {n} entries; larger classes are predicted at their first call"
