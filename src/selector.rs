@@ -38,16 +38,16 @@ const NET_LATENCY_US: f64 = 30.0;
 /// their first call, with the same result.
 pub const FILL_MAX_LOG2: u32 = 30;
 
-/// Wall time the init-time fill may take. Simulating every class takes well under a second
-/// per rank for a few hosts and about 6 s for 8 ranks of a V100 box on this 2-core VM, but
-/// grows with ranks x steps (1024 ranks: minutes per class at 1 GiB); past the budget the fill
-/// ends, so a large job does not keep a core per rank busy for its first half hour.
+/// Wall time the init-time fill may take. Every entry up to 1 GiB took 20-23 s per rank for 8
+/// ranks of a V100 box sharing this 2-core VM, and the cost grows with ranks x steps (1024
+/// ranks: minutes per entry at 1 GiB); past the budget the fill ends, so a large job does not
+/// keep a core per rank busy for its first half hour.
 const FILL_BUDGET: Duration = Duration::from_secs(60);
 
 /// A table entry: a power-of-two size class and a quarter of it. The class of messages of
 /// 2^(k-1)+1 ..= 2^k bytes is cut at its quarter points 2^(k-1) x 5/4, 6/4, 7/4 and 8/4, and
 /// each part is predicted at its largest size. On the topology fixtures a pick per whole class
-/// was up to 1.35x the best prediction at sizes between the class tops (the crossover of two
+/// was up to 1.47x the best prediction at sizes between the class tops (the crossover of two
 /// algorithms inside a class); per quarter, at most 1.03x at the eighth points
 /// (`benches/select_fixtures.py`, 2026-11-30).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
