@@ -1,9 +1,10 @@
 //! Runs one rank's plan over a transport.
 //!
-//! The plan says *what* moves; the executor decides *how finely and how concurrently*: each
-//! chunk is cut into segments of `segment_bytes`, up to `depth` receives are posted ahead (into
-//! scratch slots for the reducing steps), and fused steps forward segment `i` while segment
-//! `i+1` is still arriving. Sends are posted and left in flight; a later write to bytes that a
+//! The plan says *what* moves; its lowering ([`crate::schedule::lower`], shared with the
+//! simulator and every executor) says in which segments: each chunk is cut into segments of
+//! `segment_bytes`. The executor performs the lowered steps: up to `depth` receives are posted
+//! ahead (into scratch slots for the reducing steps), and fused steps forward segment `i`
+//! while segment `i+1` is still arriving. Sends are posted and left in flight; a later write to bytes that a
 //! pending send still reads waits for that send first (the only hazard the plan leaves open).
 //! Lanes run on their own threads and wait for cross-lane dependencies.
 //!
@@ -12,7 +13,8 @@
 
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::plan::{Buf, ChunkRef, Op, RankPlan, StepId};
+use crate::plan::{Buf, Op, RankPlan, StepId};
+use crate::schedule::{lower, Lowering, Schedule, SegOp};
 use crate::transport::{FrameHeader, HostStage, OpHandle, StageIo, Transport};
 use crate::{DType, ReduceOp};
 use std::collections::VecDeque;
@@ -151,6 +153,7 @@ struct Pending {
 
 struct LaneCtx<'a> {
     plan: &'a RankPlan,
+    sched: &'a Schedule,
     t: &'a dyn Transport,
     call: CallInfo,
     bufs: Buffers,
@@ -184,6 +187,15 @@ impl Executor {
 
     pub fn params(&self) -> ExecParams {
         self.params
+    }
+
+    /// How this executor lowers plans (the simulator lowers with the same knobs).
+    pub fn lowering(&self) -> Lowering {
+        Lowering {
+            segment_bytes: self.params.segment_bytes,
+            min_segments: self.params.min_segments,
+            depth: self.params.depth,
+        }
     }
 
     /// Sends stall reports (see `ExecParams::stall_warn`) to `sink`.
@@ -252,10 +264,10 @@ impl Executor {
             staging.iter().for_each(|s| s.area.abort(why));
         };
         let es = call.dtype.size();
-        let (ie, oe) = plan
-            .collective
-            .buffer_elems(plan.nranks as usize, call.count);
-        if bufs.output_len != oe * es || (plan.collective.has_input() && bufs.input_len != ie * es)
+        let sched = lower(plan, call.count, es, self.lowering());
+        let sched = &sched;
+        if bufs.output_len != sched.output_bytes
+            || (plan.collective.has_input() && bufs.input_len != sched.input_bytes)
         {
             return Err(Error::invalid(format!(
                 "{}: buffers of {} / {} bytes do not fit count {} of {} on {} ranks",
@@ -267,13 +279,12 @@ impl Executor {
                 plan.nranks
             )));
         }
-        let seg = crate::schedule::segment_bytes(self.params.segment_bytes, es);
-        let slot_words = seg.div_ceil(8);
+        let slot_words = sched.segment_bytes.div_ceil(8);
         // The plan's own temporary buffer (e.g. double-buffered partial sums).
         let mut tmp: Vec<u64> = {
             let mut pool = self.tmp.lock().unwrap_or_else(|e| e.into_inner());
             let mut v = std::mem::take(&mut *pool);
-            v.resize((oe * es * plan.scratch_factor as usize).div_ceil(8), 0);
+            v.resize(sched.scratch_bytes.div_ceil(8), 0);
             v
         };
         let tmp_addr = tmp.as_mut_ptr() as usize;
@@ -282,21 +293,19 @@ impl Executor {
             let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<Vec<u64>> = (0..nl).map(|_| pool.pop().unwrap_or_default()).collect();
             // One slot per posted-ahead segment per source of the widest fan-in step.
-            let sources = plan.max_fan_in().max(1);
+            let sources = sched.max_fan_in.max(1);
             for s in &mut v {
-                s.resize(slot_words * self.params.depth * sources, 0);
+                s.resize(slot_words * sched.depth * sources, 0);
             }
             v
         };
-        let params = ExecParams {
-            segment_bytes: seg,
-            ..self.params
-        };
-        let on = |l: usize| channels[plan.lanes[l].channel as usize];
+        let params = self.params;
+        let on = |l: usize| channels[sched.lanes[l].channel as usize];
         let result = if nl <= 1 {
             match scratch.first_mut() {
                 Some(s) => {
-                    let mut ctx = LaneCtx::new(plan, on(0), call, bufs, params, tmp_addr, 0, s);
+                    let mut ctx =
+                        LaneCtx::new(plan, sched, on(0), call, bufs, params, tmp_addr, 0, s);
                     ctx.stall = self.stall.as_ref();
                     ctx.probe = self.probe.as_deref();
                     ctx.staging = staging;
@@ -321,7 +330,8 @@ impl Executor {
                         let abort_all = &abort_all;
                         let t = on(l);
                         sc.spawn(move || {
-                            let mut ctx = LaneCtx::new(plan, t, call, bufs, params, tmp_addr, l, s);
+                            let mut ctx =
+                                LaneCtx::new(plan, sched, t, call, bufs, params, tmp_addr, l, s);
                             ctx.stall = stall;
                             ctx.probe = probe;
                             ctx.staging = staging;
@@ -424,24 +434,11 @@ impl Progress {
     }
 }
 
-/// The timeline's phase a step belongs to (see [`crate::exec_stats::Phase`]); `None` for a
-/// plain send, which joins the phase around it.
-fn phase_of(op: &Op) -> Option<&'static str> {
-    match op {
-        Op::Send { .. } => None,
-        Op::RecvReduce { .. }
-        | Op::RecvReduceSend { .. }
-        | Op::Reduce { .. }
-        | Op::HostReduce { .. }
-        | Op::Fan { reduce: true, .. } => Some("reduce"),
-        _ => Some("distribute"),
-    }
-}
-
 impl<'a> LaneCtx<'a> {
     #[allow(clippy::too_many_arguments)]
     fn new(
         plan: &'a RankPlan,
+        sched: &'a Schedule,
         t: &'a dyn Transport,
         call: CallInfo,
         bufs: Buffers,
@@ -452,6 +449,7 @@ impl<'a> LaneCtx<'a> {
     ) -> Self {
         LaneCtx {
             plan,
+            sched,
             t,
             call,
             bufs,
@@ -482,7 +480,7 @@ impl<'a> LaneCtx<'a> {
     }
 
     fn run_steps(&mut self, progress: Option<&Progress>) -> Result<()> {
-        let lane = &self.plan.lanes[self.lane];
+        let lane = &self.sched.lanes[self.lane];
         for (i, step) in lane.steps.iter().enumerate() {
             self.step = i;
             if let (Some(p), false) = (progress, step.deps.is_empty()) {
@@ -494,7 +492,8 @@ impl<'a> LaneCtx<'a> {
             let t0 = self.stats.is_some().then(Instant::now);
             self.run_step(&step.op)?;
             if let (Some(t0), Some(st)) = (t0, &mut self.stats) {
-                st.step(self.lane as u32, phase_of(&step.op), t0, Instant::now());
+                let phase = step.phase.map(|p| p.name());
+                st.step(self.lane as u32, phase, t0, Instant::now());
             }
             if let Some(p) = progress {
                 p.finish(self.lane, i + 1);
@@ -516,7 +515,7 @@ impl<'a> LaneCtx<'a> {
             op: self.call.op.map(|o| o as u8).unwrap_or(u8::MAX),
             algo: self.algo,
             // Verified plans have fewer than MAX_CHANNELS (16) channels, so this fits.
-            channel: self.plan.lanes[self.lane].channel as u8,
+            channel: self.sched.lanes[self.lane].channel as u8,
             root: match self.plan.collective {
                 crate::plan::Collective::Broadcast { root }
                 | crate::plan::Collective::Reduce { root } => root.0,
@@ -525,16 +524,6 @@ impl<'a> LaneCtx<'a> {
             count: self.call.count as u64,
             len: len as u64,
         }
-    }
-
-    /// Byte range of a chunk.
-    fn range(&self, c: ChunkRef) -> Range<usize> {
-        crate::schedule::chunk_bytes(self.plan, c, self.call.count, self.call.dtype.size())
-    }
-
-    /// Segments of a byte range (the rule the simulator shares, in `schedule`).
-    fn segments(&self, r: Range<usize>) -> Vec<Range<usize>> {
-        crate::schedule::segments(r, self.params.segment_bytes, self.params.min_segments)
     }
 
     fn ptr(&self, buf: Buf, off: usize) -> *mut u8 {
@@ -655,9 +644,14 @@ impl<'a> LaneCtx<'a> {
         })
     }
 
-    fn run_step(&mut self, op: &Op) -> Result<()> {
-        match *op {
-            Op::HostReduce { dst, group, to } => {
+    fn run_step(&mut self, op: &'a SegOp) -> Result<()> {
+        match op {
+            SegOp::HostReduce {
+                buf,
+                range: r,
+                group,
+                copy_out,
+            } => {
                 let StageUse { area: st, input } = self.staging.ok_or_else(|| {
                     Error::invalid(format!(
                         "{} plan: a host reduce needs the host's shared staging area, and this communicator has none (local ranks without shared memory: ACSPEED_SHM=0, or one rank per host)",
@@ -673,8 +667,7 @@ impl<'a> LaneCtx<'a> {
                         st.group()
                     )));
                 }
-                let r = self.range(dst);
-                self.clear_hazard(dst.buf, &r)?;
+                self.clear_hazard(*buf, r)?;
                 let op = self.reduce_op()?;
                 // SAFETY: the range lies in a buffer of this call, no pending send reads it
                 // (cleared above) and no other lane of a verified plan touches it meanwhile.
@@ -684,10 +677,10 @@ impl<'a> LaneCtx<'a> {
                     op,
                     seq: self.call.seq,
                     count: self.call.count as u64,
-                    copy_out: to.iter().any(|t| t == self.plan.rank),
+                    copy_out: *copy_out,
                     timeout: self.params.timeout,
                 };
-                let data = self.ptr(dst.buf, r.start);
+                let data = self.ptr(*buf, r.start);
                 match input {
                     // SAFETY: as above; the caller's io serves the whole buffer.
                     Some(io) => unsafe {
@@ -701,59 +694,48 @@ impl<'a> LaneCtx<'a> {
                     None => unsafe { st.host_reduce(data, &call) },
                 }
             }
-            Op::Send { to, src } => {
-                for s in self.segments(self.range(src)) {
-                    self.send(to, src.buf, s)?;
-                }
-                Ok(())
-            }
-            Op::Recv { from, dst } => self.recv_pipeline(&[from], &[], dst, None),
-            Op::RecvCopySend { from, to, dst } => self.recv_pipeline(&[from], &[to], dst, None),
-            Op::RecvReduce { from, dst } => {
-                self.recv_pipeline(&[from], &[], dst, Some(self.reduce_op()?))
-            }
-            Op::RecvReduceSend { from, to, dst } => {
-                self.recv_pipeline(&[from], &[to], dst, Some(self.reduce_op()?))
-            }
-            Op::Fan {
+            SegOp::Move {
                 from,
                 to,
-                dst,
                 reduce,
+                buf,
+                segs,
             } => {
-                let op = if reduce {
-                    Some(self.reduce_op()?)
-                } else {
-                    None
-                };
                 if from.is_empty() {
-                    // A root's fan-out: each segment to every destination in turn.
-                    for s in self.segments(self.range(dst)) {
+                    // Only sends: each segment to every destination in turn.
+                    for s in segs {
                         for t in to.iter() {
-                            self.send(t, dst.buf, s.clone())?;
+                            self.send(t, *buf, s.clone())?;
                         }
                     }
                     return Ok(());
                 }
-                self.recv_pipeline(&from.to_vec(), &to.to_vec(), dst, op)
+                let op = if *reduce {
+                    Some(self.reduce_op()?)
+                } else {
+                    None
+                };
+                self.recv_pipeline(&from.to_vec(), &to.to_vec(), *buf, segs, op)
             }
-            Op::Copy { src, dst } | Op::Reduce { src, dst } => {
-                let (rs, rd) = (self.range(src), self.range(dst));
-                self.clear_hazard(dst.buf, &rd)?;
-                let len = rd.len().min(rs.len());
+            SegOp::Local {
+                reduce,
+                src,
+                src_at,
+                dst,
+                dst_at,
+                len,
+            } => {
+                let (len, rd) = (*len, *dst_at..*dst_at + *len);
+                self.clear_hazard(*dst, &rd)?;
                 // SAFETY: both ranges lie in the caller's buffers (checked lengths in `run`)
                 // or in the plan's scratch, and no pending send reads the destination.
                 unsafe {
-                    if let Op::Reduce { .. } = op {
-                        let d = std::slice::from_raw_parts_mut(self.ptr(dst.buf, rd.start), len);
-                        let s = std::slice::from_raw_parts(self.ptr(src.buf, rs.start), len);
+                    if *reduce {
+                        let d = std::slice::from_raw_parts_mut(self.ptr(*dst, rd.start), len);
+                        let s = std::slice::from_raw_parts(self.ptr(*src, *src_at), len);
                         kernels::reduce(self.call.dtype, self.reduce_op()?, d, s);
                     } else {
-                        kernels::copy::copy(
-                            self.ptr(src.buf, rs.start),
-                            self.ptr(dst.buf, rd.start),
-                            len,
-                        );
+                        kernels::copy::copy(self.ptr(*src, *src_at), self.ptr(*dst, rd.start), len);
                     }
                 }
                 Ok(())
@@ -761,7 +743,7 @@ impl<'a> LaneCtx<'a> {
         }
     }
 
-    /// Receives a chunk segment by segment from every rank in `from`, keeping `depth`
+    /// Receives a chunk's segments from every rank in `from`, keeping `depth`
     /// receives per source posted ahead, and forwards each segment to every rank in `fwd` as
     /// soon as all sources' parts of it are in. `op` makes it a reducing receive: sources are
     /// reduced into the destination in list order (so the result is the same on every run).
@@ -771,15 +753,17 @@ impl<'a> LaneCtx<'a> {
         &mut self,
         from: &[crate::Rank],
         fwd: &[crate::Rank],
-        dst: ChunkRef,
+        buf: Buf,
+        segs: &[Range<usize>],
         op: Option<ReduceOp>,
     ) -> Result<()> {
-        let whole = self.range(dst);
-        self.clear_hazard(dst.buf, &whole)?;
-        let segs = self.segments(whole);
-        let depth = self.params.depth;
+        let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
+            return Ok(());
+        };
+        self.clear_hazard(buf, &(first.start..last.end))?;
+        let depth = self.sched.depth;
         let fused = op.is_some() && self.t.can_recv_reduce(from[0]);
-        let slot_bytes = self.params.segment_bytes.div_ceil(8) * 8;
+        let slot_bytes = self.sched.segment_bytes.div_ceil(8) * 8;
         let base = self.scratch.as_mut_ptr() as *mut u8;
         let nsrc = from.len();
         let slot = |i: usize, k: usize| base.wrapping_add(((i % depth) * nsrc + k) * slot_bytes);
@@ -790,7 +774,7 @@ impl<'a> LaneCtx<'a> {
             while next < segs.len() && next < i + depth {
                 let s = &segs[next];
                 let hdr = self.header(s.len());
-                let into = self.ptr(dst.buf, s.start);
+                let into = self.ptr(buf, s.start);
                 let mut hs = Vec::with_capacity(nsrc);
                 for (k, &f) in from.iter().enumerate() {
                     // SAFETY: the destination (or scratch slot (next % depth, k), whose
@@ -821,7 +805,7 @@ impl<'a> LaneCtx<'a> {
                 "receive"
             };
             for (k, h) in hs.iter().enumerate() {
-                self.wait(h, what, dst.buf, &s)?;
+                self.wait(h, what, buf, &s)?;
                 let Some(op) = op else { continue };
                 if k == 0 && fused {
                     continue;
@@ -830,7 +814,7 @@ impl<'a> LaneCtx<'a> {
                 // the destination range is inside the caller's buffer with no send pending
                 // on it. Sources are reduced in list order.
                 unsafe {
-                    let d = std::slice::from_raw_parts_mut(self.ptr(dst.buf, s.start), s.len());
+                    let d = std::slice::from_raw_parts_mut(self.ptr(buf, s.start), s.len());
                     kernels::reduce(
                         self.call.dtype,
                         op,
@@ -840,7 +824,7 @@ impl<'a> LaneCtx<'a> {
                 }
             }
             for &to in fwd {
-                self.send(to, dst.buf, s.clone())?;
+                self.send(to, buf, s.clone())?;
             }
         }
         Ok(())

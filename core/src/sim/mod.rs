@@ -1,7 +1,9 @@
 //! Discrete-event simulator: times the very plans the executor runs over a cluster model.
 //!
-//! Each rank's lanes advance through their steps as the executor's do; chunks become
-//! messages by the executor's own segmentation rule ([`crate::schedule`]). A message between
+//! Each rank's lanes advance through the steps of the very schedule the executor performs
+//! ([`crate::schedule::lower`]): the plans are lowered once, with the executor's segment rule,
+//! and the simulator only times the lowered steps. Receives posted ahead (the pipeline depth)
+//! do not gate an arrival here: the transports buffer at least that many segments. A message between
 //! two ranks is a fluid flow over the resources of its path ([`fluid`]): on a CPU host one
 //! core's copy into the shared slot (the host's cores are one shared resource), between
 //! hosts the sender's NIC egress and the receiver's ingress with the per-flow cap times the
@@ -19,8 +21,8 @@ pub mod fluid;
 pub use cluster::{Cluster, HostKind, HostModel, NetModel, GBPS};
 
 use crate::error::{Error, Result};
-use crate::plan::{Op, RankPlan};
-use crate::schedule::segment_lengths;
+use crate::plan::RankPlan;
+use crate::schedule::{lower, Lowering, Schedule, SegOp};
 use crate::topology::PathClass;
 use fluid::{Fluid, ResId};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -33,6 +35,17 @@ pub struct SimParams {
     pub elem_bytes: usize,
     /// The executor's segment size.
     pub segment_bytes: usize,
+}
+
+impl SimParams {
+    /// The lowering the executor of a job on `hosts` hosts uses at this segment size.
+    pub fn lowering(&self, hosts: usize) -> Lowering {
+        Lowering::for_job(
+            self.segment_bytes,
+            crate::schedule::DEFAULT_PIPELINE_DEPTH,
+            hosts,
+        )
+    }
 }
 
 /// The prediction.
@@ -94,9 +107,10 @@ struct LaneState {
 type HostMeet = (Vec<u32>, usize);
 
 struct Sim<'a> {
-    plans: &'a [RankPlan],
+    scheds: &'a [Schedule],
     cl: &'a Cluster,
-    p: SimParams,
+    /// Output bytes per rank (the shared-memory stream rate depends on the message size).
+    coll_bytes: usize,
     fluid: Fluid,
     tokens: Vec<Token>,
     events: BinaryHeap<(Time, u64, Event)>,
@@ -114,6 +128,8 @@ struct Sim<'a> {
     sys: HashMap<usize, ResId>,
     nv: HashMap<(usize, u32, u32), ResId>,
     messages: usize,
+    /// Every message started, `(from, to, channel, bytes)`, when traced.
+    trace: Option<Vec<Message>>,
     /// Per host: GPUs behind an NVSwitch (computed once; `path` runs for every message).
     switched: Vec<bool>,
     /// HostReduce rendezvous: (group, occurrence) -> members (rank, lane) arrived.
@@ -121,16 +137,47 @@ struct Sim<'a> {
     host_done: Vec<usize>,
 }
 
-/// Predicts how long `plans` (one per rank) take on `cluster`.
+/// One simulated message: `(from, to, channel, bytes)`.
+pub type Message = (u32, u32, u32, usize);
+
+/// Predicts how long `plans` (one per rank) take on `cluster`, lowered as the executor of
+/// that job lowers them.
 pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<SimResult> {
-    if plans.len() != cluster.nranks() {
+    let low = p.lowering(cluster.hosts.len());
+    let scheds: Vec<Schedule> = plans
+        .iter()
+        .map(|pl| lower(pl, p.count, p.elem_bytes, low))
+        .collect();
+    simulate_schedules(&scheds, cluster, p.count * p.elem_bytes, false).map(|(r, _)| r)
+}
+
+/// Every message the simulation of `plans` starts, `(from, to, channel, bytes)` in the order
+/// the simulator puts them on the wire (per pair and channel, the transport's FIFO order).
+pub fn message_trace(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<Vec<Message>> {
+    let low = p.lowering(cluster.hosts.len());
+    let scheds: Vec<Schedule> = plans
+        .iter()
+        .map(|pl| lower(pl, p.count, p.elem_bytes, low))
+        .collect();
+    simulate_schedules(&scheds, cluster, p.count * p.elem_bytes, true).map(|(_, t)| t)
+}
+
+/// Times lowered schedules (one per rank) of a collective whose output is `coll_bytes` per
+/// rank; with `trace`, also returns every message started.
+pub fn simulate_schedules(
+    scheds: &[Schedule],
+    cluster: &Cluster,
+    coll_bytes: usize,
+    trace: bool,
+) -> Result<(SimResult, Vec<Message>)> {
+    if scheds.len() != cluster.nranks() {
         return Err(Error::invalid(format!(
             "simulate: {} plans for a cluster of {} ranks",
-            plans.len(),
+            scheds.len(),
             cluster.nranks()
         )));
     }
-    let sized = cluster.at_size(p.count * p.elem_bytes);
+    let sized = cluster.at_size(coll_bytes);
     let cluster = &sized;
     let mut fluid = Fluid::new();
     let mut cpu = Vec::new();
@@ -141,18 +188,18 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
         nic_in.push(fluid.add_resource(cluster.net.nic_gbit / 8.0 * GBPS));
     }
     let mut sim = Sim {
-        plans,
+        scheds,
         cl: cluster,
-        p,
+        coll_bytes,
         fluid,
         tokens: Vec::new(),
         events: BinaryHeap::new(),
         seq: 0,
         now: 0.0,
         pairs: HashMap::new(),
-        lanes: plans
+        lanes: scheds
             .iter()
-            .map(|pl| vec![LaneState::default(); pl.lanes.len()])
+            .map(|sc| vec![LaneState::default(); sc.lanes.len()])
             .collect(),
         cpu,
         nic_out,
@@ -161,11 +208,12 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
         sys: HashMap::new(),
         nv: HashMap::new(),
         messages: 0,
+        trace: trace.then(Vec::new),
         switched: cluster.hosts.iter().map(HostModel::nvswitch).collect(),
         host_wait: HashMap::new(),
-        host_done: vec![0; plans.len()],
+        host_done: vec![0; scheds.len()],
     };
-    for r in 0..plans.len() {
+    for r in 0..scheds.len() {
         sim.pump_rank(r);
     }
     loop {
@@ -197,7 +245,7 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
     // Every lane must have finished; otherwise the plans deadlock (the verifier says why).
     for (r, ls) in sim.lanes.iter().enumerate() {
         for (l, st) in ls.iter().enumerate() {
-            if st.step < plans[r].lanes[l].steps.len() {
+            if st.step < scheds[r].lanes[l].steps.len() {
                 return Err(Error::Plan(format!(
                     "simulate: rank {r} lane {l} stuck at step {} (verify the plans)",
                     st.step
@@ -205,10 +253,13 @@ pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<S
             }
         }
     }
-    Ok(SimResult {
-        time_us: sim.now,
-        messages: sim.messages,
-    })
+    Ok((
+        SimResult {
+            time_us: sim.now,
+            messages: sim.messages,
+        },
+        sim.trace.unwrap_or_default(),
+    ))
 }
 
 impl Sim<'_> {
@@ -299,6 +350,9 @@ impl Sim<'_> {
 
     fn send(&mut self, a: usize, b: usize, c: u32, len: usize) {
         self.messages += 1;
+        if let Some(t) = &mut self.trace {
+            t.push((a as u32, b as u32, c, len));
+        }
         self.pairs
             .entry((a, b, c))
             .or_default()
@@ -342,7 +396,7 @@ impl Sim<'_> {
                 // (the sender's in, the receiver's out or its reduce), so ranks beyond the
                 // core count slow one another down; one stream goes no faster than the
                 // measured stream rate.
-                let rate = host.shm_rate(self.p.count * self.p.elem_bytes);
+                let rate = host.shm_rate(self.coll_bytes);
                 (vec![self.cpu[ha]], 2.0, 2.0 * rate * GBPS)
             }
             HostKind::Gpu { model, .. } => {
@@ -423,7 +477,7 @@ impl Sim<'_> {
     }
 
     fn deps_met(&self, r: usize, l: usize) -> bool {
-        let st = &self.plans[r].lanes[l].steps[self.lanes[r][l].step];
+        let st = &self.scheds[r].lanes[l].steps[self.lanes[r][l].step];
         st.deps
             .iter()
             .all(|d| self.lanes[r][d.lane as usize].step > d.step as usize)
@@ -433,7 +487,7 @@ impl Sim<'_> {
         // Lanes may unblock one another through dependencies: loop until nothing moves.
         loop {
             let mut moved = false;
-            for l in 0..self.plans[r].lanes.len() {
+            for l in 0..self.scheds[r].lanes.len() {
                 moved |= self.pump(r, l);
             }
             if !moved {
@@ -442,24 +496,14 @@ impl Sim<'_> {
         }
     }
 
-    fn seglens(&self, r: usize, op: &Op) -> Vec<usize> {
-        let c = op.chunks()[0];
-        segment_lengths(
-            &self.plans[r],
-            c,
-            self.p.count,
-            self.p.elem_bytes,
-            self.p.segment_bytes,
-            crate::schedule::min_segments(self.cl.hosts.len()),
-        )
-    }
-
     /// Advances lane (r, l) as far as it can; true when it moved.
     fn pump(&mut self, r: usize, l: usize) -> bool {
+        let scheds = self.scheds;
         let mut moved = false;
         loop {
             let st = self.lanes[r][l].clone();
-            let Some(step) = self.plans[r].lanes[l].steps.get(st.step) else {
+            let lane = &scheds[r].lanes[l];
+            let Some(step) = lane.steps.get(st.step) else {
                 return moved;
             };
             if st.busy {
@@ -471,25 +515,17 @@ impl Sim<'_> {
                 }
                 self.lanes[r][l].started = true;
             }
-            let op = step.op;
-            let ch = self.plans[r].lanes[l].channel;
-            let segs = self.seglens(r, &op);
-            match op {
-                Op::Send { to, .. } => {
-                    for &len in &segs {
-                        self.send(r, to.idx(), ch, len);
-                    }
-                    self.next_step(r, l);
-                }
-                Op::Fan { from, to, .. } if from.is_empty() => {
-                    for &len in &segs {
+            let ch = lane.channel;
+            match &step.op {
+                SegOp::Move { from, to, segs, .. } if from.is_empty() => {
+                    for s in segs {
                         for t in to.iter() {
-                            self.send(r, t.idx(), ch, len);
+                            self.send(r, t.idx(), ch, s.len());
                         }
                     }
                     self.next_step(r, l);
                 }
-                Op::HostReduce { group, to, .. } => {
+                SegOp::HostReduce { range, group, .. } => {
                     let mut key: Vec<u32> = group.iter().map(|g| g.0).collect();
                     key.sort();
                     let k = (key, self.host_done[r]);
@@ -501,31 +537,34 @@ impl Sim<'_> {
                         return moved;
                     }
                     let members = self.host_wait.remove(&k).expect("just filled");
-                    let bytes: usize = segs.iter().sum();
                     let first = members.iter().map(|m| m.0).min().expect("a member");
                     for (m, ml) in members {
                         self.host_done[m] += 1;
-                        let out = to.iter().any(|t| t.idx() == m);
-                        self.host_reduce_work(m, ml, first, bytes, out);
+                        // Each member's own step says whether it copies the result out.
+                        let out = match &scheds[m].lanes[ml].steps[self.lanes[m][ml].step].op {
+                            SegOp::HostReduce { copy_out, .. } => *copy_out,
+                            _ => true,
+                        };
+                        self.host_reduce_work(m, ml, first, range.len(), out);
                     }
                     return true;
                 }
-                Op::Copy { .. } | Op::Reduce { .. } => {
-                    let bytes = segs.iter().sum();
+                SegOp::Local { reduce, len, .. } => {
                     let host = self.host(r);
-                    let rate = if matches!(op, Op::Reduce { .. }) {
+                    let rate = if *reduce {
                         host.reduce_gbps
                     } else {
                         host.copy_gbps
                     };
-                    self.work(r, l, bytes, rate);
+                    self.work(r, l, *len, rate);
                     // after_work advances the step once the work is done.
                     return true;
                 }
-                _ => {
-                    let srcs = op.recv_peers();
+                SegOp::Move {
+                    from, reduce, segs, ..
+                } => {
                     let i = st.seg;
-                    let ready = srcs.iter().all(|s| {
+                    let ready = from.iter().all(|s| {
                         self.pairs
                             .get(&(s.idx(), r, ch))
                             .is_some_and(|p| p.arrived > p.consumed)
@@ -533,23 +572,23 @@ impl Sim<'_> {
                     if !ready {
                         return moved;
                     }
-                    for s in &srcs {
+                    for s in from.iter() {
                         self.pairs
                             .get_mut(&(s.idx(), r, ch))
                             .expect("pair")
                             .consumed += 1;
                     }
-                    let len = segs[i];
+                    let len = segs[i].len();
                     // CPU time to take the segment in: a reduction pass per source, except
                     // that the first shared-memory source is reduced straight out of its slot
                     // (that pass is part of the measured stream rate). Copies are part of
                     // the transfer on every path.
                     let host = self.host(r);
-                    let intra = srcs
+                    let intra = from
                         .iter()
                         .any(|s| self.cl.host_of[s.idx()] == self.cl.host_of[r]);
-                    let work = if op.reduces() {
-                        len * (srcs.len() - usize::from(intra))
+                    let work = if *reduce {
+                        len * (from.len() - usize::from(intra))
                     } else {
                         0
                     };
@@ -568,19 +607,14 @@ impl Sim<'_> {
     /// A step's work (a local op, or one received segment's processing) finished.
     fn after_work(&mut self, r: usize, l: usize) {
         let st = self.lanes[r][l].clone();
-        let op = self.plans[r].lanes[l].steps[st.step].op;
-        if matches!(
-            op,
-            Op::Copy { .. } | Op::Reduce { .. } | Op::HostReduce { .. }
-        ) {
+        let lane = &self.scheds[r].lanes[l];
+        let SegOp::Move { to, segs, .. } = &lane.steps[st.step].op else {
             self.next_step(r, l);
             return;
-        }
-        let segs = self.seglens(r, &op);
-        let len = segs[st.seg];
-        let ch = self.plans[r].lanes[l].channel;
-        for t in op.send_peers() {
-            self.send(r, t.idx(), ch, len);
+        };
+        let len = segs[st.seg].len();
+        for t in to.iter() {
+            self.send(r, t.idx(), lane.channel, len);
         }
         if st.seg + 1 >= segs.len() {
             self.next_step(r, l);

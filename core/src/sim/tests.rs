@@ -2,7 +2,7 @@
 //! receiver's link, a per-flow cap and streams, cores shared by more ranks than there are.
 
 use super::*;
-use crate::plan::{ChunkRef, Collective, Lane, Peers, Rank};
+use crate::plan::{ChunkRef, Collective, Lane, Op, Peers, Rank};
 
 const MIB: usize = 1 << 20;
 
