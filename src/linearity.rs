@@ -207,8 +207,8 @@ impl Default for Pipeline {
     /// The library's defaults.
     fn default() -> Self {
         Pipeline {
-            depth: 4,
-            segment_bytes: 256 << 10,
+            depth: acspeed_core::schedule::DEFAULT_PIPELINE_DEPTH,
+            segment_bytes: acspeed_core::schedule::DEFAULT_SEGMENT_BYTES,
         }
     }
 }

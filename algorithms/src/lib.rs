@@ -65,21 +65,12 @@ impl Algorithm {
     }
 
     pub fn from_name(s: &str) -> Result<Algorithm> {
-        let s = s.trim().to_ascii_lowercase();
-        if s == "hybrid:ring" {
-            return Ok(Algorithm::Hybrid(InterHost::Ring));
-        }
-        Algorithm::ALL
+        let s = acspeed_core::plan::canonical_algorithm("algorithm", s)?;
+        Ok(Algorithm::ALL
             .iter()
             .copied()
             .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
-                Error::invalid(format!(
-                    "unknown algorithm '{s}' (available: auto, {})",
-                    names.join(", ")
-                ))
-            })
+            .expect("Algorithm::ALL spells every name of ALGORITHM_NAMES"))
     }
 
     /// Whether the algorithm has a plan for `coll` (ring serves every collective).

@@ -219,6 +219,9 @@ fn algorithm_names_and_refusals() {
     for a in Algorithm::ALL {
         assert_eq!(Algorithm::from_name(a.name()).unwrap(), a);
     }
+    // The names configuration checks are exactly the algorithms there are.
+    let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+    assert_eq!(names, acspeed_core::plan::ALGORITHM_NAMES);
     assert!(Algorithm::from_name("bogus")
         .unwrap_err()
         .to_string()

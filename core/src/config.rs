@@ -81,8 +81,9 @@ pub fn parse_size_rules(name: &str, v: &str) -> Result<Vec<SizeRule>> {
         if algo.trim().is_empty() {
             return Err(err("names no algorithm"));
         }
+        let algo = crate::plan::canonical_algorithm(name, algo)?;
         rules.push(SizeRule {
-            algo: algo.trim().to_ascii_lowercase(),
+            algo: algo.to_string(),
             lo,
             hi,
         });
@@ -220,8 +221,8 @@ impl Default for Config {
         Config {
             timeout: Duration::from_secs(300),
             stall_warn: Duration::from_secs(60),
-            segment_bytes: 256 << 10,
-            pipeline_depth: 4,
+            segment_bytes: crate::schedule::DEFAULT_SEGMENT_BYTES,
+            pipeline_depth: crate::schedule::DEFAULT_PIPELINE_DEPTH,
             cpu_reduce_pipelines: 1,
             cpu_reduce_threads: 1,
             algo: AlgoChoice::Auto,
@@ -368,7 +369,9 @@ impl Config {
         if let Some(v) = lookup(vars, "ACSPEED_ALGO") {
             c.algo = match v.to_ascii_lowercase().as_str() {
                 "auto" => AlgoChoice::Auto,
-                name => AlgoChoice::Named(name.to_string()),
+                name => AlgoChoice::Named(
+                    crate::plan::canonical_algorithm("ACSPEED_ALGO", name)?.to_string(),
+                ),
             };
         }
         for (name, rules) in [
@@ -609,6 +612,27 @@ mod tests {
         .unwrap();
         assert_eq!(c.segment_bytes, 1 << 20);
         assert_eq!(c.algo, AlgoChoice::Named("ring".into()));
+    }
+
+    #[test]
+    fn an_unknown_algorithm_is_refused_naming_the_variable_and_the_names() {
+        let e = Config::from_vars(&v(&[("ACSPEED_ALGO", "trea")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ACSPEED_ALGO") && e.contains("'trea'"), "{e}");
+        assert!(
+            e.contains("available: auto, ring, tree, ntree, hybrid"),
+            "{e}"
+        );
+        let e = Config::from_vars(&v(&[("ACSPEED_ALLREDUCE", "tree:0-16K;rign:16K-max")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ACSPEED_ALLREDUCE") && e.contains("'rign'"),
+            "{e}"
+        );
+        let c = Config::from_vars(&v(&[("ACSPEED_ALGO", "Hybrid:Ring")])).unwrap();
+        assert_eq!(c.algo, AlgoChoice::Named("hybrid".into()));
     }
 
     #[test]

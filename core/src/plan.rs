@@ -108,6 +108,39 @@ impl Collective {
     }
 }
 
+/// Every algorithm name `ACSPEED_ALGO`, the size rules and `--algo` accept, besides `auto`
+/// (`hybrid` alone is `hybrid:ring`, which is also accepted). The one list: configuration
+/// checks names against it before anything connects, and the algorithms crate's `Algorithm`
+/// spells exactly these.
+pub const ALGORITHM_NAMES: [&str; 8] = [
+    "ring",
+    "tree",
+    "ntree",
+    "hybrid",
+    "hybrid:tree",
+    "hybrid:butterfly",
+    "hybrid:ps",
+    "cpu_reduce",
+];
+
+/// The canonical spelling of an algorithm name (lower case, `hybrid:ring` as `hybrid`), or
+/// an error that names `what` (the variable or option it came from) and the valid names.
+pub fn canonical_algorithm(what: &str, name: &str) -> crate::Result<&'static str> {
+    let s = name.trim().to_ascii_lowercase();
+    let s = if s == "hybrid:ring" { "hybrid" } else { &s };
+    ALGORITHM_NAMES
+        .iter()
+        .copied()
+        .find(|n| *n == s)
+        .ok_or_else(|| {
+            crate::Error::invalid(format!(
+                "{what}: unknown algorithm '{}' (available: auto, {})",
+                name.trim(),
+                ALGORITHM_NAMES.join(", ")
+            ))
+        })
+}
+
 /// Wire code of an algorithm name (frame headers carry it so that ranks running different
 /// algorithms fail with an error instead of exchanging mismatched data).
 pub fn algorithm_code(name: &str) -> u8 {

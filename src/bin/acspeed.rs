@@ -671,7 +671,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             algos: Vec::new(),
             collective: acspeed_core::Collective::AllReduce,
             dtype: acspeed::DType::F32,
-            segment_bytes: 256 << 10,
+            segment_bytes: acspeed_core::schedule::DEFAULT_SEGMENT_BYTES,
         };
         for row in acspeed::simulate::simulate_rows(&spec, &cluster)? {
             match d.busbw.iter_mut().find(|s| s.0 == row.algo) {
