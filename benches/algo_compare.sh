@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Algorithms against ring in the same run (issue "Algorithms", item 8). Prints markdown.
-#   A. netsim (../shared/netsim: 2 Gbit/s per host, 500 Mbit/s per TCP flow): hybrid vs flat
+#   A. netsim (scripts/netsim.sh: 2 Gbit/s per host, 500 Mbit/s per TCP flow): hybrid vs flat
 #      ring with 2 hosts x 2 ranks and 3 uneven hosts (3+1+2). Needs root.
 #   B. one host, 4 ranks over shared memory: double binary tree vs ring at 4 KiB-256 KiB.
 #   C. (cpu_reduce) one host, 2 and 4 ranks over shared memory: CPU-Reduce vs ring, with torch's
@@ -13,7 +13,7 @@
 #   RUNS=5 bash benches/algo_compare.sh [netsim|local|all|cpu_reduce|ntree]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+NETSIM="${NETSIM:-$PWD/scripts/netsim.sh}"
 BENCH="$PWD/target/release/acspeed-bench"
 RUNS="${RUNS:-5}"
 WHAT="${1:-all}"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Two emulated hosts (../shared/netsim: 2 Gbit/s per host, 500 Mbit/s per TCP flow), one rank
+# Two emulated hosts (scripts/netsim.sh: 2 Gbit/s per host, 500 Mbit/s per TCP flow), one rank
 # each. In one run: acspeed-bench with 1, 2, 4, 8 sockets per peer and the default, torch's
 # gloo through benches/torch_allreduce.py, and the torch-level gloo vs acspeed comparison.
 # Needs root and the Python environment (bash scripts/setup-python.sh). Prints markdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+NETSIM="${NETSIM:-$PWD/scripts/netsim.sh}"
 BENCH="$PWD/target/release/acspeed-bench"
 PY="$PWD/.venv/bin/python"
 SIZE="${SIZE:-64M}"

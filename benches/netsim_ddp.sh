@@ -6,7 +6,7 @@
 #   RUNS=3 STEPS=10 bash benches/netsim_ddp.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+NETSIM="${NETSIM:-$PWD/scripts/netsim.sh}"
 PY="$PWD/.venv/bin/python"
 RUNS="${RUNS:-3}"
 STEPS="${STEPS:-10}"

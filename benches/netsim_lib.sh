@@ -1,4 +1,4 @@
-# Sourced by the benchmark scripts that run jobs on emulated hosts (../shared/netsim).
+# Sourced by the benchmark scripts that run jobs on emulated hosts (scripts/netsim.sh).
 # Needs NETSIM, BENCH and RAW (a scratch directory) set by the caller.
 
 # netsim_job SHAPE ARGS...: runs "$BENCH" ARGS... as one job on emulated hosts of the given

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mid-size buckets across hosts (issue "Performance II", item 2): two emulated hosts
-# (../shared/netsim, 2 Gbit/s per host, 500 Mbit/s per TCP flow), one rank each. Each of RUNS
+# (scripts/netsim.sh, 2 Gbit/s per host, 500 Mbit/s per TCP flow), one rank each. Each of RUNS
 # rounds measures acspeed (acspeed-bench, default settings, --check) and torch's gloo
 # (benches/torch_allreduce.py) at 256 KiB-64 MiB, alternating, so both see the same machine.
 # Prints markdown: per size busbw min/median/max of both, the median as % of the link's
@@ -8,7 +8,7 @@
 #   RUNS=5 bash benches/netsim_midsize.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+NETSIM="${NETSIM:-$PWD/scripts/netsim.sh}"
 BENCH="$PWD/target/release/acspeed-bench"
 PY="$PWD/.venv/bin/python"
 RUNS="${RUNS:-5}"

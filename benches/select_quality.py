@@ -27,7 +27,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "acspeed-bench")
-NETSIM = os.environ.get("NETSIM", os.path.join(ROOT, "..", "shared", "netsim", "netsim.sh"))
+NETSIM = os.environ.get("NETSIM", os.path.join(ROOT, "scripts", "netsim.sh"))
 
 
 def bench(shape: list[int], args: list[str], env: dict[str, str]) -> list[dict]:

@@ -10,7 +10,7 @@
 #   RUNS=3 bash benches/sim_validate.sh [quick]     (quick: shared memory only, no netsim)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+NETSIM="${NETSIM:-$PWD/scripts/netsim.sh}"
 BENCH="$PWD/target/release/acspeed-bench"
 SIM="$PWD/target/release/acspeed"
 RUNS="${RUNS:-3}"

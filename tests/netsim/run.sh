@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-host tests over emulated hosts (../shared/netsim/netsim.sh: network namespaces, a 2 Gbit/s
+# Multi-host tests over emulated hosts (scripts/netsim.sh: network namespaces, a 2 Gbit/s
 # link per host and a 500 Mbit/s cap per TCP flow). Needs root. Every run is bounded in time.
 #   1. allreduce across 2 hosts, results checked, default transport settings
 #   2. the same with 1 and 8 sockets per peer (striping under the per-flow cap)
@@ -11,7 +11,7 @@
 #      slow link and the timeline shows who waited on whom
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-NETSIM="${NETSIM:-$PWD/../shared/netsim/netsim.sh}"
+NETSIM="${NETSIM:-$PWD/scripts/netsim.sh}"
 BENCH="$PWD/target/release/acspeed-bench"
 [[ -x "$NETSIM" || -f "$NETSIM" ]] || { echo "netsim: $NETSIM not found" >&2; exit 1; }
 [[ "$(id -u)" == 0 ]] || { echo "netsim tests need root" >&2; exit 1; }
