@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::plan::{Buf, Op, RankPlan, StepId};
-use crate::schedule::{lower, Lowering, Schedule, SegOp};
+use crate::schedule::{lower, Lowering, Schedule, SegOp, Segments};
 use crate::transport::{FrameHeader, HostStage, OpHandle, StageIo, Transport};
 use crate::{DType, ReduceOp};
 use std::collections::VecDeque;
@@ -703,7 +703,7 @@ impl<'a> LaneCtx<'a> {
             } => {
                 if from.is_empty() {
                     // Only sends: each segment to every destination in turn.
-                    for s in segs {
+                    for s in segs.iter() {
                         for t in to.iter() {
                             self.send(t, *buf, s.clone())?;
                         }
@@ -754,13 +754,11 @@ impl<'a> LaneCtx<'a> {
         from: &[crate::Rank],
         fwd: &[crate::Rank],
         buf: Buf,
-        segs: &[Range<usize>],
+        segs: &Segments,
         op: Option<ReduceOp>,
     ) -> Result<()> {
-        let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
-            return Ok(());
-        };
-        self.clear_hazard(buf, &(first.start..last.end))?;
+        self.clear_hazard(buf, &segs.range)?;
+        let nsegs = segs.count();
         let depth = self.sched.depth;
         let fused = op.is_some() && self.t.can_recv_reduce(from[0]);
         let slot_bytes = self.sched.segment_bytes.div_ceil(8) * 8;
@@ -770,9 +768,9 @@ impl<'a> LaneCtx<'a> {
         // Per segment, one handle per source.
         let mut posted: VecDeque<Vec<OpHandle>> = VecDeque::new();
         let mut next = 0;
-        for i in 0..segs.len() {
-            while next < segs.len() && next < i + depth {
-                let s = &segs[next];
+        for i in 0..nsegs {
+            while next < nsegs && next < i + depth {
+                let s = segs.get(next);
                 let hdr = self.header(s.len());
                 let into = self.ptr(buf, s.start);
                 let mut hs = Vec::with_capacity(nsrc);
@@ -798,7 +796,7 @@ impl<'a> LaneCtx<'a> {
                 next += 1;
             }
             let hs = posted.pop_front().expect("posted ahead");
-            let s = segs[i].clone();
+            let s = segs.get(i);
             let what = if op.is_some() {
                 "receive-reduce"
             } else {

@@ -52,21 +52,46 @@ pub fn min_segments(hosts: usize) -> usize {
 /// share (a multiple of 64 bytes, so element boundaries hold) when that gives fewer than
 /// `min_segs` and the range is long enough to split.
 pub fn segments(r: Range<usize>, seg: usize, min_segs: usize) -> Vec<Range<usize>> {
-    if r.is_empty() {
-        return vec![r];
+    Segments::cut(r, seg, min_segs).iter().collect()
+}
+
+/// A byte range cut into segments: every piece is `piece` bytes but the last, and an empty
+/// range is one empty segment. Stored as the cut, not as a list, so lowering a step costs
+/// no allocation whatever its segment count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segments {
+    pub range: Range<usize>,
+    pub piece: usize,
+}
+
+impl Segments {
+    /// The cut [`segments`] describes.
+    pub fn cut(r: Range<usize>, seg: usize, min_segs: usize) -> Segments {
+        let len = r.len();
+        let n = len.div_ceil(seg.max(1));
+        let want = min_segs.min(len / MIN_SPLIT_BYTES);
+        let piece = if n < want {
+            len.div_ceil(want).next_multiple_of(64)
+        } else {
+            seg.max(1)
+        };
+        Segments { range: r, piece }
     }
-    let len = r.len();
-    let n = len.div_ceil(seg);
-    let want = min_segs.min(len / MIN_SPLIT_BYTES);
-    let seg = if n < want {
-        len.div_ceil(want).next_multiple_of(64)
-    } else {
-        seg
-    };
-    (r.start..r.end)
-        .step_by(seg)
-        .map(|s| s..(s + seg).min(r.end))
-        .collect()
+
+    /// How many segments (at least one).
+    pub fn count(&self) -> usize {
+        self.range.len().div_ceil(self.piece).max(1)
+    }
+
+    /// Segment `i` (`i < count()`).
+    pub fn get(&self, i: usize) -> Range<usize> {
+        let s = (self.range.start + i * self.piece).min(self.range.end);
+        s..(s + self.piece).min(self.range.end)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        (0..self.count()).map(|i| self.get(i))
+    }
 }
 
 /// Byte range of chunk `c` of `plan` for a per-rank `count` of `elem`-byte elements.
@@ -110,7 +135,7 @@ pub enum SegOp {
         to: Peers,
         reduce: bool,
         buf: Buf,
-        segs: Vec<Range<usize>>,
+        segs: Segments,
     },
     /// A local copy (`reduce` false) or reduction `dst = dst (op) src` of `len` bytes.
     Local {
@@ -190,7 +215,7 @@ impl Schedule {
         for lane in &self.lanes {
             for st in &lane.steps {
                 if let SegOp::Move { to, segs, .. } = &st.op {
-                    for s in segs {
+                    for s in segs.iter() {
                         out.extend(to.iter().map(|t| (t, lane.channel, s.len())));
                     }
                 }
@@ -205,7 +230,7 @@ impl Schedule {
             .iter()
             .flat_map(|l| &l.steps)
             .map(|st| match &st.op {
-                SegOp::Move { to, segs, .. } => to.len() * segs.len(),
+                SegOp::Move { to, segs, .. } => to.len() * segs.count(),
                 _ => 0,
             })
             .sum()
@@ -225,7 +250,7 @@ fn phase_of(op: &Op) -> Option<Phase> {
 pub fn lower(plan: &RankPlan, count: usize, elem: usize, low: Lowering) -> Schedule {
     let seg = segment_bytes(low.segment_bytes, elem);
     let range = |c: ChunkRef| chunk_bytes(plan, c, count, elem);
-    let cut = |c: ChunkRef| segments(range(c), seg, low.min_segments);
+    let cut = |c: ChunkRef| Segments::cut(range(c), seg, low.min_segments);
     let one = |r: Rank| Peers::new(&[r]);
     let lower_op = |op: &Op| -> SegOp {
         let mv = |from: Peers, to: Peers, reduce: bool, c: ChunkRef| SegOp::Move {

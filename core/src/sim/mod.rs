@@ -518,7 +518,7 @@ impl Sim<'_> {
             let ch = lane.channel;
             match &step.op {
                 SegOp::Move { from, to, segs, .. } if from.is_empty() => {
-                    for s in segs {
+                    for s in segs.iter() {
                         for t in to.iter() {
                             self.send(r, t.idx(), ch, s.len());
                         }
@@ -578,7 +578,7 @@ impl Sim<'_> {
                             .expect("pair")
                             .consumed += 1;
                     }
-                    let len = segs[i].len();
+                    let len = segs.get(i).len();
                     // CPU time to take the segment in: a reduction pass per source, except
                     // that the first shared-memory source is reduced straight out of its slot
                     // (that pass is part of the measured stream rate). Copies are part of
@@ -612,11 +612,11 @@ impl Sim<'_> {
             self.next_step(r, l);
             return;
         };
-        let len = segs[st.seg].len();
+        let len = segs.get(st.seg).len();
         for t in to.iter() {
             self.send(r, t.idx(), lane.channel, len);
         }
-        if st.seg + 1 >= segs.len() {
+        if st.seg + 1 >= segs.count() {
             self.next_step(r, l);
         } else {
             self.lanes[r][l].seg += 1;
