@@ -90,6 +90,38 @@ impl Algorithm {
         self.plan_rounds(coll, rank, ctx, 1)
     }
 
+    /// What `self`'s plan for `coll` is on `ctx` when it is another algorithm's, and why; with
+    /// `shm` false the job has no shared memory (so no CPU-Reduce staging area). The one
+    /// fallback rule: planning, rounds, the policy and `explain` all ask it.
+    pub fn fallback(self, coll: Collective, ctx: &PlanContext, shm: bool) -> Option<Fallback> {
+        let hierarchical = || {
+            if ctx.nhosts() > 1 {
+                Algorithm::Hybrid(InterHost::Ring)
+            } else {
+                Algorithm::Ring
+            }
+        };
+        match self {
+            Algorithm::CpuReduce if self.serves(coll) && !shm => Some(Fallback {
+                runs: hierarchical(),
+                cause: FallbackCause::NoSharedMemory,
+            }),
+            Algorithm::CpuReduce if self.serves(coll) => {
+                cpu_reduce::fallback_reason(ctx).map(|why| Fallback {
+                    runs: hierarchical(),
+                    cause: FallbackCause::NoStagingGroup(why),
+                })
+            }
+            Algorithm::Ntree if self.serves(coll) => {
+                ntree::fallback_reason(ctx).map(|why| Fallback {
+                    runs: Algorithm::Tree,
+                    cause: FallbackCause::NoTrees(why),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Rounds of the plan for a message of `bytes` (output per rank): hybrid, and CPU-Reduce
     /// where it runs hybrid across hosts, cut large messages into overlapping rounds
     /// ([`Hybrid::rounds_for`]); every other plan is the same at every size (1). The executor,
@@ -97,13 +129,10 @@ impl Algorithm {
     pub fn rounds_for(self, coll: Collective, bytes: usize, ctx: &PlanContext) -> u32 {
         match self {
             Algorithm::Hybrid(_) if Hybrid::serves(coll) => Hybrid::rounds_for(bytes, ctx),
-            Algorithm::CpuReduce
-                if Hybrid::serves(coll)
-                    && ctx.nhosts() > 1
-                    && cpu_reduce::fallback_reason(ctx).is_some() =>
-            {
-                Hybrid::rounds_for(bytes, ctx)
-            }
+            Algorithm::CpuReduce => match self.fallback(coll, ctx, true) {
+                Some(f) => f.runs.rounds_for(coll, bytes, ctx),
+                None => 1,
+            },
             _ => 1,
         }
     }
@@ -165,13 +194,11 @@ impl Algorithm {
             Algorithm::Tree => Tree.plan_for_rank(coll, rank, ctx.nranks),
             Algorithm::Ntree => NTrees.plan_for_rank(coll, rank, ctx),
             Algorithm::Hybrid(inter) => Hybrid { inter }.plan_rounds(coll, rank, ctx, rounds)?,
-            Algorithm::CpuReduce => match CpuReduce.plan_for_rank(coll, rank, ctx) {
-                Some(p) => p,
-                None if ctx.nhosts() > 1 => Hybrid {
-                    inter: InterHost::Ring,
-                }
-                .plan_rounds(coll, rank, ctx, rounds)?,
-                None => Ring::default().plan_for_rank(coll, rank, ctx.nranks),
+            Algorithm::CpuReduce => match self.fallback(coll, ctx, true) {
+                Some(f) => f.runs.plan_rounds(coll, rank, ctx, rounds)?,
+                None => CpuReduce
+                    .plan_for_rank(coll, rank, ctx)
+                    .expect("CPU-Reduce plans wherever it does not fall back"),
             },
         })
     }
@@ -191,6 +218,44 @@ impl Algorithm {
         (0..ctx.nranks)
             .map(|r| self.plan_rounds(coll, Rank(r), ctx, rounds))
             .collect()
+    }
+}
+
+/// An algorithm whose plan on a job is another algorithm's ([`Algorithm::fallback`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// The algorithm whose plan runs.
+    pub runs: Algorithm,
+    pub cause: FallbackCause,
+}
+
+/// Why an algorithm falls back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FallbackCause {
+    /// CPU-Reduce meets in shared memory, and the job has none (`ACSPEED_SHM=0`).
+    NoSharedMemory,
+    /// CPU-Reduce has no host (or socket) group it can stage (the generator's words).
+    NoStagingGroup(String),
+    /// n-trees have no NVLinks to pack trees on (the generator's words).
+    NoTrees(String),
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cause {
+            FallbackCause::NoSharedMemory => write!(
+                f,
+                "cpu_reduce needs shared memory (ACSPEED_SHM=0): {}",
+                self.runs.name()
+            ),
+            FallbackCause::NoStagingGroup(why) | FallbackCause::NoTrees(why) => {
+                let runs = match self.runs {
+                    Algorithm::Tree => "the double binary tree",
+                    a => a.name(),
+                };
+                write!(f, "{why}, so it runs {runs}")
+            }
+        }
     }
 }
 

@@ -363,3 +363,59 @@ fn butterfly_and_ps_serve_any_host_count() {
         }
     }
 }
+
+/// The one fallback rule: what each algorithm's plan is on a job, and why.
+#[test]
+fn fallbacks_name_the_plan_that_runs_and_why() {
+    use crate::FallbackCause;
+    let ar = Collective::AllReduce;
+    let one = PlanContext::single_host(4);
+    let flat = PlanContext::from_shape(&[1, 1, 1]).unwrap();
+    let two = PlanContext::from_shape(&[2, 2]).unwrap();
+    assert_eq!(Algorithm::CpuReduce.fallback(ar, &one, true), None);
+    let f = Algorithm::CpuReduce.fallback(ar, &one, false).unwrap();
+    assert_eq!(
+        (f.runs, f.cause),
+        (Algorithm::Ring, FallbackCause::NoSharedMemory)
+    );
+    let f = Algorithm::CpuReduce.fallback(ar, &two, false).unwrap();
+    assert_eq!(f.runs, Algorithm::Hybrid(InterHost::Ring));
+    let f = Algorithm::CpuReduce.fallback(ar, &flat, true).unwrap();
+    assert!(matches!(f.cause, FallbackCause::NoStagingGroup(_)), "{f:?}");
+    assert_eq!(f.runs, Algorithm::Hybrid(InterHost::Ring));
+    assert!(f.to_string().ends_with("so it runs hybrid"), "{f}");
+    let f = Algorithm::Ntree.fallback(ar, &one, true).unwrap();
+    assert_eq!(f.runs, Algorithm::Tree);
+    assert!(
+        f.to_string().ends_with("so it runs the double binary tree"),
+        "{f}"
+    );
+    let nv = PlanContext::single_host(4)
+        .with_nvlinks(vec![
+            vec![0, 1, 1, 1],
+            vec![1, 0, 1, 1],
+            vec![1, 1, 0, 1],
+            vec![1, 1, 1, 0],
+        ])
+        .unwrap();
+    assert_eq!(Algorithm::Ntree.fallback(ar, &nv, true), None);
+    // An algorithm that does not serve the collective has no fallback to state (ring runs).
+    assert_eq!(
+        Algorithm::CpuReduce.fallback(Collective::AllGather, &flat, true),
+        None
+    );
+    for a in [
+        Algorithm::Ring,
+        Algorithm::Tree,
+        Algorithm::Hybrid(InterHost::Ps),
+    ] {
+        assert_eq!(a.fallback(ar, &flat, false), None);
+    }
+    // Plans and rounds follow the fallback: CPU-Reduce on one-rank hosts plans hybrid.
+    let p = Algorithm::CpuReduce.plan(ar, Rank(0), &flat).unwrap();
+    assert_eq!(p.algorithm, "hybrid:ring");
+    assert_eq!(
+        Algorithm::CpuReduce.rounds_for(ar, 64 << 20, &flat),
+        Algorithm::Hybrid(InterHost::Ring).rounds_for(ar, 64 << 20, &flat)
+    );
+}
