@@ -8,9 +8,8 @@
 use crate::autotune::{Class, Next, Tuner};
 use crate::element::Element;
 use crate::log::{log_enabled, Logger};
-use crate::selector::Selector;
+use crate::policy::{table_row, Policy};
 use acspeed_algorithms::Algorithm;
-use acspeed_core::config::AlgoChoice;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor, PeerStats, StageUse};
 use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{
@@ -24,8 +23,7 @@ mod choice;
 #[path = "comm_p2p.rs"]
 mod p2p;
 
-use choice::*;
-pub use choice::{decide, gpu_facts, size_rules, SizeRules};
+pub use choice::{gpu_facts, job_topology, tune_key};
 
 /// A set of ranks that run collectives together.
 pub struct Communicator {
@@ -44,26 +42,17 @@ pub struct Communicator {
     staging: Option<Arc<dyn HostStage>>,
     exec: Executor,
     cfg: Config,
-    /// The forced algorithm (`ACSPEED_ALGO`, or `set_algorithm`).
-    algo: Mutex<Option<Algorithm>>,
     state: Mutex<CallState>,
     poisoned: Mutex<Option<String>>,
     hosts: Vec<String>,
     /// What plan generators know (host map), identical on every rank.
     ctx: PlanContext,
-    /// Per-size rules (allreduce, broadcast, reduce, others): (algorithm, from, to).
-    rules: SizeRules,
+    /// Which algorithm each call runs, and why.
+    policy: Policy,
     /// `ACSPEED_TIMELINE`: one Chrome-trace event per collective.
     timeline: Option<crate::timeline::Timeline>,
-    /// `ACSPEED_AUTOTUNE`: measured choices where `auto` decides.
-    tuner: Option<Tuner>,
-    /// Predicted choices where `auto` decides, on a GPU topology file (else why not).
-    selector: std::result::Result<Arc<Selector>, String>,
     /// The selector's table, filled at init in the background (stopped and joined on drop).
     fill: Mutex<Option<crate::selector::Fill>>,
-    /// Candidates of allreduce, broadcast and reduce for the autotuner and the selector
-    /// (empty when neither is on).
-    cands: [Vec<Algorithm>; 3],
     /// Where the next receive from any source starts looking (round robin over ranks).
     next_any: std::sync::atomic::AtomicU32,
     /// Heartbeats to the coordinator and its stall reports (when connected by `init`).
@@ -102,17 +91,18 @@ impl Communicator {
         cfg: Config,
         hosts: Vec<String>,
     ) -> Result<Communicator> {
-        let (nvlinks, sockets) = gpu_facts(&cfg)?;
+        let topo = job_topology(&cfg)?;
+        let (nvlinks, sockets) = gpu_facts(topo.as_ref());
         let ctx = PlanContext::from_host_names(&hosts)
             .with_nvlinks(nvlinks)?
             .with_sockets(&sockets);
         let cfg = Config { shm: false, ..cfg };
-        Communicator::with_channels(transport, Vec::new(), None, cfg, hosts, ctx)
+        Communicator::with_channels(transport, Vec::new(), None, cfg, hosts, ctx, topo.as_ref())
     }
 
     /// Wraps connected transports: `transport` is channel 0, `channels` are channels 1..,
-    /// `staging` the host's CPU-Reduce staging area, and `ctx` the context every rank agreed
-    /// on.
+    /// `staging` the host's CPU-Reduce staging area, `ctx` the context every rank agreed on
+    /// and `topo` the topology it was built from ([`job_topology`]).
     pub fn with_channels(
         transport: Arc<dyn Transport>,
         channels: Vec<Arc<dyn Transport>>,
@@ -120,14 +110,8 @@ impl Communicator {
         cfg: Config,
         hosts: Vec<String>,
         ctx: PlanContext,
+        topo: Option<&acspeed_core::topology::TopoDescription>,
     ) -> Result<Communicator> {
-        let algo = match &cfg.algo {
-            AlgoChoice::Auto => None,
-            AlgoChoice::Named(n) => Some(Algorithm::from_name(n).map_err(|e| match e {
-                Error::InvalidArgument(m) => Error::invalid(format!("ACSPEED_ALGO: {m}")),
-                e => e,
-            })?),
-        };
         let (rank, nranks) = (transport.rank().0, transport.nranks());
         let log = Logger::new(cfg.log, rank);
         // Stall reports are warnings: they show at the default log level.
@@ -142,7 +126,7 @@ impl Communicator {
         let probe = Arc::new(acspeed_core::executor::WaitProbe::new(nranks));
         let exec = exec.with_wait_probe(probe.clone());
         ctx.check()?;
-        let rules = size_rules(&cfg)?;
+        let policy = Policy::for_job(&cfg, topo, &ctx, log)?;
         let timeline = match &cfg.timeline {
             Some(t) => Some(crate::timeline::Timeline::open(
                 t,
@@ -151,52 +135,12 @@ impl Communicator {
             )?),
             None => None,
         };
-        let mut warnings = Vec::new();
-        let tuner = cfg.autotune.then(|| {
-            Tuner::new(
-                tune_key(&ctx, &cfg),
-                cfg.autotune_file.as_deref(),
-                cfg.cache_dir.as_deref(),
-                &mut warnings,
-            )
-        });
-        warnings.iter().for_each(|w| log.warn(w));
-        let selector = Selector::for_job(&cfg, &ctx)?.map(Arc::new);
-        let cands = if tuner.is_some() || selector.is_ok() {
-            let root = Rank(0);
-            [
-                Collective::AllReduce,
-                Collective::Broadcast { root },
-                Collective::Reduce { root },
-            ]
-            .map(|coll| {
-                acspeed_algorithms::select::candidates(coll, &ctx)
-                    .into_iter()
-                    // Without shared memory CPU-Reduce runs another algorithm's plan. Only
-                    // agreed facts may decide: a rank alone in its domain has no staging area
-                    // of its own yet runs CPU-Reduce plans like the others (a candidate list
-                    // that differed there made 3+1+2 jobs under ACSPEED_AUTOTUNE issue
-                    // different calls on rank 3 and fail with a mismatch).
-                    .filter(|a| *a != Algorithm::CpuReduce || cfg.shm)
-                    .collect()
-            })
-        } else {
-            Default::default()
-        };
         // The selector's table is filled now, in the background; a call whose class it has not
         // reached predicts that class itself (deterministic: the same table either way).
-        let fill = selector.as_ref().ok().map(|s| {
-            let root = Rank(0);
-            let work = [
-                Collective::AllReduce,
-                Collective::Broadcast { root },
-                Collective::Reduce { root },
-            ]
-            .into_iter()
-            .zip(cands.iter().cloned())
-            .collect();
-            crate::selector::Fill::start(s.clone(), work, log)
-        });
+        let fill = policy
+            .selector()
+            .ok()
+            .map(|s| crate::selector::Fill::start(s.clone(), policy.chosen_collectives(), log));
         let c = Communicator {
             rank,
             nranks,
@@ -206,7 +150,6 @@ impl Communicator {
             staging,
             exec,
             cfg,
-            algo: Mutex::new(algo),
             state: Mutex::new(CallState {
                 seq: 0,
                 plans: HashMap::new(),
@@ -214,12 +157,9 @@ impl Communicator {
             poisoned: Mutex::new(None),
             hosts,
             ctx,
-            rules,
+            policy,
             timeline,
-            tuner,
-            selector,
             fill: Mutex::new(fill),
-            cands,
             next_any: std::sync::atomic::AtomicU32::new(0),
             control: None,
             busy: Mutex::new(None),
@@ -293,7 +233,7 @@ impl Communicator {
     }
 
     fn forced(&self) -> Option<Algorithm> {
-        *self.algo.lock().unwrap_or_else(|e| e.into_inner())
+        self.policy.forced()
     }
 
     /// Forces an algorithm for later calls (`None`: back to the per-size rules and `auto`),
@@ -301,7 +241,7 @@ impl Communicator {
     /// of its call sequence: the algorithm travels in every frame header, so ranks that
     /// differ fail with a mismatch naming the other rank.
     pub fn set_algorithm(&self, algo: Option<Algorithm>) {
-        *self.algo.lock().unwrap_or_else(|e| e.into_inner()) = algo;
+        self.policy.set_forced(algo);
     }
 
     /// The job as plan generators see it (ranks per host).
@@ -393,7 +333,7 @@ impl Communicator {
         }
         let t0 = std::time::Instant::now();
         self.run_as(coll, algo, dtype, op, count, input, output, None)?;
-        if let (Some(t), Some(class)) = (&self.tuner, trial) {
+        if let (Some(t), Some(class)) = (self.policy.tuner(), trial) {
             if let Some(local) = t.record(class, t0.elapsed().as_secs_f64()) {
                 self.tune_decide(t, class, &local)?;
             }
@@ -551,14 +491,14 @@ impl Communicator {
         self.check_usable()?;
         op.check_dtype(dtype)?;
         let count = Self::elems("allreduce", dtype, bytes, "data")?;
-        let (Some(stage), None) = (self.staging.as_deref(), &self.tuner) else {
+        let (Some(stage), None) = (self.staging.as_deref(), self.policy.tuner()) else {
             return Ok(false);
         };
         if op == ReduceOp::Avg || count == 0 {
             return Ok(false);
         }
         let coll = Collective::AllReduce;
-        let algo = self.choose_layer(coll, bytes).0;
+        let algo = self.decide(coll, bytes).algorithm;
         if algo != Algorithm::CpuReduce {
             return Ok(false);
         }
@@ -757,11 +697,11 @@ impl Communicator {
     /// Whether [`allreduce_fed`](Self::allreduce_fed) of `bytes` would read its input through
     /// the staging area (the same answer on every call of that size).
     pub fn would_feed(&self, bytes: usize) -> Result<bool> {
-        if self.staging.is_none() || self.tuner.is_some() || bytes == 0 {
+        if self.staging.is_none() || self.policy.tuner().is_some() || bytes == 0 {
             return Ok(false);
         }
         let coll = Collective::AllReduce;
-        if self.choose_layer(coll, bytes).0 != Algorithm::CpuReduce {
+        if self.decide(coll, bytes).algorithm != Algorithm::CpuReduce {
             return Ok(false);
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

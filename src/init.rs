@@ -168,11 +168,13 @@ pub fn init_with_store(
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
-    let (nvlinks, sockets) = crate::comm::gpu_facts(&cfg)?;
+    // The topology file is read (and dumped) once; agreement, plans and the policy share it.
+    let topo = crate::comm::job_topology(&cfg)?;
+    let (nvlinks, sockets) = crate::comm::gpu_facts(topo.as_ref());
     let facts = format!(
         "{} topology file fingerprint={}",
         plan_facts(&cfg, &nvlinks, &sockets),
-        crate::selector::topo_fingerprint(&cfg)?
+        crate::selector::topo_fingerprint(&cfg, topo.as_ref())?
     );
     store.set(&key(&format!("plan/{rank}")), facts.as_bytes())?;
     let secret: [u8; 16] = store
@@ -290,8 +292,15 @@ pub fn init_with_store(
         None
     };
     let (warn, log) = (cfg.stall_warn, crate::log::Logger::new(cfg.log, rank));
-    let comm =
-        Communicator::with_channels(Arc::new(transport), channels, staging, cfg, hosts, ctx)?;
+    let comm = Communicator::with_channels(
+        Arc::new(transport),
+        channels,
+        staging,
+        cfg,
+        hosts,
+        ctx,
+        topo.as_ref(),
+    )?;
     if warn.is_zero() || nranks < 2 {
         return Ok(comm);
     }

@@ -29,6 +29,7 @@ pub mod linearity;
 pub mod linearity_measure;
 pub mod log;
 pub mod paths;
+pub mod policy;
 pub mod probe;
 pub mod selector;
 pub mod simulate;

@@ -100,17 +100,20 @@ impl Selector {
     /// The selector for a job, or `None` (with the reason) when there is nothing to model:
     /// no topology file, no GPU in it, more ranks on a host than GPUs, or ranks not numbered
     /// host by host (the model numbers them so).
+    /// `topo` is the job's topology description (`ACSPEED_TOPO_FILE`, read once by the
+    /// caller; `acspeed explain` may give one from another source).
     pub fn for_job(
         cfg: &Config,
+        topo: Option<&TopoDescription>,
         ctx: &PlanContext,
     ) -> Result<std::result::Result<Selector, String>> {
-        let Some(file) = &cfg.topo_file else {
+        let Some(d) = topo else {
             return match &cfg.host_model {
                 Some(m) => Self::for_cpu_hosts(cfg, ctx, m),
                 None => Ok(Err("no ACSPEED_TOPO_FILE or ACSPEED_HOST_MODEL".into())),
             };
         };
-        let d = crate::probe::discover(cfg)?;
+        let file = cfg.topo_file.as_deref().unwrap_or(&d.source);
         if d.gpus.is_empty() {
             return match &cfg.host_model {
                 Some(m) => Self::for_cpu_hosts(cfg, ctx, m),
@@ -127,8 +130,8 @@ impl Selector {
         if ctx.host_of.windows(2).any(|w| w[1] < w[0]) {
             return Ok(Err("ranks are not numbered host by host".into()));
         }
-        let (net, net_note) = net_of(&d, cfg);
-        let host = HostModel::gpu(&d)?;
+        let (net, net_note) = net_of(d, cfg);
+        let host = HostModel::gpu(d)?;
         let cluster = Cluster::new(vec![host; shape.len()], &shape, net)?;
         Ok(Ok(Selector {
             about: format!(
@@ -395,10 +398,9 @@ fn net_of(d: &TopoDescription, cfg: &Config) -> (NetModel, String) {
 
 /// A fingerprint of the topology file's contents that plans and predictions depend on, for
 /// the rendezvous comparison ("" without a file).
-pub fn topo_fingerprint(cfg: &Config) -> Result<String> {
+pub fn topo_fingerprint(cfg: &Config, topo: Option<&TopoDescription>) -> Result<String> {
     let mut parts = Vec::new();
-    if cfg.topo_file.is_some() {
-        let d = crate::probe::discover(cfg)?;
+    if let Some(d) = topo {
         let text = format!(
             "{:?} {:?} {:?} {}",
             d.paths,

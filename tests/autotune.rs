@@ -279,7 +279,7 @@ fn table_fill_ends_at_its_budget_or_stop() {
         ..test_config(1 << 16, 4, 30)
     };
     let ctx = acspeed_core::PlanContext::from_shape(&[2, 2]).unwrap();
-    let sel = Selector::for_job(&cfg, &ctx).unwrap().unwrap();
+    let sel = Selector::for_job(&cfg, None, &ctx).unwrap().unwrap();
     let cands = acspeed_algorithms::select::candidates(Collective::AllReduce, &ctx);
     let work = vec![(Collective::AllReduce, cands)];
     let go = AtomicBool::new(false);
@@ -338,7 +338,7 @@ fn host_models_that_are_bad_or_differ_fail_clearly() {
             host_model: Some(p.to_str().unwrap().into()),
             ..Config::default()
         };
-        let e = match acspeed::selector::Selector::for_job(&cfg, &ctx) {
+        let e = match acspeed::selector::Selector::for_job(&cfg, None, &ctx) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("{name}: accepted"),
         };

@@ -160,8 +160,23 @@ fn explain_names_the_layer_that_decided_and_the_predictions() {
         &[],
     );
     assert!(ok, "{err}");
-    assert!(out.contains("hybrid (auto: ranks span 2 hosts"), "{out}");
+    // A machine given to explain is the job's topology, so the selector decides, as it would
+    // in a job with that ACSPEED_TOPO_FILE; the row marked as running is its pick.
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.contains("(selector: predicted "), "{out}");
     assert_eq!(out.matches("<- runs").count(), 1, "{out}");
+    let runs = out.lines().find(|l| l.contains("<- runs")).unwrap();
+    let name = runs.split_whitespace().next().unwrap();
+    let name = if name == "hybrid:ring" {
+        "hybrid"
+    } else {
+        name
+    };
+    assert!(first.contains(&format!("): {name} (selector")), "{out}");
+    // Without a machine and ACSPEED_TOPO_FILE, the fixed rule: hybrid across hosts.
+    let (ok, out, err) = run(&["--host-shape", "8,8", "--bytes", "64M"], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("hybrid (auto: ranks span 2 hosts"), "{out}");
     let (ok, _, err) = run(&["--host-shape", "2,0", "--bytes", "4K"], &[]);
     assert!(
         !ok && err.contains("every host needs at least one rank"),

@@ -10,6 +10,7 @@ mod exec_props;
 mod linearity;
 mod matrix;
 mod p2p;
+mod policy;
 mod schedule_stream;
 mod simulate;
 mod staging;

@@ -88,7 +88,8 @@ pub(crate) fn run_group_on_hosts<T: Send>(
         _ => (0..n).map(|_| None).collect(),
     };
     // In-memory fabrics get the extra channels init would connect (n-trees that share pairs).
-    let (nvlinks, sockets) = acspeed::comm::gpu_facts(&cfg).unwrap();
+    let topo = acspeed::comm::job_topology(&cfg).unwrap();
+    let (nvlinks, sockets) = acspeed::comm::gpu_facts(topo.as_ref());
     let ctx = acspeed_core::PlanContext::from_host_names(&hosts)
         .with_nvlinks(nvlinks)
         .unwrap()
@@ -138,7 +139,7 @@ pub(crate) fn run_group_on_hosts<T: Send>(
             .map(|r| {
                 let m = mem[r as usize].take();
                 let channels = std::mem::take(&mut extra[r as usize]);
-                let (store, f, hosts, ctx) = (store.clone(), &f, &hosts, ctx.clone());
+                let (store, f, hosts, ctx, topo) = (store.clone(), &f, &hosts, ctx.clone(), &topo);
                 let cfg = Config {
                     host_id: Some(hosts[r as usize].clone()),
                     ..cfg.clone()
@@ -154,6 +155,7 @@ pub(crate) fn run_group_on_hosts<T: Send>(
                                 cfg,
                                 hosts.clone(),
                                 ctx,
+                                topo.as_ref(),
                             )
                             .unwrap()
                         }

@@ -900,25 +900,30 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
 fn explain(args: ExplainArgs) -> Result<()> {
     let cfg = Config::from_env()?;
     let shape = acspeed::launch::host_shape("--host-shape", &args.host_shape)?;
-    let ctx = acspeed_core::PlanContext::from_shape(&shape)?;
     let coll = collective_named(&args.collective)?;
     let bytes = parse_size(&args.bytes)?;
-    let rules = acspeed::comm::size_rules(&cfg)?;
-    let forced = match &cfg.algo {
-        acspeed_core::config::AlgoChoice::Auto => None,
-        acspeed_core::config::AlgoChoice::Named(n) => Some(Algorithm::from_name(n)?),
+    // The job as init builds it: the topology given here (a machine you are not on), else
+    // ACSPEED_TOPO_FILE; then the same policy the communicator decides with.
+    let topo = match load_topo(&args.machine)? {
+        Some(d) => Some(d),
+        None => acspeed::comm::job_topology(&cfg)?,
     };
-    let (algo, why) = acspeed::comm::decide(&ctx, &rules, forced, coll, bytes);
+    let (nvlinks, sockets) = acspeed::comm::gpu_facts(topo.as_ref());
+    let ctx = acspeed_core::PlanContext::from_shape(&shape)?
+        .with_nvlinks(nvlinks)?
+        .with_sockets(&sockets);
+    let log = acspeed::log::Logger::new(cfg.log, 0);
+    let policy = acspeed::policy::Policy::for_job(&cfg, topo.as_ref(), &ctx, log)?;
+    let decision = policy.decide(coll, bytes);
+    let algo = decision.algorithm;
     println!(
-        "{} of {bytes} bytes on {} ranks (hosts {shape:?}): {} ({why})",
-        coll.name(),
-        ctx.nranks,
-        algo.name()
+        "{}",
+        acspeed::policy::explain_line(&ctx, coll, bytes, &decision)
     );
-    let host = match load_topo(&args.machine)? {
-        Some(d) => acspeed_core::sim::HostModel::gpu(&d)?,
-        None if args.machine.here => acspeed::simulate::measure_here()?,
-        None => return Ok(()),
+    let host = match &topo {
+        Some(d) if !d.gpus.is_empty() => acspeed_core::sim::HostModel::gpu(d)?,
+        _ if args.machine.here => acspeed::simulate::measure_here()?,
+        _ => return Ok(()),
     };
     let cluster = acspeed_core::sim::Cluster::new(
         vec![host; shape.len()],
