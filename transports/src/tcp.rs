@@ -295,6 +295,10 @@ fn writer_loop(p: Arc<PeerShared>, mut s: TcpStream, busy: usize) {
     }
 }
 
+/// How long an abort waits, over all peers, for writers to finish the frame they are sending
+/// so that the abort's reason follows it.
+const ABORT_WAIT: Duration = Duration::from_millis(100);
+
 /// Bytes of a socket's packets that may wait in this host's transmit path (qdisc and
 /// device) before its writer takes another stripe.
 const MAX_QUEUED: usize = MIN_STRIPE;
@@ -565,6 +569,10 @@ impl Transport for TcpTransport {
     }
 
     fn abort(&self, reason: &str) {
+        // A writer in the middle of a frame finishes it first; waiting briefly for it lets the
+        // reason reach a peer whose only socket was busy (else the peer reads just the close
+        // and names this rank instead of the cause).
+        let deadline = std::time::Instant::now() + ABORT_WAIT;
         for p in self.peers.iter().flatten() {
             if p.aborted.swap(true, Ordering::SeqCst) {
                 continue;
@@ -575,7 +583,14 @@ impl Transport for TcpTransport {
             // Every idle socket carries the reason, so whichever reader the peer hears from
             // first reads it before the close.
             for (i, s) in p.streams.iter().enumerate() {
-                if let Ok(_idle) = p.busy[2 * i].try_lock() {
+                let idle = loop {
+                    match p.busy[2 * i].try_lock() {
+                        Ok(g) => break Some(g),
+                        Err(_) if std::time::Instant::now() >= deadline => break None,
+                        Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                    }
+                };
+                if let Some(_idle) = idle {
                     let hdr = FrameHeader {
                         len: why.len() as u64,
                         ..FrameHeader::default()
