@@ -60,44 +60,6 @@ pub fn route_ip(target: SocketAddr) -> Result<IpAddr> {
         .ip())
 }
 
-/// The settings every rank's plans depend on, as exchanged at rendezvous.
-fn plan_facts(cfg: &Config, nvlinks: &[Vec<u8>], sockets: &[u32]) -> String {
-    let algo = match &cfg.algo {
-        acspeed_core::config::AlgoChoice::Auto => "auto".to_string(),
-        acspeed_core::config::AlgoChoice::Named(n) => n.to_ascii_lowercase(),
-    };
-    let rules = |r: &[acspeed_core::config::SizeRule]| {
-        r.iter()
-            .map(|x| format!("{}:{}-{}", x.algo, x.lo, x.hi))
-            .collect::<Vec<_>>()
-            .join(";")
-    };
-    let links = if nvlinks.is_empty() {
-        "none".to_string()
-    } else {
-        nvlinks
-            .iter()
-            .map(|r| r.iter().map(u8::to_string).collect::<Vec<_>>().join(","))
-            .collect::<Vec<_>>()
-            .join("/")
-    };
-    // Named arguments: the message names each setting, and a positional list once paired
-    // them wrongly.
-    format!(
-        "ACSPEED_ALGO={algo} ACSPEED_SEGMENT_BYTES={segment} ACSPEED_ALLREDUCE={allreduce} ACSPEED_BROADCAST={broadcast} ACSPEED_REDUCE={reduce} ACSPEED_CPU_REDUCE_PIPELINES={pipelines} ACSPEED_SHM={shm} ACSPEED_AUTOTUNE={autotune} ACSPEED_RDMA_CQ_DATA_BYTES={cq} NVLinks(ACSPEED_TOPO_FILE)={links} GPU sockets={sockets:?}",
-        segment = cfg.segment_bytes,
-        allreduce = rules(&cfg.allreduce_rules),
-        broadcast = rules(&cfg.broadcast_rules),
-        reduce = rules(&cfg.reduce_rules),
-        pipelines = cfg.cpu_reduce_pipelines,
-        shm = u8::from(cfg.shm),
-        autotune = u8::from(cfg.autotune),
-        cq = cfg
-            .rdma_cq_data
-            .map_or("provider".to_string(), |b| b.to_string()),
-    )
-}
-
 /// The host identity used to group ranks: `ACSPEED_HOST_ID`, else the (UTS namespace's)
 /// hostname. Never derived from shared memory, which separate hosts may share under netsim.
 pub fn host_id(cfg: &Config) -> String {
@@ -171,12 +133,8 @@ pub fn init_with_store(
     // The topology file is read (and dumped) once; agreement, plans and the policy share it.
     let topo = crate::comm::job_topology(&cfg)?;
     let (nvlinks, sockets) = crate::comm::gpu_facts(topo.as_ref());
-    let facts = format!(
-        "{} topology file fingerprint={}",
-        plan_facts(&cfg, &nvlinks, &sockets),
-        crate::selector::topo_fingerprint(&cfg, topo.as_ref())?
-    );
-    store.set(&key(&format!("plan/{rank}")), facts.as_bytes())?;
+    let facts = crate::facts::JobFacts::of(&cfg, topo.as_ref())?;
+    store.set(&key(&format!("plan/{rank}")), facts.to_json().as_bytes())?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
         .try_into()
@@ -204,14 +162,7 @@ pub fn init_with_store(
             String::from_utf8_lossy(&store.get(&key(&format!("transport/{q}")), t)?).into_owned();
         wants.push(crate::paths::Wants::parse(&w));
         let f = String::from_utf8_lossy(&store.get(&key(&format!("plan/{q}")), t)?).into_owned();
-        if f != facts {
-            return Err(Error::Mismatch {
-                peer: q,
-                detail: format!(
-                    "rank {q} plans with {f} but rank {rank} with {facts}: algorithm settings, ACSPEED_SEGMENT_BYTES, ACSPEED_TOPO_FILE (its NVLinks, sockets and the paths the selector models) and ACSPEED_HOST_MODEL / ACSPEED_NET_GBPS / ACSPEED_FLOW_GBPS must be the same on every rank"
-                ),
-            });
-        }
+        facts.check(rank, q, &crate::facts::JobFacts::from_json(q, &f)?)?;
     }
     let paths = choose_paths(rank, &hosts, &wants);
     let mesh = Mesh {

@@ -23,6 +23,7 @@ mod control;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod element;
+pub mod facts;
 pub mod init;
 pub mod launch;
 pub mod linearity;

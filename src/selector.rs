@@ -396,32 +396,6 @@ fn net_of(d: &TopoDescription, cfg: &Config) -> (NetModel, String) {
     )
 }
 
-/// A fingerprint of the topology file's contents that plans and predictions depend on, for
-/// the rendezvous comparison ("" without a file).
-pub fn topo_fingerprint(cfg: &Config, topo: Option<&TopoDescription>) -> Result<String> {
-    let mut parts = Vec::new();
-    if let Some(d) = topo {
-        let text = format!(
-            "{:?} {:?} {:?} {}",
-            d.paths,
-            d.nics.iter().map(|n| n.speed_mbps).collect::<Vec<_>>(),
-            d.gpus.len(),
-            d.cores
-        );
-        parts.push(format!("{:016x}", crate::autotune::fnv64(&text)));
-    }
-    if let Some(f) = &cfg.host_model {
-        // The model's contents, not its path: ranks that would predict differently fail init.
-        let m = read_host_model(f)?;
-        let text = serde_json::to_string(&m).unwrap_or_default();
-        parts.push(format!("host-model={:016x}", crate::autotune::fnv64(&text)));
-    }
-    if !parts.is_empty() && (cfg.net_gbps.is_some() || cfg.flow_gbps.is_some()) {
-        parts.push(format!("net={:?}/{:?}", cfg.net_gbps, cfg.flow_gbps));
-    }
-    Ok(parts.join(","))
-}
-
 /// Nice 10 for the calling thread: the table fill runs beside the job's own threads and must
 /// yield to them on a busy host.
 fn lower_priority() {
