@@ -207,24 +207,20 @@ pub(super) fn decode_i64(b: &[u8]) -> Vec<i64> {
         .collect()
 }
 
-/// What the autotuner's choices depend on besides the measurements: the job's shape and the
-/// settings that change how algorithms perform. Its hash names the default cache file.
-pub fn tune_key(ctx: &PlanContext, cfg: &Config) -> String {
+/// What the autotuner's choices depend on besides the measurements: the agreed job facts,
+/// the host map and the transport settings that change how algorithms perform. Its hash
+/// names the default cache file.
+pub fn tune_key(ctx: &PlanContext, cfg: &Config, facts: &crate::facts::JobFacts) -> String {
     format!(
-        "acspeed {} ranks={} hosts={:?} nvlinks={:?} sockets={:?} shm={} shm_mode={:?} cma_min={} nstreams={:?} rdma={:?} segment={} depth={} cpu_reduce={}x{}",
+        "acspeed {} facts={} hosts={:?} shm_mode={:?} cma_min={} nstreams={:?} rdma={:?} depth={} cpu_reduce_threads={}",
         env!("CARGO_PKG_VERSION"),
-        ctx.nranks,
+        facts.to_json(),
         ctx.host_of,
-        ctx.nvlinks,
-        ctx.socket_of,
-        cfg.shm,
         cfg.shm_mode,
         cfg.shm_cma_min,
         cfg.nstreams,
         cfg.rdma,
-        cfg.segment_bytes,
         cfg.pipeline_depth,
-        cfg.cpu_reduce_pipelines,
         cfg.cpu_reduce_threads
     )
 }

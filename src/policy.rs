@@ -196,14 +196,15 @@ impl Policy {
         };
         let rules = size_rules(cfg)?;
         let mut warnings = Vec::new();
-        let tuner = cfg.autotune.then(|| {
-            Tuner::new(
-                crate::comm::tune_key(ctx, cfg),
+        let tuner = match cfg.autotune {
+            true => Some(Tuner::new(
+                crate::comm::tune_key(ctx, cfg, &crate::facts::JobFacts::of(cfg, topo)?),
                 cfg.autotune_file.as_deref(),
                 cfg.cache_dir.as_deref(),
                 &mut warnings,
-            )
-        });
+            )),
+            false => None,
+        };
         warnings.iter().for_each(|w| log.warn(w));
         let selector = Selector::for_job(cfg, topo, ctx)?.map(Arc::new);
         let model: Arc<str> = match &selector {
