@@ -17,5 +17,9 @@ check() { # crate forbidden...
 check acspeed-core acspeed-transports acspeed-algorithms acspeed
 check acspeed-transports acspeed-algorithms acspeed
 check acspeed-algorithms acspeed-transports acspeed
+# The runtime a training job links (and the Python wheel) carries no tool: no CLI, chart or
+# progress-bar crate, and nothing of acspeed-tools.
+check acspeed acspeed-tools clap anyhow plotters indicatif
+check acspeed-python acspeed-tools clap anyhow plotters indicatif
 if ((fail)); then exit 1; fi
-echo "check-deps: ok (core <- transports, core <- algorithms, no transports <-> algorithms)"
+echo "check-deps: ok (core <- transports, core <- algorithms, no transports <-> algorithms; the runtime and the wheel carry no tool)"

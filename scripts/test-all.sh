@@ -14,8 +14,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 stage "GPU code compiles and its no-GPU paths pass (feature cuda, driver loaded at run time)"
-cargo clippy -p acspeed -p acspeed-python --features cuda --all-targets -- -D warnings
-run cargo test --release --features cuda --test tests staging
+cargo clippy -p acspeed -p acspeed-python -p acspeed-tools --features cuda --all-targets -- -D warnings
+run cargo test --release -p acspeed-tools --features cuda --test tests staging
 
 stage "RDMA through libfabric (feature rdma, tcp;ofi_rxm provider on loopback)"
 if ! pkg-config --exists libfabric 2>/dev/null && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
@@ -23,8 +23,8 @@ if ! pkg-config --exists libfabric 2>/dev/null && [[ "$(id -u)" == 0 ]] && comma
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libfabric-dev pkg-config >/dev/null
 fi
 if pkg-config --exists libfabric 2>/dev/null || [[ -e /usr/include/rdma/fabric.h ]]; then
-  cargo clippy -p acspeed -p acspeed-transports --features acspeed/rdma --all-targets -- -D warnings
-  FI_TCP_IFACE=lo run cargo test --release --features rdma --test tests -- rdma counts_that_differ abort_reason
+  cargo clippy -p acspeed -p acspeed-transports -p acspeed-tools --features acspeed/rdma --all-targets -- -D warnings
+  FI_TCP_IFACE=lo run cargo test --release -p acspeed-tools --features rdma --test tests -- rdma counts_that_differ abort_reason
 else
   echo "libfabric-dev is not installed and cannot be (not root?): RDMA stage skipped" | tee -a "$LOG"
 fi

@@ -1,8 +1,10 @@
 //! # acspeed
 //!
-//! Collective communication for data-parallel training. This crate is the integrator: it
-//! owns the [`Communicator`] (rendezvous, connection set-up, algorithm choice, plan cache,
-//! execution) and the command-line tools. The pieces live in their own crates:
+//! Collective communication for data-parallel training. This crate is the runtime a training
+//! job links: the [`Communicator`] (rendezvous, connection set-up, the policy that chooses each
+//! call's algorithm, plan cache, execution), the control plane and device staging. The
+//! command-line tools (`acspeed`, `acspeed-bench`) live in `acspeed-tools`. The pieces live in
+//! their own crates:
 //! `acspeed-core` (types, plan IR, verifier, executor, `Transport` trait),
 //! `acspeed-algorithms` (pure plan generators) and `acspeed-transports` (TCP, ...).
 //!
@@ -15,9 +17,7 @@
 //! ```
 
 pub mod autotune;
-pub mod bench;
 pub mod call_stats;
-pub mod charts;
 pub mod comm;
 mod control;
 #[cfg(feature = "cuda")]
@@ -25,15 +25,12 @@ pub mod cuda;
 pub mod element;
 pub mod facts;
 pub mod init;
-pub mod launch;
 pub mod linearity;
-pub mod linearity_measure;
 pub mod log;
 pub mod paths;
 pub mod policy;
 pub mod probe;
 pub mod selector;
-pub mod simulate;
 pub mod staging;
 pub mod store;
 pub mod timeline;

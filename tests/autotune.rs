@@ -128,7 +128,7 @@ fn auto_follows_the_selector_on_a_gpu_topology() {
     let v100 = crate::util::topo_json(
         &dir,
         "v100.json",
-        "tests/fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt",
+        fixture!("nvsmi/02-v100-8gpu-vm-phb-likejazz.txt"),
         |_| {},
     );
     let cfg = Config {
@@ -176,7 +176,7 @@ fn auto_follows_the_selector_on_a_gpu_topology() {
 #[test]
 fn topology_files_with_different_pcie_paths_fail_init() {
     let dir = std::env::temp_dir().join(format!("acspeed-topo-fp-{}", std::process::id()));
-    let fixture = "tests/fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt";
+    let fixture = fixture!("nvsmi/02-v100-8gpu-vm-phb-likejazz.txt");
     let a = crate::util::topo_json(&dir, "a.json", fixture, |_| {});
     let b = crate::util::topo_json(&dir, "b.json", fixture, |d| {
         let n = d.paths.len();

@@ -186,7 +186,7 @@ fn port_in_use_and_unreachable_master_fail_fast_and_clearly() {
 #[test]
 fn every_configuration_variable_is_documented_in_the_readme() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     for (name, _, _) in acspeed_core::config::VARS {
         for v in name.split(" / ") {
             assert!(
@@ -273,12 +273,7 @@ fn socket_interface_choice() {
 #[test]
 fn bench_runs_ntree_from_a_topology_file() {
     let dir = std::env::temp_dir().join(format!("acspeed-bench-ntree-{}", std::process::id()));
-    let topo = crate::util::topo_json(
-        &dir,
-        "topo.json",
-        "tests/fixtures/fake-nvlink-4gpu.txt",
-        |_| {},
-    );
+    let topo = crate::util::topo_json(&dir, "topo.json", fixture!("fake-nvlink-4gpu.txt"), |_| {});
     let o = bench(
         &[
             "-n", "4", "--algo", "ntree", "-b", "4K", "-e", "1M", "-f", "16", "--check", "--iters",

@@ -468,7 +468,7 @@ fn several_communicators_used_concurrently_from_several_threads() {
 #[test]
 fn topology_files_that_differ_across_ranks_fail_init_naming_the_rank() {
     let dir = std::env::temp_dir().join(format!("acspeed-topo-agree-{}", std::process::id()));
-    let fixture = "tests/fixtures/fake-nvlink-4gpu.txt";
+    let fixture = fixture!("fake-nvlink-4gpu.txt");
     let a = crate::util::topo_json(&dir, "a.json", fixture, |_| {});
     let b = crate::util::topo_json(&dir, "b.json", fixture, |d| {
         d.paths[0][1] = acspeed_core::topology::PathClass::NV(1);
@@ -575,12 +575,7 @@ fn cpu_reduce_without_shared_memory_falls_back_and_says_so() {
 #[test]
 fn a_plan_needing_missing_channels_is_refused_clearly() {
     let dir = std::env::temp_dir().join(format!("acspeed-channels-{}", std::process::id()));
-    let topo = crate::util::topo_json(
-        &dir,
-        "fake4.json",
-        "tests/fixtures/fake-nvlink-4gpu.txt",
-        |_| {},
-    );
+    let topo = crate::util::topo_json(&dir, "fake4.json", fixture!("fake-nvlink-4gpu.txt"), |_| {});
     let cfg = acspeed::Config {
         algo: acspeed_core::config::AlgoChoice::Named("ntree".into()),
         topo_file: Some(topo),

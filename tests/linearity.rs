@@ -102,7 +102,7 @@ fn measured_verdict_follows_the_compute_to_communication_ratio() {
 fn predicted_on_a_fixture_recommends_settings() {
     let (ok, out, err) = lin(&[
         "--nvidia-smi-topo",
-        "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt",
+        fixture!("nvsmi/06-a100-8gpu-nv12-17nic.txt"),
         "--hosts",
         "4",
         "--net-gbps",
@@ -141,7 +141,7 @@ fn charts_are_written_as_png() {
     let png = dir.join("lin.png");
     let (ok, _, err) = lin(&[
         "--nvidia-smi-topo",
-        "tests/fixtures/nvsmi/03-p100-dgx1-8gpu-sheffield.txt",
+        fixture!("nvsmi/03-p100-dgx1-8gpu-sheffield.txt"),
         "--hosts",
         "2",
         "--net-gbps",

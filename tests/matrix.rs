@@ -393,9 +393,9 @@ fn matrix_ntree() {
     let file = |name: &str, fixture: &str| crate::util::topo_json(&dir, name, fixture, |_| {});
     let v100 = file(
         "v100.json",
-        "tests/fixtures/nvsmi/02-v100-8gpu-vm-phb-likejazz.txt",
+        fixture!("nvsmi/02-v100-8gpu-vm-phb-likejazz.txt"),
     );
-    let shared = file("fake4.json", "tests/fixtures/fake-nvlink-4gpu.txt");
+    let shared = file("fake4.json", fixture!("fake-nvlink-4gpu.txt"));
     let a = Algo {
         name: "ntree",
         shape: one_host,
@@ -430,7 +430,7 @@ fn matrix_cpu_reduce() {
     let two_sockets = crate::util::topo_json(
         &dir,
         "pcie8.json",
-        "tests/fixtures/nvsmi/04-savio4-8gpu-pcie-pxb-pix.txt",
+        fixture!("nvsmi/04-savio4-8gpu-pcie-pxb-pix.txt"),
         |_| {},
     );
     let one = Algo {

@@ -75,7 +75,7 @@ fn agree(vars: &[(String, String)], shape: &[u32]) {
 #[test]
 fn explain_agrees_with_what_runs_on_every_fixture() {
     let dir = std::env::temp_dir().join(format!("acspeed-policy-{}", std::process::id()));
-    let mut fixtures: Vec<_> = std::fs::read_dir("tests/fixtures/nvsmi")
+    let mut fixtures: Vec<_> = std::fs::read_dir(fixture!("nvsmi"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))

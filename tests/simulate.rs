@@ -14,7 +14,7 @@ fn simulate(args: &[&str]) -> (bool, String, String) {
 fn simulate_json_rows_mark_one_pick_per_size() {
     let (ok, out, err) = simulate(&[
         "--nvidia-smi-topo",
-        "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt",
+        fixture!("nvsmi/06-a100-8gpu-nv12-17nic.txt"),
         "--hosts",
         "2",
         "--net-gbps",
@@ -73,21 +73,21 @@ fn simulate_bad_input_is_named() {
     assert!(!ok && err.contains("--here"), "{err}");
     let (ok, _, err) = simulate(&[
         "--nvidia-smi-topo",
-        "tests/fixtures/nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt",
+        fixture!("nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt"),
         "--ranks-per-host",
         "4",
     ]);
     assert!(!ok && err.contains("2 GPUs but 4 ranks"), "{err}");
     let (ok, _, err) = simulate(&[
         "--nvidia-smi-topo",
-        "tests/fixtures/nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt",
+        fixture!("nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt"),
         "--sizes",
         "4Q",
     ]);
     assert!(!ok && err.contains("'4Q' is not a size"), "{err}");
     let (ok, _, err) = simulate(&[
         "--nvidia-smi-topo",
-        "tests/fixtures/nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt",
+        fixture!("nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt"),
         "--collective",
         "broadcast",
         "--algo",
@@ -155,7 +155,7 @@ fn explain_names_the_layer_that_decided_and_the_predictions() {
             "--bytes",
             "64M",
             "--nvidia-smi-topo",
-            "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt",
+            fixture!("nvsmi/06-a100-8gpu-nv12-17nic.txt"),
         ],
         &[],
     );

@@ -1,4 +1,12 @@
-//! The integration-test binary of the `acspeed` crate (one binary, modules by theme).
+//! The repository's integration-test binary (one binary, modules by theme), built by acspeed-tools.
+
+/// A file under tests/fixtures, by absolute path: the tests run from the tools package's
+/// directory (they belong to acspeed-tools, which builds the binaries they drive).
+macro_rules! fixture {
+    ($p:literal) => {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/", $p)
+    };
+}
 
 mod util;
 

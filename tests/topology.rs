@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 fn nvsmi_file(p: &Path) -> TopoDescription {
@@ -226,7 +226,7 @@ fn gpu_sockets_of_the_real_outputs() {
         ("11-a10-4gpu-flat-allsys-2nic", vec![0, 0, 0, 0]),
         ("12-rtx3090-2gpu-nvlink-nv4", vec![0, 0]),
     ] {
-        let text = std::fs::read_to_string(format!("tests/fixtures/nvsmi/{f}.txt")).unwrap();
+        let text = std::fs::read_to_string(format!("{}nvsmi/{f}.txt", fixture!(""))).unwrap();
         let d = acspeed_core::topology::nvsmi::parse(&text).unwrap();
         assert_eq!(d.gpu_sockets(), want, "{f}");
     }

@@ -259,8 +259,8 @@ pub(crate) fn encode(d: DType, vals: &[f64]) -> Vec<u8> {
 }
 
 /// A byte buffer with 8-byte alignment holding `bytes`.
-pub(crate) fn aligned_copy(bytes: &[u8]) -> acspeed::bench::Aligned {
-    let mut a = acspeed::bench::aligned(bytes.len());
+pub(crate) fn aligned_copy(bytes: &[u8]) -> acspeed_tools::bench::Aligned {
+    let mut a = acspeed_tools::bench::aligned(bytes.len());
     a.copy_from_slice(bytes);
     a
 }

@@ -108,6 +108,21 @@ impl Collective {
     }
 }
 
+/// The collective `--collective` and `explain` name: allreduce, broadcast or reduce (rooted
+/// at rank 0).
+pub fn collective_named(s: &str) -> crate::Result<Collective> {
+    Ok(match s {
+        "allreduce" => Collective::AllReduce,
+        "broadcast" => Collective::Broadcast { root: Rank(0) },
+        "reduce" => Collective::Reduce { root: Rank(0) },
+        other => {
+            return Err(crate::Error::invalid(format!(
+                "--collective {other}: expected allreduce, broadcast or reduce"
+            )))
+        }
+    })
+}
+
 /// Every algorithm name `ACSPEED_ALGO`, the size rules and `--algo` accept, besides `auto`
 /// (`hybrid` alone is `hybrid:ring`, which is also accepted). The one list: configuration
 /// checks names against it before anything connects, and the algorithms crate's `Algorithm`

@@ -196,7 +196,7 @@ impl PyComm {
     /// Which algorithm a collective of `nbytes` runs on this group, and why.
     #[pyo3(signature = (nbytes, collective="allreduce"))]
     fn explain(&self, nbytes: usize, collective: &str) -> PyResult<String> {
-        let c = acspeed::simulate::collective_named(collective).map_err(|e| to_py(&e))?;
+        let c = acspeed_core::plan::collective_named(collective).map_err(|e| to_py(&e))?;
         Ok(self.coll.explain(c, nbytes))
     }
 

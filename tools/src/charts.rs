@@ -2,7 +2,7 @@
 //! algorithm, bus bandwidth against message size per algorithm, and the step breakdown
 //! (compute, communication hidden under it, exposed communication).
 
-use crate::linearity::Step;
+use acspeed::linearity::Step;
 use acspeed_core::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;

@@ -5,8 +5,8 @@
 //! WORLD_SIZE, MASTER_ADDR, MASTER_PORT), which is how it runs across hosts. Exits non-zero
 //! when any result is wrong or any rank fails.
 
-use acspeed::bench::{format_table, run_sweep, BenchParams};
 use acspeed::{Config, DType, LaunchEnv, ReduceOp};
+use acspeed_tools::bench::{format_table, run_sweep, BenchParams};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use std::process::ExitCode;
@@ -232,15 +232,15 @@ fn utc_now() -> String {
 }
 
 fn host_shape(s: &str) -> Result<Vec<u32>> {
-    Ok(acspeed::launch::host_shape("--hosts", s)?)
+    Ok(acspeed_tools::launch::host_shape("--hosts", s)?)
 }
 
 /// Starts `n` ranks of this binary on this host and waits for them.
 fn spawn_local(a: &Args, n: u32) -> Result<bool> {
     // Children join the job instead of spawning: drop -n/--nranks and --hosts.
-    let args = acspeed::launch::child_args(&["-n", "--nranks", "--hosts"]);
+    let args = acspeed_tools::launch::child_args(&["-n", "--nranks", "--hosts"]);
     let hosts = a.hosts.as_deref().map(host_shape).transpose()?;
-    Ok(acspeed::launch::run_local(
+    Ok(acspeed_tools::launch::run_local(
         "acspeed-bench",
         &args,
         n,

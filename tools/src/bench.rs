@@ -8,7 +8,7 @@
 //! kernels under test) and compared bit for bit, or within a stated relative tolerance where
 //! the dtype cannot hold the exact result (AVG, or float sums of many ranks).
 
-use crate::comm::Communicator;
+use acspeed::Communicator;
 use acspeed_core::{DType, ReduceOp, Result};
 use serde::Serialize;
 use std::time::Instant;

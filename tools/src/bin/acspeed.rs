@@ -10,13 +10,13 @@
 //! the selector picks.
 
 use acspeed::probe;
-use acspeed::simulate::{
-    cluster_of, collective_named, format_rows, simulate_rows, HostSource, SimulateSpec,
-};
 use acspeed::Config;
 use acspeed_algorithms::Algorithm;
 use acspeed_core::sim::NetModel;
 use acspeed_core::topology::{nvsmi, render, TopoDescription, TopoModel, LINK_TABLE};
+use acspeed_tools::simulate::{
+    cluster_of, collective_named, format_rows, simulate_rows, HostSource, SimulateSpec,
+};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -467,7 +467,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
     let max_hosts = args.hosts.unwrap_or(1).max(1);
     let host = match &topo {
         Some(d) => acspeed_core::sim::HostModel::gpu(d)?,
-        None => acspeed::simulate::measure_here()?,
+        None => acspeed_tools::simulate::measure_here()?,
     };
     let net = args.net.model(30.0);
     let mut rows = Vec::new();
@@ -646,7 +646,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             &vec![rph; max_hosts as usize],
             net.clone(),
         )?;
-        let mut d = acspeed::charts::ChartData {
+        let mut d = acspeed_tools::charts::ChartData {
             title: format!(
                 "acspeed linearity (predicted): {model}, compute {} ms/step, {rph} ranks per host, {} Gbit/s",
                 args.compute_ms, args.net.net_gbps
@@ -663,8 +663,8 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             }
         }
         let sizes: Vec<usize> = (0..7).map(|k| (64usize << 10) << (2 * k)).collect();
-        let spec = acspeed::simulate::SimulateSpec {
-            source: acspeed::simulate::HostSource::Here,
+        let spec = acspeed_tools::simulate::SimulateSpec {
+            source: acspeed_tools::simulate::HostSource::Here,
             shape: vec![rph; max_hosts as usize],
             net: net.clone(),
             sizes,
@@ -673,7 +673,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             dtype: acspeed::DType::F32,
             segment_bytes: acspeed_core::schedule::DEFAULT_SEGMENT_BYTES,
         };
-        for row in acspeed::simulate::simulate_rows(&spec, &cluster)? {
+        for row in acspeed_tools::simulate::simulate_rows(&spec, &cluster)? {
             match d.busbw.iter_mut().find(|s| s.0 == row.algo) {
                 Some(s) => s.1.push((row.bytes as f64, row.busbw_gbps)),
                 None => d
@@ -685,14 +685,14 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
             .iter()
             .map(|r| (r.algo.clone(), r.step.clone()))
             .collect();
-        acspeed::charts::render(png, &d)?;
+        acspeed_tools::charts::render(png, &d)?;
         eprintln!("charts written to {}", png.display());
     }
     Ok(())
 }
 
 fn linearity_measure(args: &LinArgs) -> Result<()> {
-    use acspeed::linearity_measure::{measure, recommend, MeasureSpec};
+    use acspeed_tools::linearity_measure::{measure, recommend, MeasureSpec};
     let (model, params) = lin_params(args)?;
     let Some(workers) = args.workers else {
         bail!("give --workers N (measure), --single/--multi (from numbers) or --topo/--nvidia-smi-topo/--here (predict)");
@@ -702,8 +702,8 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
     }
     if std::env::var_os("RANK").is_none() {
         // Start the ranks; each re-runs this command as one rank of the job.
-        let child = acspeed::launch::child_args(&[]);
-        let ok = acspeed::launch::run_local(
+        let child = acspeed_tools::launch::child_args(&[]);
+        let ok = acspeed_tools::launch::run_local(
             "acspeed linearity",
             &child,
             workers,
@@ -834,7 +834,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
     }
     if args.with_prediction {
         let ctx = comm.plan_context();
-        let host = acspeed::simulate::measure_here()?;
+        let host = acspeed_tools::simulate::measure_here()?;
         let cluster = acspeed_core::sim::Cluster::new(
             vec![host; ctx.nhosts()],
             &ctx.shape(),
@@ -874,7 +874,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         }
     }
     if let Some(png) = &args.plot {
-        let d = acspeed::charts::ChartData {
+        let d = acspeed_tools::charts::ChartData {
             title: format!(
                 "acspeed linearity (measured): {model}, compute {} ms/step, {workers} workers on {} host(s)",
                 args.compute_ms,
@@ -891,7 +891,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
                 .collect(),
             steps: rows.iter().map(|r| (r.algo.clone(), r.step.clone())).collect(),
         };
-        acspeed::charts::render(png, &d)?;
+        acspeed_tools::charts::render(png, &d)?;
         eprintln!("charts written to {}", png.display());
     }
     Ok(())
@@ -899,7 +899,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
 
 fn explain(args: ExplainArgs) -> Result<()> {
     let cfg = Config::from_env()?;
-    let shape = acspeed::launch::host_shape("--host-shape", &args.host_shape)?;
+    let shape = acspeed_tools::launch::host_shape("--host-shape", &args.host_shape)?;
     let coll = collective_named(&args.collective)?;
     let bytes = parse_size(&args.bytes)?;
     // The job as init builds it: the topology given here (a machine you are not on), else
@@ -922,7 +922,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
     );
     let host = match &topo {
         Some(d) if !d.gpus.is_empty() => acspeed_core::sim::HostModel::gpu(d)?,
-        _ if args.machine.here => acspeed::simulate::measure_here()?,
+        _ if args.machine.here => acspeed_tools::simulate::measure_here()?,
         _ => return Ok(()),
     };
     let cluster = acspeed_core::sim::Cluster::new(

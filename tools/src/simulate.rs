@@ -5,7 +5,7 @@
 use acspeed_algorithms::select::{candidates, context_of, rank_candidates, row_name};
 use acspeed_algorithms::Algorithm;
 use acspeed_core::kernels;
-use acspeed_core::plan::{Collective, Rank};
+use acspeed_core::plan::Collective;
 use acspeed_core::sim::{Cluster, HostModel, NetModel};
 use acspeed_core::topology::TopoDescription;
 use acspeed_core::{Config, DType, Error, ReduceOp, Result};
@@ -262,19 +262,7 @@ pub fn simulate_rows(spec: &SimulateSpec, cluster: &Cluster) -> Result<Vec<Row>>
     Ok(rows)
 }
 
-/// The collective named on the command line.
-pub fn collective_named(s: &str) -> Result<Collective> {
-    Ok(match s {
-        "allreduce" => Collective::AllReduce,
-        "broadcast" => Collective::Broadcast { root: Rank(0) },
-        "reduce" => Collective::Reduce { root: Rank(0) },
-        other => {
-            return Err(Error::invalid(format!(
-                "--collective {other}: expected allreduce, broadcast or reduce"
-            )))
-        }
-    })
-}
+pub use acspeed_core::plan::collective_named;
 
 /// The table `acspeed simulate` prints.
 pub fn format_rows(rows: &[Row]) -> String {

@@ -10,8 +10,8 @@
 //! the step's time after the compute ended (the allreduces' busy intervals are a union,
 //! never a sum of durations).
 
-use crate::linearity::{buckets, verdict, Step};
-use crate::Communicator;
+use acspeed::linearity::{buckets, verdict, Step};
+use acspeed::Communicator;
 use acspeed_algorithms::Algorithm;
 use acspeed_core::{Error, ReduceOp, Result};
 use serde::Serialize;
@@ -251,7 +251,7 @@ pub fn measure(comm: &Communicator, spec: &MeasureSpec, tick: &dyn Fn()) -> Resu
             0.0
         };
         let name = match algo {
-            Some(a) => crate::linearity::algo_name(a),
+            Some(a) => acspeed::linearity::algo_name(a),
             None => format!(
                 "auto({})",
                 comm.algorithm_for(acspeed_core::Collective::AllReduce, sizes[0])
@@ -306,7 +306,7 @@ fn one_host_step(
         .collect();
     let leader = local[0];
     let server = if me == leader {
-        Some(crate::store::TcpStoreServer::start(
+        Some(acspeed::store::TcpStoreServer::start(
             "127.0.0.1:0".parse().expect("loopback"),
         )?)
     } else {
@@ -319,13 +319,13 @@ fn one_host_step(
         timeline: None,
         ..comm.config().clone()
     };
-    let store = crate::store::TcpStoreClient::connect(
+    let store = acspeed::store::TcpStoreClient::connect(
         "127.0.0.1",
         ports[leader as usize] as u16,
         cfg.timeout,
     )?;
     let idx = local.iter().position(|r| *r == me).expect("on its host") as u32;
-    let sub = crate::init_with_store(
+    let sub = acspeed::init_with_store(
         &store,
         "acspeed-linearity-host",
         idx,
