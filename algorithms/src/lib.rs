@@ -8,6 +8,7 @@
 
 mod compose;
 pub mod cpu_reduce;
+pub mod generator;
 pub mod hybrid;
 pub mod ntree;
 pub mod order;
@@ -19,6 +20,7 @@ use acspeed_core::plan::{Collective, RankPlan};
 use acspeed_core::{Error, PlanContext, Rank, Result};
 
 pub use cpu_reduce::CpuReduce;
+pub use generator::Generator;
 pub use hybrid::{Hybrid, InterHost};
 pub use ntree::NTrees;
 pub use ring::Ring;
@@ -73,15 +75,35 @@ impl Algorithm {
             .expect("Algorithm::ALL spells every name of ALGORITHM_NAMES"))
     }
 
+    /// The algorithm's plan generator.
+    pub fn generator(self) -> &'static dyn Generator {
+        static RING: Ring = Ring { chunks_per_rank: 1 };
+        static HYBRID: [Hybrid; 4] = [
+            Hybrid {
+                inter: InterHost::Ring,
+            },
+            Hybrid {
+                inter: InterHost::Tree,
+            },
+            Hybrid {
+                inter: InterHost::Butterfly,
+            },
+            Hybrid {
+                inter: InterHost::Ps,
+            },
+        ];
+        match self {
+            Algorithm::Ring => &RING,
+            Algorithm::Tree => &Tree,
+            Algorithm::Ntree => &NTrees,
+            Algorithm::Hybrid(i) => &HYBRID[i as usize],
+            Algorithm::CpuReduce => &CpuReduce,
+        }
+    }
+
     /// Whether the algorithm has a plan for `coll` (ring serves every collective).
     pub fn serves(self, coll: Collective) -> bool {
-        match self {
-            Algorithm::Ring => true,
-            Algorithm::Tree => Tree::serves(coll),
-            Algorithm::Ntree => NTrees::serves(coll),
-            Algorithm::Hybrid(_) => Hybrid::serves(coll),
-            Algorithm::CpuReduce => CpuReduce::serves(coll),
-        }
+        self.generator().serves(coll)
     }
 
     /// Rank `rank`'s plan for `coll` in the job `ctx` (the plan of small messages: hybrid in
@@ -137,17 +159,6 @@ impl Algorithm {
         }
     }
 
-    /// Rank `rank`'s plan for a message of `bytes` (see [`Algorithm::rounds_for`]).
-    pub fn plan_sized(
-        self,
-        coll: Collective,
-        rank: Rank,
-        ctx: &PlanContext,
-        bytes: usize,
-    ) -> Result<RankPlan> {
-        self.plan_rounds(coll, rank, ctx, self.rounds_for(coll, bytes, ctx))
-    }
-
     /// Rank `rank`'s plan with `rounds` rounds (hybrid; ignored by the others).
     pub fn plan_rounds(
         self,
@@ -173,34 +184,11 @@ impl Algorithm {
                 }
             )));
         }
-        // An allreduce ring may take the ranks in any order: follow the fast links. (The
-        // double binary tree keeps index order: in ring order its label pairs are not ring
-        // neighbours, and on DGX-1 it predicted half as fast.)
-        let order = order::ring_order(ctx);
-        let ordered =
-            coll == Collective::AllReduce && order.iter().enumerate().any(|(i, r)| r.idx() != i);
-        let by_position = |f: &dyn Fn(Rank) -> RankPlan| {
-            let pos = order
-                .iter()
-                .position(|r| *r == rank)
-                .expect("every rank is in the order");
-            order::relabel(f(Rank(pos as u32)), &order)
-        };
-        Ok(match self {
-            Algorithm::Ring if ordered => {
-                by_position(&|v| Ring::default().plan_for_rank(coll, v, ctx.nranks))
-            }
-            Algorithm::Ring => Ring::default().plan_for_rank(coll, rank, ctx.nranks),
-            Algorithm::Tree => Tree.plan_for_rank(coll, rank, ctx.nranks),
-            Algorithm::Ntree => NTrees.plan_for_rank(coll, rank, ctx),
-            Algorithm::Hybrid(inter) => Hybrid { inter }.plan_rounds(coll, rank, ctx, rounds)?,
-            Algorithm::CpuReduce => match self.fallback(coll, ctx, true) {
-                Some(f) => f.runs.plan_rounds(coll, rank, ctx, rounds)?,
-                None => CpuReduce
-                    .plan_for_rank(coll, rank, ctx)
-                    .expect("CPU-Reduce plans wherever it does not fall back"),
-            },
-        })
+        match self.fallback(coll, ctx, true) {
+            // CPU-Reduce without a group to stage: its fallback's plan.
+            Some(f) if self == Algorithm::CpuReduce => f.runs.plan_rounds(coll, rank, ctx, rounds),
+            _ => self.generator().generate(coll, rank, ctx, rounds),
+        }
     }
 
     /// Plans of every rank (for verification and simulation).

@@ -121,61 +121,6 @@ pub fn rank_candidates(
     Ok(v)
 }
 
-/// The algorithm table for one collective: a choice per power-of-two size class.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Table {
-    pub coll: Collective,
-    /// (size class upper bound in bytes, predictions fastest first).
-    pub rows: Vec<(usize, Vec<Prediction>)>,
-}
-
-impl Table {
-    /// Predicts every candidate at 4 KiB, 16 KiB, ... up to `max_bytes`.
-    pub fn build(
-        coll: Collective,
-        cluster: &Cluster,
-        max_bytes: usize,
-        elem_bytes: usize,
-        segment_bytes: usize,
-    ) -> Result<Table> {
-        let cands = candidates(coll, &context_of(cluster));
-        let mut sizes = Vec::new();
-        let mut b = 4usize << 10;
-        while b <= max_bytes.max(4 << 10) {
-            sizes.push(b);
-            b *= 4;
-        }
-        let rows = sizes
-            .par_iter()
-            .map(|&b| {
-                Ok((
-                    b,
-                    rank_candidates(coll, cluster, &cands, b, elem_bytes, segment_bytes)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Table { coll, rows })
-    }
-
-    /// The choice for a message of `bytes`: the row of the nearest size class (log scale).
-    pub fn choose(&self, bytes: usize) -> Algorithm {
-        let Some(first) = self.rows.first() else {
-            return Algorithm::Ring;
-        };
-        let lb = (bytes.max(1) as f64).log2();
-        let best = self
-            .rows
-            .iter()
-            .min_by(|a, b| {
-                ((a.0 as f64).log2() - lb)
-                    .abs()
-                    .total_cmp(&((b.0 as f64).log2() - lb).abs())
-            })
-            .unwrap_or(first);
-        best.1.first().map(|p| p.algo).unwrap_or(Algorithm::Ring)
-    }
-}
-
 /// Spelling used by `--algo` and JSON rows (`hybrid:ring` for the default hybrid).
 pub fn row_name(a: Algorithm) -> &'static str {
     match a {
@@ -251,12 +196,14 @@ mod tests {
     }
 
     #[test]
-    fn tables_are_deterministic_and_choose_by_size() {
+    fn rankings_are_deterministic() {
         let cl = cluster(&[2, 2], 2.0);
-        let a = Table::build(Collective::AllReduce, &cl, 64 << 20, 4, 256 << 10).unwrap();
-        let b = Table::build(Collective::AllReduce, &cl, 64 << 20, 4, 256 << 10).unwrap();
-        assert_eq!(a, b);
-        assert!(matches!(a.choose(64 << 20), Algorithm::Hybrid(_)));
+        let cands = candidates(Collective::AllReduce, &context_of(&cl));
+        let rank =
+            || rank_candidates(Collective::AllReduce, &cl, &cands, 64 << 20, 4, 256 << 10).unwrap();
+        let a = rank();
+        assert_eq!(a, rank());
+        assert!(matches!(a[0].algo, Algorithm::Hybrid(_)), "{a:?}");
         // Flat hosts: hybrid is not a candidate.
         let flat = cluster(&[1, 1, 1], 2.0);
         assert!(!candidates(Collective::AllReduce, &context_of(&flat))

@@ -147,11 +147,6 @@ impl RdmaEndpoint {
         self
     }
 
-    /// Bytes of remote CQ data in use.
-    pub fn cq_data_bytes(&self) -> usize {
-        self.cq_bytes
-    }
-
     /// The provider libfabric chose ("tcp;ofi_rxm", "verbs;ofi_rxm", "efa", ...).
     pub fn provider(&self) -> String {
         // SAFETY: the endpoint is open; the string lives as long as it.
