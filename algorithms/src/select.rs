@@ -1,5 +1,6 @@
-//! The selector: predicts each candidate algorithm's time with the simulator, on the very
-//! plans the executor would run, and picks the fastest per size.
+//! The policy's simulator adapter: the candidates for a collective on a job, and each one's
+//! predicted time on a cluster model, from the very plans the executor would run. The
+//! runtime's selector (`acspeed::selector`) keeps the table; the policy decides with it.
 //!
 //! No correction factors: what the simulator predicts is what the table holds. Overrides sit
 //! above it (`ACSPEED_ALGO`, handled by the communicator).
