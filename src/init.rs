@@ -278,7 +278,7 @@ pub fn staging_params(cfg: &Config) -> acspeed_transports::StagingParams {
     acspeed_transports::StagingParams {
         pipelines: cfg.cpu_reduce_pipelines,
         threads: cfg.cpu_reduce_threads,
-        seg_bytes: cfg.segment_bytes.clamp(16 << 10, 1 << 20),
+        seg_bytes: acspeed_core::schedule::stage_segment_bytes(cfg.segment_bytes),
         ..Default::default()
     }
 }

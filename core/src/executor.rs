@@ -651,6 +651,8 @@ impl<'a> LaneCtx<'a> {
                 range: r,
                 group,
                 copy_out,
+                // The area was sized with the same segment at init and pipelines by it.
+                ..
             } => {
                 let StageUse { area: st, input } = self.staging.ok_or_else(|| {
                     Error::invalid(format!(

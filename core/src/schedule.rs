@@ -29,6 +29,14 @@ pub fn segment_bytes(requested: usize, elem: usize) -> usize {
     (requested / elem).max(1) * elem
 }
 
+/// Segment size of a host's CPU-Reduce staging area for a requested segment size: clamped to
+/// 16 KiB-1 MiB (the area holds slots x (members + 1) segments per pipeline, so the upper
+/// bound bounds its memory) and whole pages. Init sizes the area with it and the lowering
+/// carries it in every host reduce, so executors and the simulator see the area's pipeline.
+pub fn stage_segment_bytes(requested: usize) -> usize {
+    requested.clamp(16 << 10, 1 << 20).next_multiple_of(4096)
+}
+
 /// The shortest segment a chunk is split into to reach its minimum number of segments.
 pub const MIN_SPLIT_BYTES: usize = 64 << 10;
 
@@ -146,13 +154,15 @@ pub enum SegOp {
         dst_at: usize,
         len: usize,
     },
-    /// A reduction among `group` through the host's shared staging area (CPU-Reduce); this
-    /// rank copies the result out when `copy_out`.
+    /// A reduction among `group` through the host's shared staging area (CPU-Reduce), which
+    /// pipelines it in segments of `segment` bytes ([`stage_segment_bytes`]); this rank
+    /// copies the result out when `copy_out`.
     HostReduce {
         buf: Buf,
         range: Range<usize>,
         group: Peers,
         copy_out: bool,
+        segment: usize,
     },
 }
 
@@ -288,6 +298,7 @@ pub fn lower(plan: &RankPlan, count: usize, elem: usize, low: Lowering) -> Sched
                 range: range(dst),
                 group,
                 copy_out: to.iter().any(|t| t == plan.rank),
+                segment: stage_segment_bytes(low.segment_bytes),
             },
         }
     };
@@ -348,5 +359,10 @@ mod tests {
         assert!(s.iter().all(|r| (r.start - 4) % 64 == 0), "{s:?}");
         assert_eq!(s.last().unwrap().end, 4 + 4 * k + 12);
         assert_eq!(segment_bytes(2, 4), 4);
+        // Staging segments: clamped, whole pages.
+        assert_eq!(stage_segment_bytes(1 << 10), 16 << 10);
+        assert_eq!(stage_segment_bytes(256 << 10), 256 << 10);
+        assert_eq!(stage_segment_bytes(100_000), 102_400);
+        assert_eq!(stage_segment_bytes(64 << 20), 1 << 20);
     }
 }
