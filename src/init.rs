@@ -121,12 +121,8 @@ pub fn init_with_store(
     store.set(&key(&format!("addr/{rank}")), me.to_string().as_bytes())?;
     store.set(&key(&format!("host/{rank}")), host_id(&cfg).as_bytes())?;
     let rdma = crate::paths::open_rdma(&cfg)?;
-    let wants = format!(
-        "{} {} {}",
-        u8::from(cfg.shm),
-        cfg.nstreams.unwrap_or(0),
-        crate::paths::rdma_name_hex(&rdma)?
-    );
+    let wants =
+        crate::paths::Wants::publish(cfg.shm, cfg.nstreams, &crate::paths::rdma_name_hex(&rdma)?);
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
@@ -160,7 +156,7 @@ pub fn init_with_store(
             .push(String::from_utf8_lossy(&store.get(&key(&format!("host/{q}")), t)?).into_owned());
         let w =
             String::from_utf8_lossy(&store.get(&key(&format!("transport/{q}")), t)?).into_owned();
-        wants.push(crate::paths::Wants::parse(&w));
+        wants.push(crate::paths::Wants::parse(q, &w)?);
         let f = String::from_utf8_lossy(&store.get(&key(&format!("plan/{q}")), t)?).into_owned();
         facts.check(rank, q, &crate::facts::JobFacts::from_json(q, &f)?)?;
     }

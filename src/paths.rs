@@ -27,24 +27,41 @@ pub struct Wants {
 }
 
 impl Wants {
-    /// Parses "shm nstreams rdma-hex" (missing fields = off).
-    pub fn parse(s: &str) -> Wants {
+    /// What this rank publishes: "shm nstreams rdma-hex" (nstreams 0 = automatic).
+    pub fn publish(shm: bool, nstreams: Option<u32>, rdma_hex: &str) -> String {
+        format!("{} {} {rdma_hex}", u8::from(shm), nstreams.unwrap_or(0))
+    }
+
+    /// Reads what rank `rank` published ([`Wants::publish`]); anything else is an error naming
+    /// the rank, never a silent "automatic".
+    pub fn parse(rank: u32, s: &str) -> Result<Wants> {
+        let bad = || {
+            Error::Remote {
+            rank,
+            detail: format!(
+                "published transport settings '{s}' this version cannot read: is every rank the same acspeed?"
+            ),
+        }
+        };
         let mut it = s.split(' ');
-        let shm = it.next() == Some("1");
-        let nstreams = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-        let rdma = it
-            .next()
-            .map(|h| {
-                (0..h.len() / 2)
-                    .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Wants {
+        let shm = match it.next() {
+            Some("1") => true,
+            Some("0") => false,
+            _ => return Err(bad()),
+        };
+        let nstreams = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+        let h = it.next().unwrap_or_default();
+        if h.len() % 2 != 0 || it.next().is_some() {
+            return Err(bad());
+        }
+        let rdma = (0..h.len() / 2)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| bad()))
+            .collect::<Result<Vec<u8>>>()?;
+        Ok(Wants {
             shm,
             nstreams,
             rdma,
-        }
+        })
     }
 }
 
@@ -189,5 +206,40 @@ mod no_rdma {
         _: &[Wants],
     ) -> Result<Option<Arc<dyn Transport>>> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_settings_round_trip_and_bad_ones_name_the_rank() {
+        let w = Wants::parse(3, &Wants::publish(true, Some(8), "0aff")).unwrap();
+        assert_eq!(
+            w,
+            Wants {
+                shm: true,
+                nstreams: 8,
+                rdma: vec![0x0a, 0xff]
+            }
+        );
+        let w = Wants::parse(0, &Wants::publish(false, None, "")).unwrap();
+        assert_eq!((w.shm, w.nstreams, w.rdma.len()), (false, 0, 0));
+        for bad in ["", "1", "1 x", "2 4 ", "1 4 abc", "1 4 zz", "1 4 00 extra"] {
+            let e = Wants::parse(5, bad).unwrap_err().to_string();
+            assert!(
+                e.contains("rank 5") && e.contains("cannot read"),
+                "{bad:?}: {e}"
+            );
+        }
+        // Both ends agree on the path: the explicit count wins, else 1 on a host, 4 across.
+        let hosts = vec!["a".to_string(), "a".into(), "b".into()];
+        let auto = Wants::parse(0, "0 0 ").unwrap();
+        let paths = choose_paths(0, &hosts, &[auto.clone(), auto.clone(), auto]);
+        assert_eq!(
+            paths,
+            vec![Path::Myself, Path::Tcp(1), Path::Tcp(AUTO_STREAMS_REMOTE)]
+        );
     }
 }

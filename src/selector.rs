@@ -170,7 +170,7 @@ impl Selector {
         let net = NetModel {
             nic_gbit: gbit,
             flow_gbit: cfg.flow_gbps,
-            streams: cfg.nstreams.unwrap_or(4),
+            streams: cfg.nstreams.unwrap_or(crate::paths::AUTO_STREAMS_REMOTE),
             latency_us: NET_LATENCY_US,
         };
         let cluster = Cluster::new(vec![host; shape.len()], &shape, net)?;
@@ -389,7 +389,7 @@ fn net_of(d: &TopoDescription, cfg: &Config) -> (NetModel, String) {
         NetModel {
             nic_gbit: gbit,
             flow_gbit: cfg.flow_gbps,
-            streams: cfg.nstreams.unwrap_or(4),
+            streams: cfg.nstreams.unwrap_or(crate::paths::AUTO_STREAMS_REMOTE),
             latency_us: NET_LATENCY_US,
         },
         note,
