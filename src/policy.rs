@@ -469,16 +469,11 @@ pub fn size_rules(cfg: &Config) -> Result<SizeRules> {
 pub(crate) const TREE_MAX_BYTES: usize = 16 << 10;
 /// Fewest ranks for which `auto` uses the tree (2 log2(n) hops against the ring's 2(n-1)).
 pub(crate) const TREE_MIN_RANKS: u32 = 8;
-/// Smallest allreduce that goes hybrid in `auto` when ranks span hosts: netsim 2 x 2, after
-/// the TCP transmit-queue fix, hybrid took 0.9-2.0 ms at 256 KiB against ring's 2.6-3.1 and
-/// tied it at 64 KiB (2026-11-30, 2 runs; `benches/select_quality.py`: auto's ring at 256 KiB
-/// was 2.32x the best candidate).
+/// Smallest allreduce that goes hybrid in `auto` when ranks span hosts of equal rank counts:
+/// below it hybrid ties the flat ring (docs/PERFORMANCE.md, "Algorithm choice").
 pub(crate) const HYBRID_MIN_BYTES: usize = 256 << 10;
-/// The same on hosts of different sizes (3+1+2): there the one-rank host drives every stripe
-/// and hybrid sends at most 1.25x less than the ring (docs/PERFORMANCE.md, "Hybrid in
-/// overlapping rounds"); netsim 3+1+2, hybrid against ring (medians of 3, two runs on
-/// 2026-11-30): 1.01x and 1.00x at 1 MiB, 0.82x and 0.85x at 4 MiB, 0.99x and 1.04x at 16 MiB,
-/// 1.02x and 1.15x (with rounds) at 64 MiB.
+/// The same on hosts of different rank counts, where the one-rank host drives every stripe and
+/// hybrid gains less (docs/PERFORMANCE.md, "Hybrid in overlapping rounds").
 pub(crate) const HYBRID_UNEVEN_MIN_BYTES: usize = 16 << 20;
 
 /// Smallest allreduce `auto` runs hybrid for on `ctx` (several hosts, some with several ranks).
@@ -490,10 +485,9 @@ pub(crate) fn hybrid_min_bytes(ctx: &PlanContext) -> usize {
         HYBRID_UNEVEN_MIN_BYTES
     }
 }
-/// Smallest allreduce `auto` runs as CPU-Reduce on one host whose ranks share one staging
-/// area, at least [`CPU_REDUCE_MIN_RANKS`] of them: there it measured 1.28-1.45x ring at
-/// 16-256 MiB (4 ranks, 3 runs), and parity or worse below 16 MiB and with 2 ranks, where the
-/// ring is one cache-resident exchange (docs/PERFORMANCE.md, "CPU-Reduce against ring").
+/// Smallest allreduce `auto` runs as CPU-Reduce on one host whose ranks (at least
+/// [`CPU_REDUCE_MIN_RANKS`]) share one staging area (docs/PERFORMANCE.md, "CPU-Reduce against
+/// ring").
 pub(crate) const CPU_REDUCE_MIN_BYTES: usize = 16 << 20;
 pub(crate) const CPU_REDUCE_MIN_RANKS: u32 = 4;
 
