@@ -188,6 +188,8 @@ pub struct Config {
     pub timeline: Option<String>,
     /// Shared memory between same-host ranks.
     pub shm: bool,
+    /// `ACSPEED_BIND`: the local launchers give each rank a core of its own.
+    pub bind: bool,
     pub shm_mode: ShmMode,
     /// Collective bytes from which large messages use cross-memory attach.
     pub shm_cma_min: usize,
@@ -234,6 +236,7 @@ impl Default for Config {
             plan_dump_dir: None,
             timeline: None,
             shm: true,
+            bind: true,
             shm_mode: ShmMode::Auto,
             shm_cma_min: 16 << 20,
             nstreams: None,
@@ -401,6 +404,13 @@ impl Config {
                 "1" | "on" | "true" | "yes" => true,
                 "0" | "off" | "false" | "no" => false,
                 _ => return Err(bad("ACSPEED_SHM", v, "1 or 0")),
+            };
+        }
+        if let Some(v) = lookup(vars, "ACSPEED_BIND") {
+            c.bind = match v.to_ascii_lowercase().as_str() {
+                "1" | "on" | "true" | "yes" => true,
+                "0" | "off" | "false" | "no" => false,
+                _ => return Err(bad("ACSPEED_BIND", v, "1 or 0")),
             };
         }
         if let Some(v) = lookup(vars, "ACSPEED_AUTOTUNE") {
@@ -612,6 +622,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.segment_bytes, 1 << 20);
         assert_eq!(c.algo, AlgoChoice::Named("ring".into()));
+    }
+
+    #[test]
+    fn bind_is_a_flag_checked_like_the_others() {
+        assert!(Config::from_vars(&v(&[])).unwrap().bind);
+        assert!(
+            !Config::from_vars(&v(&[("ACSPEED_BIND", "0")]))
+                .unwrap()
+                .bind
+        );
+        let e = Config::from_vars(&v(&[("ACSPEED_BIND", "nope")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ACSPEED_BIND") && e.contains("nope"), "{e}");
     }
 
     #[test]

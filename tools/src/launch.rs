@@ -53,6 +53,9 @@ pub fn run_local(
     hosts: Option<&[u32]>,
     time_limit: Duration,
 ) -> Result<bool> {
+    // The children read the same variables; reading them here through Config refuses a bad
+    // value before anything starts.
+    let cfg = acspeed_core::Config::from_env()?;
     let exe = std::env::current_exe().map_err(|e| Error::io(format!("locating {what}"), e))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -82,8 +85,8 @@ pub fn run_local(
         // Only over shared memory: ranks on TCP have reader and writer threads that run
         // faster with the other cores free (64 MiB over loopback: 1.2-1.3 GB/s pinned, 1.4-1.6
         // not).
-        let shm = hosts.is_none() && std::env::var("ACSPEED_SHM").map_or(true, |v| v != "0");
-        if let Some(cpu) = core_for(r, n).filter(|_| shm) {
+        let shm = hosts.is_none() && cfg.shm;
+        if let Some(cpu) = core_for(r, n).filter(|_| shm && cfg.bind) {
             use std::os::unix::process::CommandExt;
             // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs in the child.
             unsafe {
@@ -153,11 +156,9 @@ pub fn run_local(
 }
 
 /// The core local rank `r` of `n` runs on: the `r`-th of the cores this process may use, when
-/// there is one per rank (else none: the scheduler shares them).
+/// there is one per rank (else none: the scheduler shares them). `ACSPEED_BIND=0` is applied
+/// by the caller.
 fn core_for(r: u32, n: u32) -> Option<usize> {
-    if std::env::var("ACSPEED_BIND").is_ok_and(|v| v == "0") {
-        return None;
-    }
     // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the set is a valid cpu_set_t of the size given.
