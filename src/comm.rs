@@ -12,6 +12,7 @@ use crate::policy::{table_row, Policy};
 use acspeed_algorithms::Algorithm;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor, PeerStats, StageUse};
 use acspeed_core::plan::{Collective, RankPlan};
+use acspeed_core::schedule::Schedule;
 use acspeed_core::{
     kernels, Config, DType, Error, HostStage, PlanContext, Rank, ReduceOp, Result, Transport,
 };
@@ -71,7 +72,14 @@ struct CallState {
     seq: u64,
     /// Plans by collective, algorithm and rounds ([`Algorithm::rounds_for`]).
     plans: HashMap<(Collective, Algorithm, u32), Arc<RankPlan>>,
+    /// Their lowerings by (collective, algorithm, rounds, element count, element size): a
+    /// training job repeats a few bucket sizes, and lowering costs a fraction of a small
+    /// call. Emptied when it reaches [`MAX_SCHEDULES`] (a sweep of sizes).
+    schedules: HashMap<(Collective, Algorithm, u32, usize, usize), Arc<Schedule>>,
 }
+
+/// Schedules a communicator keeps (see `CallState::schedules`).
+const MAX_SCHEDULES: usize = 256;
 
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +161,7 @@ impl Communicator {
             state: Mutex::new(CallState {
                 seq: 0,
                 plans: HashMap::new(),
+                schedules: HashMap::new(),
             }),
             poisoned: Mutex::new(None),
             hosts,
@@ -370,9 +379,27 @@ impl Communicator {
             .staging
             .as_deref()
             .map(|area| StageUse { area, input: fed });
+        let rounds = algo.rounds_for(coll, output.len(), &self.ctx);
+        let key = (coll, algo, rounds, count, dtype.size());
+        let sched = match st.schedules.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                if st.schedules.len() >= MAX_SCHEDULES {
+                    st.schedules.clear();
+                }
+                let s = Arc::new(acspeed_core::schedule::lower(
+                    &plan,
+                    count,
+                    dtype.size(),
+                    self.exec.lowering(),
+                ));
+                st.schedules.insert(key, s.clone());
+                s
+            }
+        };
         self.tracked(&mut st, what, |call, stats| {
             self.exec
-                .run_with(&plan, &pipes, staging, call, bufs, stats)
+                .run_lowered(&plan, &sched, &pipes, staging, call, bufs, stats)
         })?;
         if op == Some(ReduceOp::Avg) {
             let root_only = matches!(coll, Collective::Reduce { root } if root.0 != self.rank);

@@ -103,7 +103,7 @@ impl Communicator {
 
     /// The policy's decision for a collective of `bytes` (output buffer size): what runs,
     /// which layer decided and why, as data.
-    pub fn decide(&self, coll: Collective, bytes: usize) -> crate::policy::Decision {
+    pub fn decide(&self, coll: Collective, bytes: usize) -> Arc<crate::policy::Decision> {
         self.policy.decide(coll, bytes)
     }
 

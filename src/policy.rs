@@ -19,6 +19,7 @@ use acspeed_algorithms::{Algorithm, Fallback, FallbackCause};
 use acspeed_core::plan::Collective;
 use acspeed_core::topology::TopoDescription;
 use acspeed_core::{Config, Error, PlanContext, Rank, Result};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -172,8 +173,15 @@ pub struct Policy {
     /// [`Algorithm::fallback`] of every algorithm on this job, computed once (n-trees' asks
     /// for the tree packing): the same for every collective the algorithm serves.
     fallbacks: Vec<(Algorithm, Option<Fallback>)>,
+    /// Decisions by (collective, bytes) while nothing but the size decides (no autotuner,
+    /// whose choices change as it measures); emptied by `set_forced` and at
+    /// [`MAX_DECISIONS`] entries.
+    decided: Mutex<HashMap<(Collective, usize), Arc<Decision>>>,
     log: Logger,
 }
+
+/// Decisions a policy keeps (see `Policy::decided`).
+const MAX_DECISIONS: usize = 1024;
 
 impl Policy {
     /// The policy of the job `ctx` under `cfg`; `topo` is the topology the job's model is
@@ -233,6 +241,7 @@ impl Policy {
         Ok(Policy {
             ctx: ctx.clone(),
             fallbacks,
+            decided: Mutex::default(),
             rules,
             forced: Mutex::new(forced),
             tuner,
@@ -245,7 +254,23 @@ impl Policy {
 
     /// What a collective of `bytes` (output buffer size) runs, and why. Without side effects:
     /// the autotuner is asked what it would run next, not told anything.
-    pub fn decide(&self, coll: Collective, bytes: usize) -> Decision {
+    pub fn decide(&self, coll: Collective, bytes: usize) -> Arc<Decision> {
+        if self.tuner.is_some() {
+            return Arc::new(self.decide_now(coll, bytes));
+        }
+        let mut m = self.decided.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = m.get(&(coll, bytes)) {
+            return d.clone();
+        }
+        if m.len() >= MAX_DECISIONS {
+            m.clear();
+        }
+        let d = Arc::new(self.decide_now(coll, bytes));
+        m.insert((coll, bytes), d.clone());
+        d
+    }
+
+    fn decide_now(&self, coll: Collective, bytes: usize) -> Decision {
         let (algo, layer, reason) = self.choose(coll, bytes);
         let fallback = self
             .fallbacks
@@ -364,6 +389,10 @@ impl Policy {
     /// Forces an algorithm for later decisions (`None`: back to the rules and `auto`).
     pub fn set_forced(&self, algo: Option<Algorithm>) {
         *self.forced.lock().unwrap_or_else(|e| e.into_inner()) = algo;
+        self.decided
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The algorithms the autotuner and the selector choose among for `coll`, in the same

@@ -244,6 +244,31 @@ impl Executor {
         bufs: Buffers,
         stats: Option<&Mutex<PeerStats>>,
     ) -> Result<()> {
+        let sched = lower(plan, call.count, call.dtype.size(), self.lowering());
+        self.run_lowered(plan, &sched, channels, staging, call, bufs, stats)
+    }
+
+    /// [`Executor::run_with`] on a schedule the caller lowered (and may keep between calls of
+    /// the same size): `sched` must be `plan` lowered with [`Executor::lowering`] for
+    /// `call.count` elements of `call.dtype`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_lowered(
+        &self,
+        plan: &RankPlan,
+        sched: &Schedule,
+        channels: &[&dyn Transport],
+        staging: Option<StageUse<'_>>,
+        call: CallInfo,
+        bufs: Buffers,
+        stats: Option<&Mutex<PeerStats>>,
+    ) -> Result<()> {
+        if sched.rank != plan.rank || sched.lanes.len() != plan.lanes.len() {
+            return Err(Error::invalid(format!(
+                "{} plan of {}: the schedule given was lowered from another plan",
+                plan.algorithm,
+                plan.collective.name()
+            )));
+        }
         if plan.channels() as usize > channels.len() || channels.is_empty() {
             return Err(Error::invalid(format!(
                 "{} plan of {} uses {} channels but the communicator has {} (channels are set up at init from the agreed topology)",
@@ -263,9 +288,6 @@ impl Executor {
             channels.iter().for_each(|t| t.abort(why));
             staging.iter().for_each(|s| s.area.abort(why));
         };
-        let es = call.dtype.size();
-        let sched = lower(plan, call.count, es, self.lowering());
-        let sched = &sched;
         if bufs.output_len != sched.output_bytes
             || (plan.collective.has_input() && bufs.input_len != sched.input_bytes)
         {
