@@ -495,16 +495,7 @@ fn matrix_auto() {
 fn results_are_bitwise_identical_on_every_rank() {
     // Non-integer floats: rounding depends on reduction order, so this catches any rank that
     // reduces in its own order. Every algorithm, on two uneven hosts.
-    for algo in [
-        "ring",
-        "tree",
-        "ntree",
-        "hybrid",
-        "hybrid:tree",
-        "hybrid:butterfly",
-        "hybrid:ps",
-        "cpu_reduce",
-    ] {
+    for algo in acspeed_core::plan::ALGORITHM_NAMES {
         let cfg = Config {
             algo: acspeed_core::config::AlgoChoice::Named(algo.into()),
             ..test_config(4096, 3, 60)

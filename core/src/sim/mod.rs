@@ -143,23 +143,34 @@ pub type Message = (u32, u32, u32, usize);
 /// Predicts how long `plans` (one per rank) take on `cluster`, lowered as the executor of
 /// that job lowers them.
 pub fn simulate(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<SimResult> {
+    simulate_schedules(
+        &lower_all(plans, cluster, p),
+        cluster,
+        p.count * p.elem_bytes,
+        false,
+    )
+    .map(|(r, _)| r)
+}
+
+/// Every rank's plan lowered as the executor of a job on `cluster` lowers it.
+fn lower_all(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Vec<Schedule> {
     let low = p.lowering(cluster.hosts.len());
-    let scheds: Vec<Schedule> = plans
+    plans
         .iter()
         .map(|pl| lower(pl, p.count, p.elem_bytes, low))
-        .collect();
-    simulate_schedules(&scheds, cluster, p.count * p.elem_bytes, false).map(|(r, _)| r)
+        .collect()
 }
 
 /// Every message the simulation of `plans` starts, `(from, to, channel, bytes)` in the order
 /// the simulator puts them on the wire (per pair and channel, the transport's FIFO order).
 pub fn message_trace(plans: &[RankPlan], cluster: &Cluster, p: SimParams) -> Result<Vec<Message>> {
-    let low = p.lowering(cluster.hosts.len());
-    let scheds: Vec<Schedule> = plans
-        .iter()
-        .map(|pl| lower(pl, p.count, p.elem_bytes, low))
-        .collect();
-    simulate_schedules(&scheds, cluster, p.count * p.elem_bytes, true).map(|(_, t)| t)
+    simulate_schedules(
+        &lower_all(plans, cluster, p),
+        cluster,
+        p.count * p.elem_bytes,
+        true,
+    )
+    .map(|(_, t)| t)
 }
 
 /// Times lowered schedules (one per rank) of a collective whose output is `coll_bytes` per
