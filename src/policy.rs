@@ -258,6 +258,9 @@ impl Policy {
         if self.tuner.is_some() {
             return Arc::new(self.decide_now(coll, bytes));
         }
+        // Held while deciding, so a `set_forced` (which empties the map under this lock) is
+        // never overtaken by a decision made with the old setting; calls of one communicator
+        // are sequential anyway.
         let mut m = self.decided.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = m.get(&(coll, bytes)) {
             return d.clone();

@@ -252,3 +252,31 @@ fn a_fed_input_is_refused_for_plans_that_do_not_start_with_host_reduces() {
         .to_string();
     assert!(e.contains("host reduces come first"), "{e}");
 }
+
+/// A schedule lowered from another plan is refused before any traffic, naming the plan.
+#[test]
+fn a_schedule_from_another_plan_is_refused() {
+    use acspeed_core::schedule::lower;
+    let ts = MemoryTransport::fabric(2);
+    let exe = Executor::new(ExecParams {
+        segment_bytes: 1 << 16,
+        depth: 2,
+        timeout: Duration::from_secs(5),
+        stall_warn: Duration::ZERO,
+        min_segments: 1,
+    });
+    let plan = Ring { chunks_per_rank: 1 }.plan_for_rank(Collective::AllReduce, Rank(0), 2);
+    let other = Ring { chunks_per_rank: 1 }.plan_for_rank(Collective::AllReduce, Rank(1), 2);
+    let mut out = vec![0i64; 8];
+    let (bufs, call) = in_place_sum(&mut out, 1);
+    let sched = lower(&other, call.count, 8, exe.lowering());
+    let t: &dyn acspeed_core::Transport = &ts[0];
+    let e = exe
+        .run_lowered(&plan, &sched, &[t], None, call, bufs, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lowered from another plan") && e.contains("ring"),
+        "{e}"
+    );
+}
