@@ -7,9 +7,9 @@
 
 use acspeed_algorithms::Ring;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
-use acspeed_core::memory::MemoryTransport;
 use acspeed_core::plan::{chunk_range, Collective};
 use acspeed_core::{kernels, DType, FrameHeader, Rank, ReduceOp, Transport};
+use acspeed_testkit::MemoryTransport;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::{Duration, Instant};
 

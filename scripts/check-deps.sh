@@ -18,8 +18,10 @@ check acspeed-core acspeed-transports acspeed-algorithms acspeed
 check acspeed-transports acspeed-algorithms acspeed
 check acspeed-algorithms acspeed-transports acspeed
 # The runtime a training job links (and the Python wheel) carries no tool: no CLI, chart or
-# progress-bar crate, and nothing of acspeed-tools.
-check acspeed acspeed-tools clap anyhow plotters indicatif
-check acspeed-python acspeed-tools clap anyhow plotters indicatif
+# progress-bar crate, nothing of acspeed-tools, and no test double (acspeed-testkit is a
+# dev-dependency only).
+check acspeed acspeed-tools acspeed-testkit clap anyhow plotters indicatif
+check acspeed-python acspeed-tools acspeed-testkit clap anyhow plotters indicatif
+check acspeed-tools acspeed-testkit
 if ((fail)); then exit 1; fi
-echo "check-deps: ok (core <- transports, core <- algorithms, no transports <-> algorithms; the runtime and the wheel carry no tool)"
+echo "check-deps: ok (core <- transports, core <- algorithms, no transports <-> algorithms; the runtime and the wheel carry no tool and no test double)"

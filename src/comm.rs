@@ -24,7 +24,7 @@ mod choice;
 #[path = "comm_p2p.rs"]
 mod p2p;
 
-pub use choice::{gpu_facts, job_topology, tune_key};
+pub use choice::tune_key;
 
 /// A set of ranks that run collectives together.
 pub struct Communicator {
@@ -99,26 +99,20 @@ impl Communicator {
         cfg: Config,
         hosts: Vec<String>,
     ) -> Result<Communicator> {
-        let topo = job_topology(&cfg)?;
-        let (nvlinks, sockets) = gpu_facts(topo.as_ref());
-        let ctx = PlanContext::from_host_names(&hosts)
-            .with_nvlinks(nvlinks)?
-            .with_sockets(&sockets);
         let cfg = Config { shm: false, ..cfg };
-        Communicator::with_channels(transport, Vec::new(), None, cfg, hosts, ctx, topo.as_ref())
+        let model = crate::model::JobModel::new(&cfg, hosts)?;
+        Communicator::with_channels(transport, Vec::new(), None, cfg, model)
     }
 
     /// Wraps connected transports: `transport` is channel 0, `channels` are channels 1..,
-    /// `staging` the host's CPU-Reduce staging area, `ctx` the context every rank agreed on
-    /// and `topo` the topology it was built from ([`job_topology`]).
+    /// `staging` the host's CPU-Reduce staging area, `model` the job as every rank agreed on
+    /// it ([`crate::model::Discovery::agree`]).
     pub fn with_channels(
         transport: Arc<dyn Transport>,
         channels: Vec<Arc<dyn Transport>>,
         staging: Option<Arc<dyn HostStage>>,
         cfg: Config,
-        hosts: Vec<String>,
-        ctx: PlanContext,
-        topo: Option<&acspeed_core::topology::TopoDescription>,
+        model: crate::model::JobModel,
     ) -> Result<Communicator> {
         let (rank, nranks) = (transport.rank().0, transport.nranks());
         let log = Logger::new(cfg.log, rank);
@@ -128,13 +122,17 @@ impl Communicator {
             depth: cfg.pipeline_depth,
             timeout: cfg.timeout,
             stall_warn: cfg.stall_warn,
-            min_segments: acspeed_core::schedule::min_segments(ctx.nhosts()),
+            min_segments: acspeed_core::schedule::min_segments(model.context.nhosts()),
         })
         .with_stall_sink(Arc::new(move |m: &str| log.warn(m)));
         let probe = Arc::new(acspeed_core::executor::WaitProbe::new(nranks));
         let exec = exec.with_wait_probe(probe.clone());
-        ctx.check()?;
-        let policy = Policy::for_job(&cfg, topo, &ctx, log)?;
+        let policy = Policy::for_job(&cfg, &model, log)?;
+        let crate::model::JobModel {
+            hosts,
+            context: ctx,
+            ..
+        } = model;
         let timeline = match &cfg.timeline {
             Some(t) => Some(crate::timeline::Timeline::open(
                 t,

@@ -3,7 +3,6 @@
 //! (`explain`, the table at init), and the facts of the job the policy depends on.
 
 use super::*;
-use acspeed_core::topology::TopoDescription;
 
 impl Communicator {
     pub(super) fn log_init(&self) {
@@ -223,25 +222,4 @@ pub fn tune_key(ctx: &PlanContext, cfg: &Config, facts: &crate::facts::JobFacts)
         cfg.pipeline_depth,
         cfg.cpu_reduce_threads
     )
-}
-
-/// NVLink counts between the GPUs of `ACSPEED_TOPO_FILE`, and each GPU's socket (both empty
-/// without a file). acspeed moves bytes over shared memory and sockets, never GPU to GPU, so
-/// probed links are not planned on: a topology file is the user saying which links plans
-/// should treat as fast and which GPUs (ranks) sit on which socket.
-pub fn gpu_facts(topo: Option<&TopoDescription>) -> (Vec<Vec<u8>>, Vec<u32>) {
-    match topo {
-        Some(d) => (d.nvlink_matrix(), d.gpu_sockets()),
-        None => (Vec::new(), Vec::new()),
-    }
-}
-
-/// The topology description the job's model is built from: `ACSPEED_TOPO_FILE`, read (and
-/// dumped to `ACSPEED_TOPO_DUMP_FILE`) once per communicator; none without a file, since
-/// plans are made on the links a user names, not on probed ones.
-pub fn job_topology(cfg: &Config) -> Result<Option<TopoDescription>> {
-    cfg.topo_file
-        .as_ref()
-        .map(|_| crate::probe::discover(cfg))
-        .transpose()
 }

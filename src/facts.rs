@@ -4,8 +4,8 @@
 //! instead of exchanging data under different plans.
 
 use crate::autotune::fnv64;
-use crate::selector::read_host_model;
 use acspeed_core::config::{AlgoChoice, SizeRule};
+use acspeed_core::sim::HostModel;
 use acspeed_core::topology::TopoDescription;
 use acspeed_core::{Config, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -58,15 +58,23 @@ const LABELS: [(&str, &str); 15] = [
 ];
 
 impl JobFacts {
-    /// This rank's facts under `cfg`, with `topo` the job's topology ([`crate::comm::job_topology`]).
-    pub fn of(cfg: &Config, topo: Option<&TopoDescription>) -> Result<JobFacts> {
+    /// This rank's facts under `cfg`, with `topo` and `host_model` as [`crate::model::discover`]
+    /// read them.
+    pub fn of(
+        cfg: &Config,
+        topo: Option<&TopoDescription>,
+        host_model: Option<&HostModel>,
+    ) -> Result<JobFacts> {
         let rules = |r: &[SizeRule]| {
             r.iter()
                 .map(|x| format!("{}:{}-{}", x.algo, x.lo, x.hi))
                 .collect::<Vec<_>>()
                 .join(";")
         };
-        let (nvlinks, gpu_sockets) = crate::comm::gpu_facts(topo);
+        let (nvlinks, gpu_sockets) = match topo {
+            Some(d) => (d.nvlink_matrix(), d.gpu_sockets()),
+            None => (Vec::new(), Vec::new()),
+        };
         let topology = match topo {
             Some(d) => format!(
                 "{:016x}",
@@ -80,15 +88,12 @@ impl JobFacts {
             ),
             None => String::new(),
         };
-        let host_model = match &cfg.host_model {
-            // The model's contents, not its path: ranks that would predict differently fail.
-            Some(f) => {
-                let m = read_host_model(f)?;
-                format!(
-                    "{:016x}",
-                    fnv64(&serde_json::to_string(&m).unwrap_or_default())
-                )
-            }
+        // The model's contents, not its path: ranks that would predict differently fail.
+        let host_model = match host_model {
+            Some(m) => format!(
+                "{:016x}",
+                fnv64(&serde_json::to_string(m).unwrap_or_default())
+            ),
             None => String::new(),
         };
         Ok(JobFacts {
@@ -180,13 +185,14 @@ mod tests {
     #[test]
     fn differences_name_each_setting_and_both_values() {
         let cfg = Config::default();
-        let a = JobFacts::of(&cfg, None).unwrap();
+        let a = JobFacts::of(&cfg, None, None).unwrap();
         let b = JobFacts::of(
             &Config {
                 segment_bytes: 1 << 20,
                 shm: false,
                 ..cfg.clone()
             },
+            None,
             None,
         )
         .unwrap();

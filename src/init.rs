@@ -126,11 +126,13 @@ pub fn init_with_store(
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
-    // The topology file is read (and dumped) once; agreement, plans and the policy share it.
-    let topo = crate::comm::job_topology(&cfg)?;
-    let (nvlinks, sockets) = crate::comm::gpu_facts(topo.as_ref());
-    let facts = crate::facts::JobFacts::of(&cfg, topo.as_ref())?;
-    store.set(&key(&format!("plan/{rank}")), facts.to_json().as_bytes())?;
+    // The topology file and host model are read (and dumped) once; agreement, plans and the
+    // policy share them through the job model.
+    let found = crate::model::discover(&cfg)?;
+    store.set(
+        &key(&format!("plan/{rank}")),
+        found.facts.to_json().as_bytes(),
+    )?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
         .try_into()
@@ -158,7 +160,7 @@ pub fn init_with_store(
             String::from_utf8_lossy(&store.get(&key(&format!("transport/{q}")), t)?).into_owned();
         wants.push(crate::paths::Wants::parse(q, &w)?);
         let f = String::from_utf8_lossy(&store.get(&key(&format!("plan/{q}")), t)?).into_owned();
-        facts.check(rank, q, &crate::facts::JobFacts::from_json(q, &f)?)?;
+        (found.facts).check(rank, q, &crate::facts::JobFacts::from_json(q, &f)?)?;
     }
     let paths = choose_paths(rank, &hosts, &wants);
     let mesh = Mesh {
@@ -173,10 +175,9 @@ pub fn init_with_store(
     // More channels when the agreed context's plans need them (n-trees sharing rank pairs,
     // hybrid's stripe lanes on uneven hosts): each a mesh of its own (sockets and
     // shared-memory rings), connected in the same order on every rank.
-    let ctx = acspeed_core::PlanContext::from_host_names(&hosts)
-        .with_nvlinks(nvlinks)?
-        .with_sockets(&sockets);
-    let want = acspeed_algorithms::channels_needed(&ctx);
+    let model = found.agree(&cfg, hosts)?;
+    let ctx = &model.context;
+    let want = acspeed_algorithms::channels_needed(ctx);
     let mut channels: Vec<Arc<dyn acspeed_core::Transport>> = Vec::new();
     for c in 1..want {
         let l = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.socket_buffer)?;
@@ -239,15 +240,7 @@ pub fn init_with_store(
         None
     };
     let (warn, log) = (cfg.stall_warn, crate::log::Logger::new(cfg.log, rank));
-    let comm = Communicator::with_channels(
-        Arc::new(transport),
-        channels,
-        staging,
-        cfg,
-        hosts,
-        ctx,
-        topo.as_ref(),
-    )?;
+    let comm = Communicator::with_channels(Arc::new(transport), channels, staging, cfg, model)?;
     if warn.is_zero() || nranks < 2 {
         return Ok(comm);
     }

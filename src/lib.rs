@@ -27,6 +27,7 @@ pub mod facts;
 pub mod init;
 pub mod linearity;
 pub mod log;
+pub mod model;
 pub mod paths;
 pub mod policy;
 pub mod probe;

@@ -14,10 +14,10 @@
 
 use crate::autotune::{Class, Next, Tuner};
 use crate::log::Logger;
+use crate::model::JobModel;
 use crate::selector::Selector;
 use acspeed_algorithms::{Algorithm, Fallback, FallbackCause};
 use acspeed_core::plan::Collective;
-use acspeed_core::topology::TopoDescription;
 use acspeed_core::{Config, Error, PlanContext, Rank, Result};
 use std::collections::HashMap;
 use std::fmt;
@@ -184,15 +184,10 @@ pub struct Policy {
 const MAX_DECISIONS: usize = 1024;
 
 impl Policy {
-    /// The policy of the job `ctx` under `cfg`; `topo` is the topology the job's model is
-    /// built from (`ACSPEED_TOPO_FILE`, read once by the caller). Warnings (an unreadable
+    /// The policy of the job `model` describes, under `cfg`. Warnings (an unreadable
     /// autotune cache) go to `log`.
-    pub fn for_job(
-        cfg: &Config,
-        topo: Option<&TopoDescription>,
-        ctx: &PlanContext,
-        log: Logger,
-    ) -> Result<Policy> {
+    pub fn for_job(cfg: &Config, model: &JobModel, log: Logger) -> Result<Policy> {
+        let ctx = &model.context;
         let forced = match &cfg.algo {
             acspeed_core::config::AlgoChoice::Auto => None,
             acspeed_core::config::AlgoChoice::Named(n) => {
@@ -206,7 +201,7 @@ impl Policy {
         let mut warnings = Vec::new();
         let tuner = match cfg.autotune {
             true => Some(Tuner::new(
-                crate::comm::tune_key(ctx, cfg, &crate::facts::JobFacts::of(cfg, topo)?),
+                crate::comm::tune_key(ctx, cfg, &model.facts),
                 cfg.autotune_file.as_deref(),
                 cfg.cache_dir.as_deref(),
                 &mut warnings,
@@ -214,7 +209,10 @@ impl Policy {
             false => None,
         };
         warnings.iter().for_each(|w| log.warn(w));
-        let selector = Selector::for_job(cfg, topo, ctx)?.map(Arc::new);
+        let selector = match &model.cluster {
+            Ok(c) => Ok(Arc::new(Selector::new(c, cfg.segment_bytes))),
+            Err(why) => Err(why.clone()),
+        };
         let model: Arc<str> = match &selector {
             Ok(s) => s.about.as_str().into(),
             Err(_) => "".into(),

@@ -20,19 +20,12 @@ use crate::autotune::Class;
 use acspeed_algorithms::select::{context_of, rank_candidates, Prediction};
 use acspeed_algorithms::Algorithm;
 use acspeed_core::plan::Collective;
-use acspeed_core::sim::{Cluster, HostModel, NetModel};
-use acspeed_core::topology::TopoDescription;
-use acspeed_core::{Config, Error, PlanContext, Result};
+use acspeed_core::sim::Cluster;
+use acspeed_core::{Error, PlanContext, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// Network rate assumed when the topology file gives no NIC speed, Gbit/s (a common cloud
-/// instance NIC; said in every explanation, so nobody mistakes it for a measurement).
-pub const DEFAULT_NET_GBIT: f64 = 25.0;
-/// One inter-host message's fixed cost assumed by the model, microseconds.
-const NET_LATENCY_US: f64 = 30.0;
 
 /// The largest size class the init-time fill covers (1 GiB); larger classes are predicted on
 /// their first call, with the same result.
@@ -97,100 +90,16 @@ pub struct Selector {
 }
 
 impl Selector {
-    /// The selector for a job, or `None` (with the reason) when there is nothing to model:
-    /// no topology file, no GPU in it, more ranks on a host than GPUs, or ranks not numbered
-    /// host by host (the model numbers them so).
-    /// `topo` is the job's topology description (`ACSPEED_TOPO_FILE`, read once by the
-    /// caller; `acspeed explain` may give one from another source).
-    pub fn for_job(
-        cfg: &Config,
-        topo: Option<&TopoDescription>,
-        ctx: &PlanContext,
-    ) -> Result<std::result::Result<Selector, String>> {
-        let Some(d) = topo else {
-            return match &cfg.host_model {
-                Some(m) => Self::for_cpu_hosts(cfg, ctx, m),
-                None => Ok(Err("no ACSPEED_TOPO_FILE or ACSPEED_HOST_MODEL".into())),
-            };
-        };
-        let file = cfg.topo_file.as_deref().unwrap_or(&d.source);
-        if d.gpus.is_empty() {
-            return match &cfg.host_model {
-                Some(m) => Self::for_cpu_hosts(cfg, ctx, m),
-                None => Ok(Err(format!("{file} describes no GPU"))),
-            };
-        }
-        let shape = ctx.shape();
-        if let Some(m) = shape.iter().find(|m| **m as usize > d.gpus.len()) {
-            return Ok(Err(format!(
-                "a host has {m} ranks but {file} describes {} GPUs",
-                d.gpus.len()
-            )));
-        }
-        if ctx.host_of.windows(2).any(|w| w[1] < w[0]) {
-            return Ok(Err("ranks are not numbered host by host".into()));
-        }
-        let (net, net_note) = net_of(d, cfg);
-        let host = HostModel::gpu(d)?;
-        let cluster = Cluster::new(vec![host; shape.len()], &shape, net)?;
-        Ok(Ok(Selector {
-            about: format!(
-                "simulated on {file} x {} host(s) {shape:?}, {net_note}",
-                shape.len()
-            ),
-            cluster,
-            segment_bytes: cfg.segment_bytes,
+    /// The selector over the job's cluster model; `segment_bytes` is the job's segment
+    /// rule, which the predictions lower with.
+    pub fn new(model: &crate::model::ClusterModel, segment_bytes: usize) -> Selector {
+        Selector {
+            cluster: model.cluster.clone(),
+            about: model.about.clone(),
+            segment_bytes,
             elem: 4,
             table: Mutex::default(),
-        }))
-    }
-
-    /// The selector for CPU hosts described by the host model in `file` (every host alike).
-    fn for_cpu_hosts(
-        cfg: &Config,
-        ctx: &PlanContext,
-        file: &str,
-    ) -> Result<std::result::Result<Selector, String>> {
-        let host = read_host_model(file)?;
-        if ctx.host_of.windows(2).any(|w| w[1] < w[0]) {
-            return Ok(Err("ranks are not numbered host by host".into()));
         }
-        let shape = ctx.shape();
-        let (gbit, note) = match cfg.net_gbps {
-            Some(g) => (g, format!("network {g} Gbit/s (ACSPEED_NET_GBPS)")),
-            None => (
-                DEFAULT_NET_GBIT,
-                format!("network {DEFAULT_NET_GBIT} Gbit/s (assumed: set ACSPEED_NET_GBPS)"),
-            ),
-        };
-        let flow = cfg
-            .flow_gbps
-            .map(|f| format!(", {f} Gbit/s per flow"))
-            .unwrap_or_default();
-        let net = NetModel {
-            nic_gbit: gbit,
-            flow_gbit: cfg.flow_gbps,
-            streams: cfg.nstreams.unwrap_or(crate::paths::AUTO_STREAMS_REMOTE),
-            latency_us: NET_LATENCY_US,
-        };
-        let cluster = Cluster::new(vec![host; shape.len()], &shape, net)?;
-        Ok(Ok(Selector {
-            about: if shape.len() > 1 {
-                format!(
-                    "simulated on host model {file} x {} hosts {shape:?}, {note}{flow}",
-                    shape.len()
-                )
-            } else {
-                format!(
-                    "simulated on host model {file}, one host of {} ranks",
-                    shape[0]
-                )
-            },
-            cluster,
-            segment_bytes: cfg.segment_bytes,
-            elem: 4,
-            table: Mutex::default(),
-        }))
     }
 
     /// Predictions for `coll` at the size class of `bytes`, fastest first, among `cands`
@@ -341,59 +250,6 @@ impl Drop for Fill {
         self.stop.store(true, Ordering::Relaxed);
         self.wait();
     }
-}
-
-/// A CPU host model as `acspeed simulate --here --json` prints it (its `host` object), or
-/// the bare object.
-pub fn read_host_model(file: &str) -> Result<HostModel> {
-    let bad = |why: String| Error::invalid(format!("ACSPEED_HOST_MODEL={file}: {why}"));
-    let text = std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let h = v.get("host").cloned().unwrap_or(v);
-    let m: HostModel = serde_json::from_value(h).map_err(|e| {
-        bad(format!(
-            "not a host model ({e}); write one with `acspeed simulate --here --json --sizes 4K > {file}`"
-        ))
-    })?;
-    if !matches!(m.kind, acspeed_core::sim::HostKind::Cpu) {
-        return Err(bad(
-            "describes a GPU host: use ACSPEED_TOPO_FILE for GPUs".into()
-        ));
-    }
-    let rates = [m.cores, m.copy_gbps, m.reduce_gbps];
-    if rates.iter().any(|r| !r.is_finite() || *r <= 0.0) || !m.latency_us.is_finite() {
-        return Err(bad(format!(
-            "cores, copy_gbps and reduce_gbps must be positive (got {rates:?})"
-        )));
-    }
-    Ok(m)
-}
-
-/// The network model: `ACSPEED_NET_GBPS`, else the fastest NIC of the description, else
-/// [`DEFAULT_NET_GBIT`]; `ACSPEED_FLOW_GBPS`; sockets per peer as the TCP transport opens them.
-fn net_of(d: &TopoDescription, cfg: &Config) -> (NetModel, String) {
-    let nic = d.nics.iter().filter_map(|n| n.speed_mbps).max();
-    let (gbit, note) = match (cfg.net_gbps, nic) {
-        (Some(g), _) => (g, format!("network {g} Gbit/s (ACSPEED_NET_GBPS)")),
-        (None, Some(m)) => (
-            m as f64 / 1000.0,
-            format!("network {} Gbit/s (its fastest NIC)", m / 1000),
-        ),
-        (None, None) => (
-            DEFAULT_NET_GBIT,
-            format!("network {DEFAULT_NET_GBIT} Gbit/s (assumed: the file gives no NIC speed)"),
-        ),
-    };
-    (
-        NetModel {
-            nic_gbit: gbit,
-            flow_gbit: cfg.flow_gbps,
-            streams: cfg.nstreams.unwrap_or(crate::paths::AUTO_STREAMS_REMOTE),
-            latency_us: NET_LATENCY_US,
-        },
-        note,
-    )
 }
 
 /// Nice 10 for the calling thread: the table fill runs beside the job's own threads and must

@@ -278,8 +278,12 @@ fn table_fill_ends_at_its_budget_or_stop() {
         host_model: Some(cpu_model(&dir, "here.json", 1.9)),
         ..test_config(1 << 16, 4, 30)
     };
-    let ctx = acspeed_core::PlanContext::from_shape(&[2, 2]).unwrap();
-    let sel = Selector::for_job(&cfg, None, &ctx).unwrap().unwrap();
+    let model = acspeed::model::discover(&cfg)
+        .unwrap()
+        .agree_shape(&cfg, &[2, 2])
+        .unwrap();
+    let ctx = model.context;
+    let sel = Selector::new(model.cluster.as_ref().unwrap(), cfg.segment_bytes);
     let cands = acspeed_algorithms::select::candidates(Collective::AllReduce, &ctx);
     let work = vec![(Collective::AllReduce, cands)];
     let go = AtomicBool::new(false);
@@ -304,7 +308,6 @@ fn table_fill_ends_at_its_budget_or_stop() {
 fn host_models_that_are_bad_or_differ_fail_clearly() {
     let dir = std::env::temp_dir().join(format!("acspeed-hostmodel-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ctx = acspeed_core::PlanContext::single_host(2);
     for (name, text, why) in [
         ("missing.json", None, "cannot read it"),
         ("junk.json", Some("not json"), "not JSON"),
@@ -338,7 +341,7 @@ fn host_models_that_are_bad_or_differ_fail_clearly() {
             host_model: Some(p.to_str().unwrap().into()),
             ..Config::default()
         };
-        let e = match acspeed::selector::Selector::for_job(&cfg, None, &ctx) {
+        let e = match acspeed::model::discover(&cfg) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("{name}: accepted"),
         };

@@ -353,9 +353,7 @@ fn per_size_algorithm_strings_and_explain() {
         "{e2}"
     );
     let bad = acspeed::Config::from_vars(&vars(&[("ACSPEED_BROADCAST", "hybrid:0-max")])).unwrap();
-    let t = acspeed_core::memory::MemoryTransport::fabric(1)
-        .pop()
-        .unwrap();
+    let t = acspeed_testkit::MemoryTransport::fabric(1).pop().unwrap();
     let e = acspeed::Communicator::from_transport(std::sync::Arc::new(t), bad, vec!["h".into()])
         .unwrap_err()
         .to_string();
@@ -581,7 +579,7 @@ fn a_plan_needing_missing_channels_is_refused_clearly() {
         topo_file: Some(topo),
         ..test_config(1 << 16, 4, 10)
     };
-    let ts = acspeed_core::memory::MemoryTransport::fabric(4);
+    let ts = acspeed_testkit::MemoryTransport::fabric(4);
     let hosts = vec!["h".to_string(); 4];
     let errs: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = ts

@@ -4,9 +4,9 @@
 
 use acspeed_algorithms::Ring;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor};
-use acspeed_core::memory::MemoryTransport;
 use acspeed_core::plan::Collective;
 use acspeed_core::{DType, Rank, ReduceOp};
+use acspeed_testkit::MemoryTransport;
 use proptest::prelude::*;
 use std::time::Duration;
 

@@ -6,13 +6,13 @@
 
 use acspeed_algorithms::Algorithm;
 use acspeed_core::executor::{Buffers, CallInfo, ExecParams, Executor, StageUse};
-use acspeed_core::memory::MemoryTransport;
 use acspeed_core::plan::{Collective, Op, RankPlan};
 use acspeed_core::sim::{message_trace, Cluster, HostModel, Message, NetModel, SimParams};
 use acspeed_core::transport::OpHandle;
 use acspeed_core::{
     DType, FrameHeader, HostStage, PlanContext, Rank, ReduceOp, StageCall, StageIo, Transport,
 };
+use acspeed_testkit::MemoryTransport;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};

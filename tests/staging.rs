@@ -2,8 +2,9 @@
 //! that drives CUDA streams, run on memory with slow asynchronous copy queues.
 
 use crate::util::{run_group, run_group_on_hosts, test_config, Fabric};
-use acspeed::staging::{staged_allreduce, DeviceBuf, HostStandIn, SlotPool, StagingParams};
+use acspeed::staging::{staged_allreduce, DeviceBuf, SlotPool, StagingParams};
 use acspeed::{DType, ReduceOp};
+use acspeed_testkit::HostStandIn;
 use std::time::Duration;
 
 /// A host buffer standing in for device memory: its address and the bytes to reduce.

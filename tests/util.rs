@@ -3,7 +3,7 @@
 
 use acspeed::store::MemStore;
 use acspeed::{Communicator, Config, DType};
-use acspeed_core::memory::MemoryTransport;
+use acspeed_testkit::MemoryTransport;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,12 +88,8 @@ pub(crate) fn run_group_on_hosts<T: Send>(
         _ => (0..n).map(|_| None).collect(),
     };
     // In-memory fabrics get the extra channels init would connect (n-trees that share pairs).
-    let topo = acspeed::comm::job_topology(&cfg).unwrap();
-    let (nvlinks, sockets) = acspeed::comm::gpu_facts(topo.as_ref());
-    let ctx = acspeed_core::PlanContext::from_host_names(&hosts)
-        .with_nvlinks(nvlinks)
-        .unwrap()
-        .with_sockets(&sockets);
+    let found = acspeed::model::discover(&cfg).unwrap();
+    let ctx = (found.clone().agree(&cfg, hosts.clone()).unwrap()).context;
     let mut extra: Vec<Vec<Arc<dyn acspeed_core::Transport>>> =
         (0..n).map(|_| Vec::new()).collect();
     if mem[0].is_some() {
@@ -139,7 +135,8 @@ pub(crate) fn run_group_on_hosts<T: Send>(
             .map(|r| {
                 let m = mem[r as usize].take();
                 let channels = std::mem::take(&mut extra[r as usize]);
-                let (store, f, hosts, ctx, topo) = (store.clone(), &f, &hosts, ctx.clone(), &topo);
+                let (store, f, hosts, ctx) = (store.clone(), &f, &hosts, ctx.clone());
+                let found = found.clone();
                 let cfg = Config {
                     host_id: Some(hosts[r as usize].clone()),
                     ..cfg.clone()
@@ -148,16 +145,9 @@ pub(crate) fn run_group_on_hosts<T: Send>(
                     let comm = match m {
                         Some(t) => {
                             let staging = memory_staging(r, group, &ctx, &cfg);
-                            Communicator::with_channels(
-                                Arc::new(t),
-                                channels,
-                                staging,
-                                cfg,
-                                hosts.clone(),
-                                ctx,
-                                topo.as_ref(),
-                            )
-                            .unwrap()
+                            let model = found.agree(&cfg, hosts.clone()).unwrap();
+                            Communicator::with_channels(Arc::new(t), channels, staging, cfg, model)
+                                .unwrap()
                         }
                         None => acspeed::init_with_store(
                             &*store,

@@ -11,7 +11,7 @@
 //! [`transport::Transport`]. Because plans are data, they can be verified
 //! ([`verify::verify`]), cached, dumped to files and replayed by a simulator; because
 //! transports only see ranks and byte ranges, a plan runs unchanged over TCP, shared memory,
-//! RDMA or the in-memory [`memory::MemoryTransport`] used by tests.
+//! RDMA or the in-memory transport of `acspeed-testkit` used by tests.
 
 pub mod config;
 pub mod context;
@@ -20,7 +20,6 @@ pub mod error;
 pub mod exec_stats;
 pub mod executor;
 pub mod kernels;
-pub mod memory;
 pub mod plan;
 pub mod schedule;
 pub mod sim;

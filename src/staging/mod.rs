@@ -15,12 +15,9 @@
 //! them between calls (pinned allocation is slow, and per call it would cost every bucket), and
 //! a device failure aborts the communicator so the peers fail at once naming this rank. The device is behind [`StagingDevice`]: the CUDA
 //! implementation (feature `cuda`, cudarc with the driver loaded at run time) and
-//! [`HostStandIn`], which runs the same pipeline on plain memory with asynchronous copy
-//! queues, so the pipeline's logic is tested on machines without a GPU.
-
-mod standin;
-
-pub use standin::{HostStandIn, StandInEvent};
+//! the stand-in of `acspeed-testkit` (a dev-dependency), which runs the same pipeline on plain
+//! memory with asynchronous copy queues, so the pipeline's logic is tested on machines without
+//! a GPU.
 
 use crate::comm::Communicator;
 use acspeed_core::{DType, Error, ReduceOp, Result};

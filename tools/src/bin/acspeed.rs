@@ -904,23 +904,21 @@ fn explain(args: ExplainArgs) -> Result<()> {
     let bytes = parse_size(&args.bytes)?;
     // The job as init builds it: the topology given here (a machine you are not on), else
     // ACSPEED_TOPO_FILE; then the same policy the communicator decides with.
-    let topo = match load_topo(&args.machine)? {
-        Some(d) => Some(d),
-        None => acspeed::comm::job_topology(&cfg)?,
+    let found = match load_topo(&args.machine)? {
+        Some(d) => acspeed::model::Discovery::of(&cfg, Some(d))?,
+        None => acspeed::model::discover(&cfg)?,
     };
-    let (nvlinks, sockets) = acspeed::comm::gpu_facts(topo.as_ref());
-    let ctx = acspeed_core::PlanContext::from_shape(&shape)?
-        .with_nvlinks(nvlinks)?
-        .with_sockets(&sockets);
+    let model = found.agree_shape(&cfg, &shape)?;
+    let ctx = &model.context;
     let log = acspeed::log::Logger::new(cfg.log, 0);
-    let policy = acspeed::policy::Policy::for_job(&cfg, topo.as_ref(), &ctx, log)?;
+    let policy = acspeed::policy::Policy::for_job(&cfg, &model, log)?;
     let decision = policy.decide(coll, bytes);
     let algo = decision.algorithm;
     println!(
         "{}",
-        acspeed::policy::explain_line(&ctx, coll, bytes, &decision)
+        acspeed::policy::explain_line(ctx, coll, bytes, &decision)
     );
-    let host = match &topo {
+    let host = match &model.description {
         Some(d) if !d.gpus.is_empty() => acspeed_core::sim::HostModel::gpu(d)?,
         _ if args.machine.here => acspeed_tools::simulate::measure_here()?,
         _ => return Ok(()),
@@ -934,7 +932,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
         }
         .model(30.0),
     )?;
-    let cands = acspeed_algorithms::select::candidates(coll, &ctx);
+    let cands = acspeed_algorithms::select::candidates(coll, ctx);
     let preds = acspeed_algorithms::select::rank_candidates(
         coll,
         &cluster,

@@ -2,7 +2,7 @@
 //! [`StagingDevice`] interface as CUDA, so the staging pipeline runs and is tested on machines
 //! without a GPU. Not a mock: every byte moves, asynchronously, and failures can be injected.
 
-use super::{HostSlot, StagingDevice};
+use acspeed::staging::{HostSlot, StagingDevice};
 use acspeed_core::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

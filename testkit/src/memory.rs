@@ -2,10 +2,9 @@
 //! mailboxes. It honours the same contract as the real transports (FIFO per pair, header
 //! checks, abort), so algorithm and executor tests need no sockets.
 
-use crate::error::{Error, Result};
-use crate::plan::Rank;
-use crate::transport::{FrameHeader, OpHandle, RecvPtr, Transport};
-use crate::{DType, ReduceOp};
+use acspeed_core::plan::Rank;
+use acspeed_core::transport::{FrameHeader, OpHandle, RecvPtr, Transport};
+use acspeed_core::{DType, Error, ReduceOp, Result};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -81,12 +80,12 @@ fn deliver(p: PostedRecv, hdr: &FrameHeader, bytes: &[u8], from: Rank) {
     let r = p.hdr.check(hdr, from).map(|()| match p.reduce {
         // SAFETY: post_recv's contract: p.data is valid for p.hdr.len == bytes.len() bytes.
         None => unsafe {
-            crate::kernels::copy::copy_nonoverlapping(bytes.as_ptr(), p.data.0, bytes.len())
+            acspeed_core::kernels::copy::copy_nonoverlapping(bytes.as_ptr(), p.data.0, bytes.len())
         },
         Some((dtype, op)) => {
             // SAFETY: as above, and nobody else touches it until the handle completes.
             let dst = unsafe { std::slice::from_raw_parts_mut(p.data.0, bytes.len()) };
-            crate::kernels::reduce(dtype, op, dst, bytes);
+            acspeed_core::kernels::reduce(dtype, op, dst, bytes);
         }
     });
     p.handle.complete(r);
