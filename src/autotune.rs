@@ -127,7 +127,7 @@ impl Tuner {
             None => dir
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("acspeed"))
-                .join(format!("autotune-{:016x}.json", fnv64(&key))),
+                .join(format!("autotune-{:016x}.json", crate::facts::fnv64(&key))),
         };
         let mut states = HashMap::new();
         match read_cache(&path) {
@@ -383,13 +383,6 @@ fn parse_class(name: &str) -> Option<Class> {
     b.is_power_of_two().then(|| Class {
         kind,
         log2: b.trailing_zeros(),
-    })
-}
-
-/// FNV-1a: a stable file name for a key (std's hasher may change between releases).
-pub(crate) fn fnv64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 

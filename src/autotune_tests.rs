@@ -167,6 +167,6 @@ fn default_file_names_hash_the_key() {
     let b = Tuner::new("b".into(), None, Some("/nonexistent/dir"), &mut w);
     assert_ne!(a.path(), b.path());
     assert!(a.path().starts_with("/nonexistent/dir"));
-    assert_eq!(fnv64("a"), fnv64("a"));
+    assert_eq!(crate::facts::fnv64("a"), crate::facts::fnv64("a"));
     assert!(w.is_empty(), "{w:?}");
 }

@@ -24,8 +24,6 @@ mod choice;
 #[path = "comm_p2p.rs"]
 mod p2p;
 
-pub use choice::tune_key;
-
 /// A set of ranks that run collectives together.
 pub struct Communicator {
     rank: u32,
@@ -99,7 +97,13 @@ impl Communicator {
         cfg: Config,
         hosts: Vec<String>,
     ) -> Result<Communicator> {
-        let cfg = Config { shm: false, ..cfg };
+        let cfg = Config {
+            transport: acspeed_core::config::TransportSettings {
+                shm: false,
+                ..cfg.transport
+            },
+            ..cfg
+        };
         let model = crate::model::JobModel::new(&cfg, hosts)?;
         Communicator::with_channels(transport, Vec::new(), None, cfg, model)
     }
@@ -115,13 +119,13 @@ impl Communicator {
         model: crate::model::JobModel,
     ) -> Result<Communicator> {
         let (rank, nranks) = (transport.rank().0, transport.nranks());
-        let log = Logger::new(cfg.log, rank);
+        let log = Logger::new(cfg.job.log, rank);
         // Stall reports are warnings: they show at the default log level.
         let exec = Executor::new(ExecParams {
-            segment_bytes: cfg.segment_bytes,
-            depth: cfg.pipeline_depth,
-            timeout: cfg.timeout,
-            stall_warn: cfg.stall_warn,
+            segment_bytes: cfg.exec.segment_bytes,
+            depth: cfg.exec.pipeline_depth,
+            timeout: cfg.job.timeout,
+            stall_warn: cfg.job.stall_warn,
             min_segments: acspeed_core::schedule::min_segments(model.context.nhosts()),
         })
         .with_stall_sink(Arc::new(move |m: &str| log.warn(m)));
@@ -133,7 +137,7 @@ impl Communicator {
             context: ctx,
             ..
         } = model;
-        let timeline = match &cfg.timeline {
+        let timeline = match &cfg.job.timeline {
             Some(t) => Some(crate::timeline::Timeline::open(
                 t,
                 transport.rank().0,
@@ -275,7 +279,7 @@ impl Communicator {
             let all = algo.all_plans_rounds(coll, &self.ctx, rounds)?;
             acspeed_core::verify::verify_all_models(&all, None)?;
         }
-        if let Some(dir) = &self.cfg.plan_dump_dir {
+        if let Some(dir) = &self.cfg.job.plan_dump_dir {
             let path = std::path::Path::new(dir).join(format!(
                 "plan-{}-{}{}-n{}-r{}.json",
                 coll.name(),
@@ -550,7 +554,7 @@ impl Communicator {
                 seq: call.seq,
                 count: count as u64,
                 copy_out: true,
-                timeout: self.cfg.timeout,
+                timeout: self.cfg.job.timeout,
             };
             // SAFETY: the caller's `io` serves 0..bytes until we return.
             unsafe { stage.host_reduce_io(io, &call) }

@@ -9,7 +9,7 @@ impl Communicator {
         // A forced algorithm whose plan falls back is worth a warning: the user asked for it.
         if let Some(note) = self
             .forced()
-            .and_then(|a| a.fallback(Collective::AllReduce, &self.ctx, self.cfg.shm))
+            .and_then(|a| a.fallback(Collective::AllReduce, &self.ctx, self.cfg.transport.shm))
         {
             self.log.warn(&format!(
                 "ACSPEED_ALGO={}: {note}",
@@ -33,9 +33,9 @@ impl Communicator {
                 .unwrap_or("?"),
             self.local_ranks(),
             peers.join(" "),
-            self.cfg.segment_bytes,
-            self.cfg.pipeline_depth,
-            self.cfg.timeout
+            self.cfg.exec.segment_bytes,
+            self.cfg.exec.pipeline_depth,
+            self.cfg.job.timeout
         ));
         self.log
             .info(&match (self.policy.tuner(), self.policy.selector()) {
@@ -204,22 +204,4 @@ pub(super) fn decode_i64(b: &[u8]) -> Vec<i64> {
     b.chunks_exact(8)
         .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect()
-}
-
-/// What the autotuner's choices depend on besides the measurements: the agreed job facts,
-/// the host map and the transport settings that change how algorithms perform. Its hash
-/// names the default cache file.
-pub fn tune_key(ctx: &PlanContext, cfg: &Config, facts: &crate::facts::JobFacts) -> String {
-    format!(
-        "acspeed {} facts={} hosts={:?} shm_mode={:?} cma_min={} nstreams={:?} rdma={:?} depth={} cpu_reduce_threads={}",
-        env!("CARGO_PKG_VERSION"),
-        facts.to_json(),
-        ctx.host_of,
-        cfg.shm_mode,
-        cfg.shm_cma_min,
-        cfg.nstreams,
-        cfg.rdma,
-        cfg.pipeline_depth,
-        cfg.cpu_reduce_threads
-    )
 }

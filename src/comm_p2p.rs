@@ -71,7 +71,7 @@ impl Communicator {
     /// Waits for a point-to-point operation (driving transports that need polling). A failure
     /// poisons the communicator: the stream to that peer is in an unknown state.
     pub fn wait(&self, h: &OpHandle) -> Result<()> {
-        let timeout = self.cfg.timeout;
+        let timeout = self.cfg.job.timeout;
         let deadline = std::time::Instant::now() + timeout;
         let what = || format!("send/recv with rank {}", h.peer());
         let r = if self.transport.needs_progress() {
@@ -122,7 +122,7 @@ impl Communicator {
             ));
         }
         let want = Self::p2p_header(tag, len);
-        let deadline = std::time::Instant::now() + self.cfg.timeout;
+        let deadline = std::time::Instant::now() + self.cfg.job.timeout;
         let first = self.next_any.load(std::sync::atomic::Ordering::Relaxed);
         let mut idle = 0u32;
         // Ranks that can send nothing more, with why.
@@ -163,7 +163,7 @@ impl Communicator {
                         "recv of {len} bytes with tag {tag} from any source: no rank sent one{}",
                         Self::gone_list(&gone)
                     ),
-                    after: self.cfg.timeout,
+                    after: self.cfg.job.timeout,
                 });
             }
             // Shared memory moves bytes only when polled: keep senders' slots draining.

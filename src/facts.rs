@@ -3,11 +3,10 @@
 //! were started with different settings fails at init with the setting and the rank named,
 //! instead of exchanging data under different plans.
 
-use crate::autotune::fnv64;
 use acspeed_core::config::{AlgoChoice, SizeRule};
 use acspeed_core::sim::HostModel;
 use acspeed_core::topology::TopoDescription;
-use acspeed_core::{Config, Error, Result};
+use acspeed_core::{Config, Error, PlanContext, Result};
 use serde::{Deserialize, Serialize};
 
 /// The settings and topology facts a rank's plans and algorithm choices depend on.
@@ -97,25 +96,43 @@ impl JobFacts {
             None => String::new(),
         };
         Ok(JobFacts {
-            algo: match &cfg.algo {
+            algo: match &cfg.policy.algo {
                 AlgoChoice::Auto => "auto".into(),
                 AlgoChoice::Named(n) => n.clone(),
             },
-            segment_bytes: cfg.segment_bytes,
-            allreduce_rules: rules(&cfg.allreduce_rules),
-            broadcast_rules: rules(&cfg.broadcast_rules),
-            reduce_rules: rules(&cfg.reduce_rules),
-            cpu_reduce_pipelines: cfg.cpu_reduce_pipelines,
-            shm: cfg.shm,
-            autotune: cfg.autotune,
-            rdma_cq_data: cfg.rdma_cq_data,
+            segment_bytes: cfg.exec.segment_bytes,
+            allreduce_rules: rules(&cfg.policy.allreduce_rules),
+            broadcast_rules: rules(&cfg.policy.broadcast_rules),
+            reduce_rules: rules(&cfg.policy.reduce_rules),
+            cpu_reduce_pipelines: cfg.exec.cpu_reduce_pipelines,
+            shm: cfg.transport.shm,
+            autotune: cfg.policy.autotune,
+            rdma_cq_data: cfg.transport.rdma_cq_data,
             nvlinks,
             gpu_sockets,
             topology,
             host_model,
-            net_gbps: cfg.net_gbps,
-            flow_gbps: cfg.flow_gbps,
+            net_gbps: cfg.model.net_gbps,
+            flow_gbps: cfg.model.flow_gbps,
         })
+    }
+
+    /// What the autotuner's choices depend on besides the measurements: the agreed job facts,
+    /// the host map and the transport settings that change how algorithms perform. Its hash
+    /// names the default cache file.
+    pub fn tune_key(&self, ctx: &PlanContext, cfg: &Config) -> String {
+        format!(
+            "acspeed {} facts={} hosts={:?} shm_mode={:?} cma_min={} nstreams={:?} rdma={:?} depth={} cpu_reduce_threads={}",
+            env!("CARGO_PKG_VERSION"),
+            self.to_json(),
+            ctx.host_of,
+            cfg.transport.shm_mode,
+            cfg.transport.shm_cma_min,
+            cfg.transport.nstreams,
+            cfg.transport.rdma,
+            cfg.exec.pipeline_depth,
+            cfg.exec.cpu_reduce_threads
+        )
     }
 
     /// What a rank publishes.
@@ -167,6 +184,14 @@ impl JobFacts {
     }
 }
 
+/// FNV-1a: a stable hash for names and fingerprints (std's hasher may change between
+/// releases).
+pub(crate) fn fnv64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A value as a user would write it (strings unquoted; `none` for unset).
 fn show(v: &serde_json::Value) -> String {
     match v {
@@ -188,8 +213,14 @@ mod tests {
         let a = JobFacts::of(&cfg, None, None).unwrap();
         let b = JobFacts::of(
             &Config {
-                segment_bytes: 1 << 20,
-                shm: false,
+                exec: acspeed_core::config::ExecSettings {
+                    segment_bytes: 1 << 20,
+                    ..cfg.exec.clone()
+                },
+                transport: acspeed_core::config::TransportSettings {
+                    shm: false,
+                    ..cfg.transport.clone()
+                },
                 ..cfg.clone()
             },
             None,

@@ -8,6 +8,7 @@
 use crate::comm::Communicator;
 use crate::paths::{choose_paths, interface_ip, Path};
 use crate::store::{resolve_master, Store, TcpStoreClient, TcpStoreServer};
+use acspeed_core::config::{ExecSettings, LogLevel, TransportSettings};
 use acspeed_core::{Config, Error, LaunchEnv, Rank, Result};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub fn init(launch: &LaunchEnv, cfg: Config) -> Result<Communicator> {
     } else {
         None
     };
-    let store = TcpStoreClient::connect(&launch.master_addr, launch.master_port, cfg.timeout)?;
+    let store = TcpStoreClient::connect(&launch.master_addr, launch.master_port, cfg.job.timeout)?;
     let ip = store.local_ip()?;
     init_with_store(&store, "acspeed", launch.rank, launch.world_size, ip, cfg)
 }
@@ -63,7 +64,7 @@ pub fn route_ip(target: SocketAddr) -> Result<IpAddr> {
 /// The host identity used to group ranks: `ACSPEED_HOST_ID`, else the (UTS namespace's)
 /// hostname. Never derived from shared memory, which separate hosts may share under netsim.
 pub fn host_id(cfg: &Config) -> String {
-    if let Some(h) = &cfg.host_id {
+    if let Some(h) = &cfg.job.host_id {
         return h.clone();
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -85,7 +86,7 @@ pub fn init_with_store(
             "rank {rank} is out of range for world size {nranks}"
         )));
     }
-    let t = cfg.timeout;
+    let t = cfg.job.timeout;
     let key = |k: &str| format!("{prefix}/{k}");
     // Two processes claiming the same rank would otherwise deadlock later, confusingly.
     let claims = store.add(&key(&format!("claim/{rank}")), 1)?;
@@ -110,19 +111,22 @@ pub fn init_with_store(
             "WORLD_SIZE mismatch: rank {rank} has {nranks} but rank 0 has {ws}"
         )));
     }
-    let ip = match &cfg.ifname {
+    let ip = match &cfg.transport.ifname {
         Some(f) => interface_ip(f)?,
         None => ip,
     };
-    let listener = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.socket_buffer)?;
+    let listener = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.transport.socket_buffer)?;
     let me = listener
         .local_addr()
         .map_err(|e| Error::io("reading the listener address", e))?;
     store.set(&key(&format!("addr/{rank}")), me.to_string().as_bytes())?;
     store.set(&key(&format!("host/{rank}")), host_id(&cfg).as_bytes())?;
-    let rdma = crate::paths::open_rdma(&cfg)?;
-    let wants =
-        crate::paths::Wants::publish(cfg.shm, cfg.nstreams, &crate::paths::rdma_name_hex(&rdma)?);
+    let rdma = crate::paths::open_rdma(&cfg.transport)?;
+    let wants = crate::paths::Wants::publish(
+        cfg.transport.shm,
+        cfg.transport.nstreams,
+        &crate::paths::rdma_name_hex(&rdma)?,
+    );
     store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
@@ -169,7 +173,9 @@ pub fn init_with_store(
         addrs: &addrs,
         paths: &paths,
         secret,
-        cfg: &cfg,
+        settings: &cfg.transport,
+        timeout: cfg.job.timeout,
+        log: cfg.job.log,
     };
     let transport = mesh.connect(listener, rdma, &wants, true)?;
     // More channels when the agreed context's plans need them (n-trees sharing rank pairs,
@@ -180,7 +186,7 @@ pub fn init_with_store(
     let want = acspeed_algorithms::channels_needed(ctx);
     let mut channels: Vec<Arc<dyn acspeed_core::Transport>> = Vec::new();
     for c in 1..want {
-        let l = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.socket_buffer)?;
+        let l = acspeed_transports::listen(SocketAddr::new(ip, 0), cfg.transport.socket_buffer)?;
         let a = l
             .local_addr()
             .map_err(|e| Error::io("reading the listener address", e))?;
@@ -205,7 +211,9 @@ pub fn init_with_store(
         let ch_paths: Vec<Path> = paths
             .iter()
             .map(|p| match p {
-                Path::Rdma => Path::Tcp(crate::paths::AUTO_STREAMS_REMOTE),
+                Path::Rdma => {
+                    Path::Tcp(acspeed_core::config::TransportSettings::AUTO_STREAMS_REMOTE)
+                }
                 p => *p,
             })
             .collect();
@@ -233,13 +241,16 @@ pub fn init_with_store(
             Rank(rank),
             &local,
             &secret,
-            staging_params(&cfg),
+            staging_params(&cfg.exec),
             t,
         )?))
     } else {
         None
     };
-    let (warn, log) = (cfg.stall_warn, crate::log::Logger::new(cfg.log, rank));
+    let (warn, log) = (
+        cfg.job.stall_warn,
+        crate::log::Logger::new(cfg.job.log, rank),
+    );
     let comm = Communicator::with_channels(Arc::new(transport), channels, staging, cfg, model)?;
     if warn.is_zero() || nranks < 2 {
         return Ok(comm);
@@ -263,11 +274,11 @@ pub fn init_with_store(
 }
 
 /// The staging area's shape from the configuration (the same on every rank).
-pub fn staging_params(cfg: &Config) -> acspeed_transports::StagingParams {
+pub fn staging_params(exec: &ExecSettings) -> acspeed_transports::StagingParams {
     acspeed_transports::StagingParams {
-        pipelines: cfg.cpu_reduce_pipelines,
-        threads: cfg.cpu_reduce_threads,
-        seg_bytes: acspeed_core::schedule::stage_segment_bytes(cfg.segment_bytes),
+        pipelines: exec.cpu_reduce_pipelines,
+        threads: exec.cpu_reduce_threads,
+        seg_bytes: acspeed_core::schedule::stage_segment_bytes(exec.segment_bytes),
         ..Default::default()
     }
 }
@@ -280,7 +291,10 @@ struct Mesh<'a> {
     addrs: &'a [SocketAddr],
     paths: &'a [Path],
     secret: [u8; 16],
-    cfg: &'a Config,
+    /// The transport layer's settings; the job's timeout and log level.
+    settings: &'a TransportSettings,
+    timeout: std::time::Duration,
+    log: LogLevel,
 }
 
 impl Mesh<'_> {
@@ -293,8 +307,8 @@ impl Mesh<'_> {
         wants: &[crate::paths::Wants],
         log: bool,
     ) -> Result<acspeed_transports::Multi> {
-        let (rank, nranks, paths, cfg) = (self.rank, self.nranks, self.paths, self.cfg);
-        let (addrs, secret, t) = (self.addrs, &self.secret, cfg.timeout);
+        let (rank, nranks, paths, cfg) = (self.rank, self.nranks, self.paths, self.settings);
+        let (addrs, secret, t) = (self.addrs, &self.secret, self.timeout);
         let streams: Vec<u32> = paths
             .iter()
             .map(|p| if let Path::Tcp(k) = p { *k } else { 0 })
@@ -342,7 +356,7 @@ impl Mesh<'_> {
             };
             if log {
                 let shm_path = "shm large-message path";
-                crate::log::Logger::new(cfg.log, rank).info(&format!(
+                crate::log::Logger::new(self.log, rank).info(&format!(
                     "{shm_path} (ACSPEED_SHM_MODE={:?}, collectives >= {} bytes): {how}",
                     cfg.shm_mode, cfg.shm_cma_min
                 ));

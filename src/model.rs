@@ -50,6 +50,7 @@ pub struct JobModel {
 /// Reads this rank's description, host model and facts (once per communicator).
 pub fn discover(cfg: &Config) -> Result<Discovery> {
     let description = cfg
+        .model
         .topo_file
         .as_ref()
         .map(|_| crate::probe::discover(cfg))
@@ -61,7 +62,12 @@ impl Discovery {
     /// The discovery for a description given by the caller (`acspeed explain` describes a
     /// machine it is not on); the host model still comes from `cfg`.
     pub fn of(cfg: &Config, description: Option<TopoDescription>) -> Result<Discovery> {
-        let host_model = cfg.host_model.as_deref().map(read_host_model).transpose()?;
+        let host_model = cfg
+            .model
+            .host_model
+            .as_deref()
+            .map(read_host_model)
+            .transpose()?;
         let facts = JobFacts::of(cfg, description.as_ref(), host_model.as_ref())?;
         Ok(Discovery {
             description,
@@ -133,7 +139,11 @@ fn cluster_of(
 ) -> Result<std::result::Result<ClusterModel, String>> {
     let shape = ctx.shape();
     let by_host = !ctx.host_of.windows(2).any(|w| w[1] < w[0]);
-    let file = cfg.topo_file.as_deref().or(d.map(|d| d.source.as_str()));
+    let file = cfg
+        .model
+        .topo_file
+        .as_deref()
+        .or(d.map(|d| d.source.as_str()));
     let gpu = d.filter(|d| !d.gpus.is_empty());
     let (host, about, net) = match (gpu, host_model) {
         (Some(d), _) => {
@@ -154,10 +164,11 @@ fn cluster_of(
             (HostModel::gpu(d)?, about, net)
         }
         (None, Some(host)) => {
-            let m = cfg.host_model.as_deref().unwrap_or("the host model");
+            let m = cfg.model.host_model.as_deref().unwrap_or("the host model");
             let (net, note) = net_of(cfg, None, "set ACSPEED_NET_GBPS");
             let about = if shape.len() > 1 {
                 let flow = cfg
+                    .model
                     .flow_gbps
                     .map(|f| format!(", {f} Gbit/s per flow"))
                     .unwrap_or_default();
@@ -191,7 +202,7 @@ fn cluster_of(
 /// [`DEFAULT_NET_GBIT`] (`assumed` says why); `ACSPEED_FLOW_GBPS`; sockets per peer as the TCP
 /// transport opens them.
 fn net_of(cfg: &Config, nic: Option<(f64, &str)>, assumed: &str) -> (NetModel, String) {
-    let (gbit, note) = match (cfg.net_gbps, nic) {
+    let (gbit, note) = match (cfg.model.net_gbps, nic) {
         (Some(g), _) => (g, format!("network {g} Gbit/s (ACSPEED_NET_GBPS)")),
         (None, Some((g, src))) => (g, format!("network {g} Gbit/s ({src})")),
         (None, None) => (
@@ -201,8 +212,8 @@ fn net_of(cfg: &Config, nic: Option<(f64, &str)>, assumed: &str) -> (NetModel, S
     };
     let net = NetModel {
         nic_gbit: gbit,
-        flow_gbit: cfg.flow_gbps,
-        streams: cfg.nstreams.unwrap_or(crate::paths::AUTO_STREAMS_REMOTE),
+        flow_gbit: cfg.model.flow_gbps,
+        streams: cfg.transport.remote_streams(),
         latency_us: NET_LATENCY_US,
     };
     (net, note)

@@ -3,7 +3,8 @@
 //! facts, so both ends of every pair agree: shared memory on the same host, RDMA where both
 //! ends have it, else TCP.
 
-use acspeed_core::{Config, Error, Rank, Result, Transport};
+use acspeed_core::config::TransportSettings;
+use acspeed_core::{Error, Rank, Result, Transport};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -65,10 +66,6 @@ impl Wants {
     }
 }
 
-/// Sockets per remote peer when nobody asked: one TCP flow rarely fills a cloud NIC (per-flow
-/// caps, single-core softirq), four usually do; on one host a single loopback flow is enough.
-pub const AUTO_STREAMS_REMOTE: u32 = 4;
-
 /// Picks the path to every peer from what all ranks published.
 pub fn choose_paths(rank: u32, hosts: &[String], wants: &[Wants]) -> Vec<Path> {
     let me = rank as usize;
@@ -90,7 +87,7 @@ pub fn choose_paths(rank: u32, hosts: &[String], wants: &[Wants]) -> Vec<Path> {
             } else if same {
                 1
             } else {
-                AUTO_STREAMS_REMOTE
+                TransportSettings::AUTO_STREAMS_REMOTE
             })
         })
         .collect()
@@ -135,7 +132,7 @@ mod rdma_impl {
 
     /// An RDMA endpoint if configured and available: `auto` takes hardware providers only
     /// (libfabric's socket emulations are slower than our multi-stream TCP), `1` any.
-    pub fn open_rdma(cfg: &Config) -> Result<Option<RdmaEndpoint>> {
+    pub fn open_rdma(cfg: &TransportSettings) -> Result<Option<RdmaEndpoint>> {
         match cfg.rdma {
             RdmaChoice::Off => Ok(None),
             RdmaChoice::On => RdmaEndpoint::open(cfg.rdma_provider.as_deref())
@@ -186,7 +183,7 @@ mod no_rdma {
     /// What `open_rdma` gives.
     pub type Endpoint = NoRdma;
 
-    pub fn open_rdma(cfg: &Config) -> Result<Option<NoRdma>> {
+    pub fn open_rdma(cfg: &TransportSettings) -> Result<Option<NoRdma>> {
         match cfg.rdma {
             acspeed_core::config::RdmaChoice::On => Err(Error::invalid(
                 "ACSPEED_RDMA=1, but acspeed was built without the 'rdma' feature",
@@ -239,7 +236,11 @@ mod tests {
         let paths = choose_paths(0, &hosts, &[auto.clone(), auto.clone(), auto]);
         assert_eq!(
             paths,
-            vec![Path::Myself, Path::Tcp(1), Path::Tcp(AUTO_STREAMS_REMOTE)]
+            vec![
+                Path::Myself,
+                Path::Tcp(1),
+                Path::Tcp(TransportSettings::AUTO_STREAMS_REMOTE)
+            ]
         );
     }
 }

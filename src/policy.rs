@@ -188,7 +188,7 @@ impl Policy {
     /// autotune cache) go to `log`.
     pub fn for_job(cfg: &Config, model: &JobModel, log: Logger) -> Result<Policy> {
         let ctx = &model.context;
-        let forced = match &cfg.algo {
+        let forced = match &cfg.policy.algo {
             acspeed_core::config::AlgoChoice::Auto => None,
             acspeed_core::config::AlgoChoice::Named(n) => {
                 Some(Algorithm::from_name(n).map_err(|e| match e {
@@ -199,18 +199,18 @@ impl Policy {
         };
         let rules = size_rules(cfg)?;
         let mut warnings = Vec::new();
-        let tuner = match cfg.autotune {
+        let tuner = match cfg.policy.autotune {
             true => Some(Tuner::new(
-                crate::comm::tune_key(ctx, cfg, &model.facts),
-                cfg.autotune_file.as_deref(),
-                cfg.cache_dir.as_deref(),
+                model.facts.tune_key(ctx, cfg),
+                cfg.policy.autotune_file.as_deref(),
+                cfg.policy.cache_dir.as_deref(),
                 &mut warnings,
             )),
             false => None,
         };
         warnings.iter().for_each(|w| log.warn(w));
         let selector = match &model.cluster {
-            Ok(c) => Ok(Arc::new(Selector::new(c, cfg.segment_bytes))),
+            Ok(c) => Ok(Arc::new(Selector::new(c, cfg.exec.segment_bytes))),
             Err(why) => Err(why.clone()),
         };
         let model: Arc<str> = match &selector {
@@ -226,7 +226,7 @@ impl Policy {
                     // of its own yet runs CPU-Reduce plans like the others (a candidate list
                     // that differed there made 3+1+2 jobs under ACSPEED_AUTOTUNE issue
                     // different calls on rank 3 and fail with a mismatch).
-                    .filter(|a| *a != Algorithm::CpuReduce || cfg.shm)
+                    .filter(|a| *a != Algorithm::CpuReduce || cfg.transport.shm)
                     .collect()
             })
         } else {
@@ -234,7 +234,12 @@ impl Policy {
         };
         let fallbacks = Algorithm::ALL
             .iter()
-            .map(|a| (*a, a.fallback(Collective::AllReduce, ctx, cfg.shm)))
+            .map(|a| {
+                (
+                    *a,
+                    a.fallback(Collective::AllReduce, ctx, cfg.transport.shm),
+                )
+            })
             .collect();
         Ok(Policy {
             ctx: ctx.clone(),
@@ -479,17 +484,17 @@ pub fn size_rules(cfg: &Config) -> Result<SizeRules> {
         resolve(
             "ACSPEED_ALLREDUCE",
             Collective::AllReduce,
-            &cfg.allreduce_rules,
+            &cfg.policy.allreduce_rules,
         )?,
         resolve(
             "ACSPEED_BROADCAST",
             Collective::Broadcast { root: Rank(0) },
-            &cfg.broadcast_rules,
+            &cfg.policy.broadcast_rules,
         )?,
         resolve(
             "ACSPEED_REDUCE",
             Collective::Reduce { root: Rank(0) },
-            &cfg.reduce_rules,
+            &cfg.policy.reduce_rules,
         )?,
         Vec::new(),
     ))

@@ -32,10 +32,11 @@ fn ranks_measure_agree_and_reuse_the_cached_choice() {
     let dir = std::env::temp_dir().join(format!("acspeed-autotune-it-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let file = dir.join("cache.json");
-    let cfg = Config {
-        autotune: true,
-        autotune_file: Some(file.to_str().unwrap().into()),
-        ..test_config(1 << 16, 4, 30)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 30);
+        base.policy.autotune = true;
+        base.policy.autotune_file = Some(file.to_str().unwrap().into());
+        base
     };
     // 4 ranks on one host: ring, tree and cpu_reduce, 3 trials each, then decided.
     let seen = job(&cfg, 10);
@@ -74,7 +75,10 @@ fn ranks_measure_agree_and_reuse_the_cached_choice() {
     // Off: auto's rule, no file touched.
     let off = job(
         &Config {
-            autotune: false,
+            policy: acspeed_core::config::PolicySettings {
+                autotune: false,
+                ..cfg.policy.clone()
+            },
             ..cfg.clone()
         },
         1,
@@ -89,10 +93,11 @@ fn ranks_measure_agree_and_reuse_the_cached_choice() {
 #[test]
 fn autotune_agrees_when_a_rank_is_alone_on_its_host() {
     let dir = std::env::temp_dir().join(format!("acspeed-autotune-alone-{}", std::process::id()));
-    let cfg = Config {
-        autotune: true,
-        autotune_file: Some(dir.join("cache.json").to_str().unwrap().into()),
-        ..test_config(1 << 16, 4, 20)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 20);
+        base.policy.autotune = true;
+        base.policy.autotune_file = Some(dir.join("cache.json").to_str().unwrap().into());
+        base
     };
     let seen = crate::util::run_group_on_hosts(Fabric::Memory, &[2, 1], cfg, |comm| {
         let r = comm.rank() as f32;
@@ -131,9 +136,10 @@ fn auto_follows_the_selector_on_a_gpu_topology() {
         fixture!("nvsmi/02-v100-8gpu-vm-phb-likejazz.txt"),
         |_| {},
     );
-    let cfg = Config {
-        topo_file: Some(v100),
-        ..test_config(1 << 16, 4, 30)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 30);
+        base.model.topo_file = Some(v100);
+        base
     };
     let seen = run_group(Fabric::Memory, 8, cfg, |comm| {
         let big = comm.explain(Collective::AllReduce, 128 << 20);
@@ -189,9 +195,10 @@ fn topology_files_with_different_pcie_paths_fail_init() {
         };
         d.paths[n - 2][n - 1] = d.paths[n - 1][n - 2];
     });
-    let errs = crate::util::init_errors_of_two("topofp", |r| Config {
-        topo_file: Some(if r == 0 { a.clone() } else { b.clone() }),
-        ..test_config(1 << 16, 4, 10)
+    let errs = crate::util::init_errors_of_two("topofp", |r| {
+        let mut base = test_config(1 << 16, 4, 10);
+        base.model.topo_file = Some(if r == 0 { a.clone() } else { b.clone() });
+        base
     });
     std::fs::remove_dir_all(&dir).ok();
     for (r, e) in errs.iter().enumerate() {
@@ -223,11 +230,12 @@ fn cpu_model(dir: &std::path::Path, name: &str, stage_gbps: f64) -> String {
 #[test]
 fn auto_follows_the_selector_with_a_cpu_host_model() {
     let dir = std::env::temp_dir().join(format!("acspeed-hostmodel-{}", std::process::id()));
-    let cfg = Config {
-        host_model: Some(cpu_model(&dir, "here.json", 1.9)),
-        net_gbps: Some(2.0),
-        flow_gbps: Some(0.5),
-        ..test_config(1 << 16, 4, 30)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 30);
+        base.model.host_model = Some(cpu_model(&dir, "here.json", 1.9));
+        base.model.net_gbps = Some(2.0);
+        base.model.flow_gbps = Some(0.5);
+        base
     };
     let seen = crate::util::run_group_on_hosts(Fabric::Memory, &[2, 2], cfg, |comm| {
         let big = comm.explain(Collective::AllReduce, 64 << 20);
@@ -274,16 +282,17 @@ fn table_fill_ends_at_its_budget_or_stop() {
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
     let dir = std::env::temp_dir().join(format!("acspeed-fill-{}", std::process::id()));
-    let cfg = Config {
-        host_model: Some(cpu_model(&dir, "here.json", 1.9)),
-        ..test_config(1 << 16, 4, 30)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 30);
+        base.model.host_model = Some(cpu_model(&dir, "here.json", 1.9));
+        base
     };
     let model = acspeed::model::discover(&cfg)
         .unwrap()
         .agree_shape(&cfg, &[2, 2])
         .unwrap();
     let ctx = model.context;
-    let sel = Selector::new(model.cluster.as_ref().unwrap(), cfg.segment_bytes);
+    let sel = Selector::new(model.cluster.as_ref().unwrap(), cfg.exec.segment_bytes);
     let cands = acspeed_algorithms::select::candidates(Collective::AllReduce, &ctx);
     let work = vec![(Collective::AllReduce, cands)];
     let go = AtomicBool::new(false);
@@ -338,7 +347,10 @@ fn host_models_that_are_bad_or_differ_fail_clearly() {
             std::fs::write(&p, serde_json::to_string(&m).unwrap()).unwrap();
         }
         let cfg = Config {
-            host_model: Some(p.to_str().unwrap().into()),
+            model: acspeed_core::config::ModelSettings {
+                host_model: Some(p.to_str().unwrap().into()),
+                ..Default::default()
+            },
             ..Config::default()
         };
         let e = match acspeed::model::discover(&cfg) {
@@ -352,9 +364,10 @@ fn host_models_that_are_bad_or_differ_fail_clearly() {
     }
     let a = cpu_model(&dir, "a.json", 1.9);
     let b = cpu_model(&dir, "b.json", 2.5);
-    let errs = crate::util::init_errors_of_two("hostfp", |r| Config {
-        host_model: Some(if r == 0 { a.clone() } else { b.clone() }),
-        ..test_config(1 << 16, 4, 10)
+    let errs = crate::util::init_errors_of_two("hostfp", |r| {
+        let mut base = test_config(1 << 16, 4, 10);
+        base.model.host_model = Some(if r == 0 { a.clone() } else { b.clone() });
+        base
     });
     std::fs::remove_dir_all(&dir).ok();
     for (r, e) in errs.iter().enumerate() {

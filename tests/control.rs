@@ -1,7 +1,7 @@
 //! The control plane: heartbeats to rank 0's coordinator and its "missing ranks" reports.
 
 use crate::util::test_config;
-use acspeed::{Config, ReduceOp};
+use acspeed::ReduceOp;
 use std::time::Duration;
 
 /// Ranks 0 and 1 enter an allreduce that rank 2 joins only 1.5 s later: with a 0.3 s stall
@@ -16,10 +16,11 @@ fn a_late_rank_is_reported_missing_to_the_ranks_that_wait() {
                 .map(|r| {
                     let st = store.clone();
                     s.spawn(move || {
-                        let cfg = Config {
-                            shm,
-                            stall_warn: Duration::from_millis(300),
-                            ..test_config(1 << 16, 4, 20)
+                        let cfg = {
+                            let mut base = test_config(1 << 16, 4, 20);
+                            base.transport.shm = shm;
+                            base.job.stall_warn = Duration::from_millis(300);
+                            base
                         };
                         let ip = "127.0.0.1".parse().unwrap();
                         let c = acspeed::init_with_store(&*st, "j", r, 3, ip, cfg).unwrap();
@@ -57,9 +58,10 @@ fn no_stall_threshold_no_control_plane() {
         for r in 0..2 {
             let st = store.clone();
             s.spawn(move || {
-                let cfg = Config {
-                    stall_warn: Duration::ZERO,
-                    ..test_config(1 << 16, 4, 20)
+                let cfg = {
+                    let mut base = test_config(1 << 16, 4, 20);
+                    base.job.stall_warn = Duration::ZERO;
+                    base
                 };
                 let c =
                     acspeed::init_with_store(&*st, "z", r, 2, "127.0.0.1".parse().unwrap(), cfg)
@@ -81,9 +83,10 @@ fn no_stall_threshold_no_control_plane() {
 #[test]
 fn call_statistics_per_collective_at_info() {
     use acspeed_core::config::LogLevel;
-    let cfg = acspeed::Config {
-        log: LogLevel::Info,
-        ..crate::util::test_config(1 << 16, 4, 20)
+    let cfg = {
+        let mut base = crate::util::test_config(1 << 16, 4, 20);
+        base.job.log = LogLevel::Info;
+        base
     };
     let res = crate::util::run_group(crate::util::Fabric::Memory, 2, cfg, |comm| {
         for _ in 0..3 {

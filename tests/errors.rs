@@ -213,10 +213,11 @@ fn strangers_on_the_listening_port_do_not_disturb_the_job() {
                 let st = store.clone();
                 s.spawn(move || {
                     // TCP only: the stranger targets the TCP listener.
-                    let cfg = acspeed::Config {
-                        shm: false,
-                        stall_warn: Duration::from_millis(300),
-                        ..test_config(1 << 16, 4, 20)
+                    let cfg = {
+                        let mut base = test_config(1 << 16, 4, 20);
+                        base.transport.shm = false;
+                        base.job.stall_warn = Duration::from_millis(300);
+                        base
                     };
                     let c = acspeed::init_with_store(
                         &*st,
@@ -292,13 +293,14 @@ fn world_size_disagreement_and_duplicate_ranks_are_named() {
 /// instead of exchanging data under different plans.
 #[test]
 fn algorithm_settings_that_differ_across_ranks_fail_init_naming_the_rank() {
-    let errs = crate::util::init_errors_of_two("alg", |r| acspeed::Config {
-        algo: if r == 1 {
+    let errs = crate::util::init_errors_of_two("alg", |r| {
+        let mut base = test_config(1 << 16, 4, 10);
+        base.policy.algo = if r == 1 {
             acspeed_core::config::AlgoChoice::Named("tree".into())
         } else {
             acspeed_core::config::AlgoChoice::Auto
-        },
-        ..test_config(1 << 16, 4, 10)
+        };
+        base
     });
     assert!(
         errs[0].contains("rank 1") && errs[0].contains("ACSPEED_ALGO=tree"),
@@ -424,9 +426,10 @@ fn several_communicators_used_concurrently_from_several_threads() {
             let store = store.clone();
             s.spawn(move || {
                 let make = |prefix: &str, shm: bool| {
-                    let cfg = acspeed::Config {
-                        shm,
-                        ..test_config(1 << 14, 2, 30)
+                    let cfg = {
+                        let mut base = test_config(1 << 14, 2, 30);
+                        base.transport.shm = shm;
+                        base
                     };
                     acspeed::init_with_store(
                         &*store,
@@ -472,9 +475,10 @@ fn topology_files_that_differ_across_ranks_fail_init_naming_the_rank() {
         d.paths[0][1] = acspeed_core::topology::PathClass::NV(1);
         d.paths[1][0] = acspeed_core::topology::PathClass::NV(1);
     });
-    let errs = crate::util::init_errors_of_two("topo", |r| acspeed::Config {
-        topo_file: Some(if r == 0 { a.clone() } else { b.clone() }),
-        ..test_config(1 << 16, 4, 10)
+    let errs = crate::util::init_errors_of_two("topo", |r| {
+        let mut base = test_config(1 << 16, 4, 10);
+        base.model.topo_file = Some(if r == 0 { a.clone() } else { b.clone() });
+        base
     });
     std::fs::remove_dir_all(&dir).ok();
     for (r, e) in errs.iter().enumerate() {
@@ -490,9 +494,10 @@ fn topology_files_that_differ_across_ranks_fail_init_naming_the_rank() {
 #[test]
 fn cpu_reduce_mismatches_are_named() {
     for f in [Fabric::Memory, Fabric::Shm] {
-        let cfg = acspeed::Config {
-            algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
-            ..test_config(1 << 16, 4, 20)
+        let cfg = {
+            let mut base = test_config(1 << 16, 4, 20);
+            base.policy.algo = acspeed_core::config::AlgoChoice::Named("cpu_reduce".into());
+            base
         };
         let res = run_group(f, 3, cfg, |comm| {
             let mut v = vec![1.0f32; if comm.rank() == 1 { 100_000 } else { 200_000 }];
@@ -548,9 +553,10 @@ fn cpu_reduce_names_a_killed_rank_quickly() {
 /// host) runs the ring on every rank and says why, instead of failing.
 #[test]
 fn cpu_reduce_without_shared_memory_falls_back_and_says_so() {
-    let cfg = acspeed::Config {
-        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
-        ..test_config(1 << 16, 4, 20)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 20);
+        base.policy.algo = acspeed_core::config::AlgoChoice::Named("cpu_reduce".into());
+        base
     };
     let res = run_group(Fabric::Tcp, 3, cfg, |comm| {
         let mut v = vec![comm.rank() as f32; 10_000];
@@ -574,10 +580,11 @@ fn cpu_reduce_without_shared_memory_falls_back_and_says_so() {
 fn a_plan_needing_missing_channels_is_refused_clearly() {
     let dir = std::env::temp_dir().join(format!("acspeed-channels-{}", std::process::id()));
     let topo = crate::util::topo_json(&dir, "fake4.json", fixture!("fake-nvlink-4gpu.txt"), |_| {});
-    let cfg = acspeed::Config {
-        algo: acspeed_core::config::AlgoChoice::Named("ntree".into()),
-        topo_file: Some(topo),
-        ..test_config(1 << 16, 4, 10)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 10);
+        base.policy.algo = acspeed_core::config::AlgoChoice::Named("ntree".into());
+        base.model.topo_file = Some(topo);
+        base
     };
     let ts = acspeed_testkit::MemoryTransport::fabric(4);
     let hosts = vec!["h".to_string(); 4];
@@ -613,9 +620,10 @@ fn a_plan_needing_missing_channels_is_refused_clearly() {
 #[cfg(feature = "rdma")]
 #[test]
 fn rdma_with_4_bytes_of_cq_data_still_catches_mismatches() {
-    let cfg = acspeed::Config {
-        rdma_cq_data: Some(4),
-        ..test_config(1 << 16, 4, 20)
+    let cfg = {
+        let mut base = test_config(1 << 16, 4, 20);
+        base.transport.rdma_cq_data = Some(4);
+        base
     };
     let res = run_group(Fabric::Rdma, 3, cfg, |comm| {
         let peer = (comm.rank() + 1) % 3;

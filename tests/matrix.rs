@@ -277,14 +277,18 @@ fn run_matrix_topo(a: Algo, f: Fabric, counts: &[usize], dtypes: &[DType], topo:
             .filter(|(c, k, d)| label(a, f, n, *c, *k, *d).contains(&filter))
             .collect();
         ran += plan.len();
-        let cfg = Config {
-            algo: acspeed_core::config::AlgoChoice::Named(a.name.into()),
-            topo_file: topo.map(str::to_string),
-            ..test_config(4096, 2, 30)
+        let cfg = {
+            let mut base = test_config(4096, 2, 30);
+            base.policy.algo = acspeed_core::config::AlgoChoice::Named(a.name.into());
+            base.model.topo_file = topo.map(str::to_string);
+            base
         };
         let cfg = if a.name == "auto" {
             Config {
-                algo: acspeed_core::config::AlgoChoice::Auto,
+                policy: acspeed_core::config::PolicySettings {
+                    algo: acspeed_core::config::AlgoChoice::Auto,
+                    ..cfg.policy
+                },
                 ..cfg
             }
         } else {
@@ -496,9 +500,10 @@ fn results_are_bitwise_identical_on_every_rank() {
     // Non-integer floats: rounding depends on reduction order, so this catches any rank that
     // reduces in its own order. Every algorithm, on two uneven hosts.
     for algo in acspeed_core::plan::ALGORITHM_NAMES {
-        let cfg = Config {
-            algo: acspeed_core::config::AlgoChoice::Named(algo.into()),
-            ..test_config(4096, 3, 60)
+        let cfg = {
+            let mut base = test_config(4096, 3, 60);
+            base.policy.algo = acspeed_core::config::AlgoChoice::Named(algo.into());
+            base
         };
         let outs = run_group_on_hosts(Fabric::Tcp, &[2, 3], cfg, |comm| {
             let r = comm.rank() as f32;
@@ -550,10 +555,11 @@ fn hybrid_rounds_overlap_phases_and_stay_exact() {
             a.rounds_for(acspeed_core::plan::Collective::AllReduce, 1 << 20, &ctx),
             1
         );
-        let cfg = Config {
-            algo: acspeed_core::config::AlgoChoice::Named(algo.into()),
-            plan_dump_dir: Some(dir.to_str().unwrap().into()),
-            ..test_config(256 << 10, 4, 60)
+        let cfg = {
+            let mut base = test_config(256 << 10, 4, 60);
+            base.policy.algo = acspeed_core::config::AlgoChoice::Named(algo.into());
+            base.job.plan_dump_dir = Some(dir.to_str().unwrap().into());
+            base
         };
         let outs = run_group_on_hosts(Fabric::Tcp, &shape, cfg, |comm| {
             let r = comm.rank();

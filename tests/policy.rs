@@ -40,7 +40,11 @@ fn explain_comm(
         .collect();
     env.extend(vars.iter().cloned());
     let cfg = Config::from_vars(&env).unwrap();
-    let fabric = if cfg.shm { Fabric::Memory } else { Fabric::Tcp };
+    let fabric = if cfg.transport.shm {
+        Fabric::Memory
+    } else {
+        Fabric::Tcp
+    };
     run_group_on_hosts(fabric, shape, cfg, |comm: Communicator| {
         SIZES
             .iter()

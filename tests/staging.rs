@@ -121,9 +121,10 @@ fn staged_allreduce_is_exact_for_every_shape() {
 /// plan on a pinned slot instead (download, plan, upload).
 #[test]
 fn staged_allreduce_through_cpu_reduce() {
-    let cfg = acspeed::Config {
-        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
-        ..test_config(1 << 14, 2, 30)
+    let cfg = {
+        let mut base = test_config(1 << 14, 2, 30);
+        base.policy.algo = acspeed_core::config::AlgoChoice::Named("cpu_reduce".into());
+        base
     };
     let sum = ReduceOp::Sum;
     for (count, delay) in [(100_003, 5), (1, 0), (7, 50)] {
@@ -168,9 +169,10 @@ fn staged_allreduce_through_cpu_reduce() {
 /// communicator goes, before the area is unmapped.
 #[test]
 fn cpu_reduce_registers_the_staging_area_once_and_releases_it() {
-    let cfg = acspeed::Config {
-        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
-        ..test_config(1 << 14, 2, 30)
+    let cfg = {
+        let mut base = test_config(1 << 14, 2, 30);
+        base.policy.algo = acspeed_core::config::AlgoChoice::Named("cpu_reduce".into());
+        base
     };
     for (shape, op) in [
         (&[3u32][..], ReduceOp::Sum),
@@ -386,9 +388,10 @@ fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
 /// reason, not at the 20 s timeout.
 #[test]
 fn a_device_error_fails_the_peers_fast_naming_the_rank() {
-    let cpu_reduce = acspeed::Config {
-        algo: acspeed_core::config::AlgoChoice::Named("cpu_reduce".into()),
-        ..test_config(1 << 14, 2, 20)
+    let cpu_reduce = {
+        let mut base = test_config(1 << 14, 2, 20);
+        base.policy.algo = acspeed_core::config::AlgoChoice::Named("cpu_reduce".into());
+        base
     };
     let cases = [
         (Fabric::Memory, test_config(1 << 14, 2, 20)),

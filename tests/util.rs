@@ -45,9 +45,15 @@ impl Fabric {
 
 pub(crate) fn test_config(segment: usize, depth: usize, timeout_s: u64) -> Config {
     Config {
-        segment_bytes: segment,
-        pipeline_depth: depth,
-        timeout: Duration::from_secs(timeout_s),
+        exec: acspeed_core::config::ExecSettings {
+            segment_bytes: segment,
+            pipeline_depth: depth,
+            ..Default::default()
+        },
+        job: acspeed_core::config::JobSettings {
+            timeout: Duration::from_secs(timeout_s),
+            ..Default::default()
+        },
         ..Config::default()
     }
 }
@@ -103,31 +109,41 @@ pub(crate) fn run_group_on_hosts<T: Send>(
     let cfg = if fabric == Fabric::Rdma {
         loopback_fabric();
         Config {
-            rdma: acspeed_core::config::RdmaChoice::On,
-            rdma_provider: Some("tcp;ofi_rxm".into()),
+            transport: acspeed_core::config::TransportSettings {
+                rdma: acspeed_core::config::RdmaChoice::On,
+                rdma_provider: Some("tcp;ofi_rxm".into()),
+                ..cfg.transport
+            },
             ..cfg
         }
     } else {
         cfg
     };
     let cfg = Config {
-        // In-memory fabrics get a real staging area too (see `memory_staging`), so they count
-        // as having shared memory; TCP fabrics do not.
-        shm: matches!(
-            fabric,
-            Fabric::Shm | Fabric::ShmCma | Fabric::ShmStream | Fabric::Memory | Fabric::MemoryFused
-        ),
-        shm_mode: if fabric == Fabric::ShmCma {
-            acspeed_core::config::ShmMode::Cma
-        } else {
-            cfg.shm_mode
+        transport: acspeed_core::config::TransportSettings {
+            // In-memory fabrics get a real staging area too (see `memory_staging`), so they count
+            // as having shared memory; TCP fabrics do not.
+            shm: matches!(
+                fabric,
+                Fabric::Shm
+                    | Fabric::ShmCma
+                    | Fabric::ShmStream
+                    | Fabric::Memory
+                    | Fabric::MemoryFused
+            ),
+            shm_mode: if fabric == Fabric::ShmCma {
+                acspeed_core::config::ShmMode::Cma
+            } else {
+                cfg.transport.shm_mode
+            },
+            shm_cma_min: if matches!(fabric, Fabric::ShmCma | Fabric::ShmStream) {
+                0
+            } else {
+                cfg.transport.shm_cma_min
+            },
+            nstreams: (fabric == Fabric::TcpMulti).then_some(3),
+            ..cfg.transport
         },
-        shm_cma_min: if matches!(fabric, Fabric::ShmCma | Fabric::ShmStream) {
-            0
-        } else {
-            cfg.shm_cma_min
-        },
-        nstreams: (fabric == Fabric::TcpMulti).then_some(3),
         ..cfg
     };
     std::thread::scope(|s| {
@@ -138,7 +154,10 @@ pub(crate) fn run_group_on_hosts<T: Send>(
                 let (store, f, hosts, ctx) = (store.clone(), &f, &hosts, ctx.clone());
                 let found = found.clone();
                 let cfg = Config {
-                    host_id: Some(hosts[r as usize].clone()),
+                    job: acspeed_core::config::JobSettings {
+                        host_id: Some(hosts[r as usize].clone()),
+                        ..cfg.job.clone()
+                    },
                     ..cfg.clone()
                 };
                 s.spawn(move || {
@@ -197,8 +216,8 @@ fn memory_staging(
             acspeed_core::Rank(r),
             &local,
             &secret,
-            acspeed::init::staging_params(cfg),
-            cfg.timeout,
+            acspeed::init::staging_params(&cfg.exec),
+            cfg.job.timeout,
         )
         .unwrap(),
     ))

@@ -129,7 +129,7 @@ impl PyComm {
     ) -> PyResult<Self> {
         let mut cfg = Config::from_env().map_err(|e| to_py(&e))?;
         if timeout_s.is_finite() && timeout_s > 0.0 {
-            cfg.timeout = Duration::from_secs_f64(timeout_s);
+            cfg.job.timeout = Duration::from_secs_f64(timeout_s);
         }
         let ip = advertise_ip(master_host.as_deref(), master_port);
         let st = PyStore::new(store);
@@ -140,8 +140,11 @@ impl PyComm {
                 // also overwrite the collective communicator's).
                 // Nor stall reports: the control plane follows collectives.
                 let cfg = Config {
-                    timeline: None,
-                    stall_warn: Duration::ZERO,
+                    job: acspeed_core::config::JobSettings {
+                        timeline: None,
+                        stall_warn: Duration::ZERO,
+                        ..cfg.job
+                    },
                     ..cfg
                 };
                 let p = acspeed::init_with_store(&st, "acspeed/p2p", rank, size, ip, cfg)?;

@@ -268,7 +268,7 @@ pub fn probe(root: &Path) -> Result<TopoDescription> {
 /// This host's topology as configured: loaded from `ACSPEED_TOPO_FILE` if set, else probed;
 /// written to `ACSPEED_TOPO_DUMP_FILE` if set.
 pub fn discover(cfg: &acspeed_core::Config) -> Result<TopoDescription> {
-    let d = match &cfg.topo_file {
+    let d = match &cfg.model.topo_file {
         Some(f) => {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| Error::io(format!("ACSPEED_TOPO_FILE: reading {f}"), e))?;
@@ -279,7 +279,7 @@ pub fn discover(cfg: &acspeed_core::Config) -> Result<TopoDescription> {
         }
         None => probe(Path::new("/"))?,
     };
-    if let Some(f) = &cfg.topo_dump_file {
+    if let Some(f) = &cfg.model.topo_dump_file {
         std::fs::write(f, d.to_json())
             .map_err(|e| Error::io(format!("ACSPEED_TOPO_DUMP_FILE: writing {f}"), e))?;
     }

@@ -85,8 +85,8 @@ pub fn run_local(
         // Only over shared memory: ranks on TCP have reader and writer threads that run
         // faster with the other cores free (64 MiB over loopback: 1.2-1.3 GB/s pinned, 1.4-1.6
         // not).
-        let shm = hosts.is_none() && cfg.shm;
-        if let Some(cpu) = core_for(r, n).filter(|_| shm && cfg.bind) {
+        let shm = hosts.is_none() && cfg.transport.shm;
+        if let Some(cpu) = core_for(r, n).filter(|_| shm && cfg.transport.bind) {
             use std::os::unix::process::CommandExt;
             // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs in the child.
             unsafe {

@@ -315,14 +315,15 @@ fn one_host_step(
     let mine = [server.as_ref().map_or(0i64, |s| s.addr().port() as i64)];
     let mut ports = vec![0i64; comm.nranks() as usize];
     comm.allgather(&mine, &mut ports)?;
-    let cfg = acspeed_core::Config {
-        timeline: None,
-        ..comm.config().clone()
+    let cfg = {
+        let mut base = comm.config().clone();
+        base.job.timeline = None;
+        base
     };
     let store = acspeed::store::TcpStoreClient::connect(
         "127.0.0.1",
         ports[leader as usize] as u16,
-        cfg.timeout,
+        cfg.job.timeout,
     )?;
     let idx = local.iter().position(|r| *r == me).expect("on its host") as u32;
     let sub = acspeed::init_with_store(

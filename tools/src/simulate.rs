@@ -94,7 +94,7 @@ pub fn measure_here() -> Result<HostModel> {
         BYTES as f64 / reduce_s / 1e9,
         shm.latency_us,
     )
-    .with_shm(shm.slot_gbps, shm.cma_gbps, cfg.shm_cma_min)
+    .with_shm(shm.slot_gbps, shm.cma_gbps, cfg.transport.shm_cma_min)
     .with_stage(
         shm.stage_gbps,
         shm.stage_stream_gbps,

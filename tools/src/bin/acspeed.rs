@@ -846,8 +846,8 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
             args.compute_ms,
             args.bucket_mb,
             acspeed::linearity::Pipeline {
-                depth: comm.config().pipeline_depth,
-                segment_bytes: comm.config().segment_bytes,
+                depth: comm.config().exec.pipeline_depth,
+                segment_bytes: comm.config().exec.segment_bytes,
             },
         )?;
         println!(
@@ -910,7 +910,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
     };
     let model = found.agree_shape(&cfg, &shape)?;
     let ctx = &model.context;
-    let log = acspeed::log::Logger::new(cfg.log, 0);
+    let log = acspeed::log::Logger::new(cfg.job.log, 0);
     let policy = acspeed::policy::Policy::for_job(&cfg, &model, log)?;
     let decision = policy.decide(coll, bytes);
     let algo = decision.algorithm;
@@ -927,7 +927,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
         vec![host; shape.len()],
         &shape,
         NetArgs {
-            streams: cfg.nstreams.unwrap_or(args.net.streams),
+            streams: cfg.transport.nstreams.unwrap_or(args.net.streams),
             ..args.net.clone()
         }
         .model(30.0),
@@ -939,7 +939,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
         &cands,
         bytes,
         4,
-        cfg.segment_bytes,
+        cfg.exec.segment_bytes,
     )?;
     println!("predicted (simulated), fastest first:");
     for p in preds {
