@@ -67,6 +67,52 @@ fn simulate_json_rows_mark_one_pick_per_size() {
     );
 }
 
+/// `--here` measures shared memory with two real ranks forked from the tool itself (no other
+/// binary runs): every rate of the host model it prints is a positive measurement.
+#[test]
+fn simulate_here_measures_with_forked_ranks() {
+    let (ok, out, err) = simulate(&["--here", "--json", "--sizes", "4K"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for k in [
+        "latency_us",
+        "shm_gbps",
+        "shm_cma_gbps",
+        "stage_gbps",
+        "stage_stream_gbps",
+    ] {
+        let x = v["host"][k].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{k} = {x}: {out}");
+    }
+}
+
+/// Forked ranks that outlive their time limit are killed and named; nothing is left behind.
+#[test]
+fn forked_ranks_past_their_limit_are_killed_and_named() {
+    let p = acspeed_tools::bench::BenchParams {
+        min_bytes: 64 << 20,
+        max_bytes: 64 << 20,
+        factor: 2,
+        dtype: acspeed::DType::F32,
+        op: acspeed::ReduceOp::Sum,
+        warmup: 50,
+        iters: 50,
+        check: false,
+        corrupt_rank: None,
+    };
+    let t0 = std::time::Instant::now();
+    let e = acspeed_tools::local_ranks::sweep_on_forked_ranks(
+        2,
+        &acspeed::Config::default(),
+        &p,
+        std::time::Duration::from_millis(300),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("local ranks 0, 1 did not finish within"), "{e}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+}
+
 #[test]
 fn simulate_bad_input_is_named() {
     let (ok, _, err) = simulate(&["--sizes", "4K"]);

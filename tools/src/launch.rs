@@ -158,7 +158,7 @@ pub fn run_local(
 /// The core local rank `r` of `n` runs on: the `r`-th of the cores this process may use, when
 /// there is one per rank (else none: the scheduler shares them). `ACSPEED_BIND=0` is applied
 /// by the caller.
-fn core_for(r: u32, n: u32) -> Option<usize> {
+pub(crate) fn core_for(r: u32, n: u32) -> Option<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the set is a valid cpu_set_t of the size given.

@@ -10,4 +10,5 @@ pub mod bench;
 pub mod charts;
 pub mod launch;
 pub mod linearity_measure;
+pub mod local_ranks;
 pub mod simulate;

@@ -127,7 +127,7 @@ struct ShmRates {
     stage_stream_gbps: f64,
 }
 
-/// Two ranks as two processes (`acspeed-bench -n 2`, found beside this binary) over the
+/// Two ranks as two processes (forked from this one: [`crate::local_ranks`]) over the
 /// shared-memory transport with default settings. Half a 4-byte allreduce (two messages in a
 /// row) is one message's latency, wake-ups included. A two-rank ring allreduce of S bytes
 /// moves S each way as two steps of S/2, both directions at once with the reduction fused
@@ -139,10 +139,10 @@ struct ShmRates {
 /// way. Two-rank shared-memory predictions are therefore calibrated, not independent; more
 /// ranks and other shapes are not.
 fn measure_shm() -> Result<ShmRates> {
-    let ring = bench_rows(&["-b", "4", "-e", "64M", "-f", "16"], None)?;
+    let ring = bench_rows(4, 64 << 20, 16, None)?;
     // CPU-Reduce at 1 MiB (ordinary stores) and 64 MiB (streaming), the same two processes'
     // worth of contention.
-    let stage = bench_rows(&["-b", "1M", "-e", "64M", "-f", "64"], Some("cpu_reduce"))?;
+    let stage = bench_rows(1 << 20, 64 << 20, 64, Some("cpu_reduce"))?;
     Ok(ShmRates {
         latency_us: time_at(&ring, 4)? / 2.0,
         slot_gbps: rate_at(&ring, 4 << 20)?,
@@ -152,42 +152,40 @@ fn measure_shm() -> Result<ShmRates> {
     })
 }
 
-/// JSON rows of a two-rank `acspeed-bench` run (found beside this binary) with `sizes`,
-/// default settings, and `algo` when given.
-fn bench_rows(sizes: &[&str], algo: Option<&str>) -> Result<Vec<serde_json::Value>> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io("locating this binary", e))?
-        .with_file_name("acspeed-bench");
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.args(["-n", "2"])
-        .args(sizes)
-        .args(["--iters", "10", "-w", "2", "--json", "--time-limit", "120"])
-        .env_remove("ACSPEED_ALGO");
-    if let Some(a) = algo {
-        cmd.args(["--algo", a]);
-    }
-    let out = cmd.output().map_err(|e| {
-        Error::io(
-            format!("running {} to measure shared memory", exe.display()),
-            e,
-        )
-    })?;
-    if !out.status.success() {
-        return Err(Error::invalid(format!(
-            "measuring shared memory with {} failed: {}",
-            exe.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::invalid(format!("acspeed-bench printed no JSON rows: {e}")))
+/// Rows of a two-rank allreduce sweep from `min` to `max` bytes (times `factor`), default
+/// settings but `algo` when given (`ACSPEED_ALGO` is not read: the measurement is of the
+/// default path).
+fn bench_rows(
+    min: usize,
+    max: usize,
+    factor: usize,
+    algo: Option<&str>,
+) -> Result<Vec<serde_json::Value>> {
+    let mut cfg = Config::from_env()?;
+    cfg.policy.algo = match algo {
+        Some(a) => acspeed_core::config::AlgoChoice::Named(a.into()),
+        None => acspeed_core::config::AlgoChoice::Auto,
+    };
+    let p = crate::bench::BenchParams {
+        min_bytes: min,
+        max_bytes: max,
+        factor,
+        dtype: DType::F32,
+        op: ReduceOp::Sum,
+        warmup: 2,
+        iters: 10,
+        check: false,
+        corrupt_rank: None,
+    };
+    crate::local_ranks::sweep_on_forked_ranks(2, &cfg, &p, std::time::Duration::from_secs(120))
+        .map_err(|e| Error::invalid(format!("measuring shared memory with two local ranks: {e}")))
 }
 
 fn time_at(rows: &[serde_json::Value], bytes: u64) -> Result<f64> {
     rows.iter()
         .find(|r| r["bytes"].as_u64() == Some(bytes))
         .and_then(|r| r["time_us"].as_f64())
-        .ok_or_else(|| Error::invalid(format!("acspeed-bench gave no row of {bytes} bytes")))
+        .ok_or_else(|| Error::invalid(format!("the two-rank sweep gave no row of {bytes} bytes")))
 }
 
 /// Bytes per microsecond / 1e3 = GB/s.
