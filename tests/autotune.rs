@@ -124,9 +124,10 @@ fn autotune_agrees_when_a_rank_is_alone_on_its_host() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// With a GPU topology file, `auto` runs the selector's prediction: n-trees on the V100
-/// cube-mesh at 128 MiB (the seed's claim), the same choice and reasons on every rank; calls
-/// run it correctly. Without a file, the fixed rule.
+/// With a GPU topology file, `auto` runs the selector's prediction: on the V100 cube-mesh at
+/// 128 MiB that is `ring`, NCCL's six rings over every NVLink (the grounded model puts
+/// n-trees 20% behind them: docs/GPU_MODEL.md), the same choice and reasons on every rank;
+/// calls run the six-channel plan correctly. Without a file, the fixed rule.
 #[test]
 fn auto_follows_the_selector_on_a_gpu_topology() {
     let dir = std::env::temp_dir().join(format!("acspeed-selector-{}", std::process::id()));
@@ -156,7 +157,7 @@ fn auto_follows_the_selector_on_a_gpu_topology() {
         assert_eq!(s, &seen[0], "every rank chooses alike");
     }
     assert!(
-        seen[0].0.contains("): ntree (selector: predicted ntree"),
+        seen[0].0.contains("): ring (selector: predicted ring"),
         "{}",
         seen[0].0
     );

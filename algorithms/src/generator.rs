@@ -35,6 +35,13 @@ impl Generator for Ring {
         ctx: &PlanContext,
         _: u32,
     ) -> Result<RankPlan> {
+        // On an NVLink mesh, NCCL's rings: one channel per ring, the buffer split evenly
+        // between them, so every link carries a share.
+        if coll == Collective::AllReduce {
+            if let Some(rings) = order::nvlink_rings(ctx).filter(|r| r.len() > 1) {
+                return Ok(crate::ring::multi_ring_allreduce(rank, ctx.nranks, &rings));
+            }
+        }
         // An allreduce ring may take the ranks in any order: follow the fast links. (The
         // double binary tree keeps index order: in ring order its label pairs are not ring
         // neighbours, and on DGX-1 it predicted half as fast.)

@@ -250,7 +250,10 @@ impl std::fmt::Display for Fallback {
 /// Channels the communicator must connect for the plans of `ctx` (n-trees that share rank
 /// pairs; hybrid's stripe lanes on uneven hosts); the same on every rank.
 pub fn channels_needed(ctx: &PlanContext) -> u32 {
-    ntree::channels_needed(ctx).max(hybrid::channels_needed(ctx))
+    let rings = order::nvlink_rings(ctx).map_or(1, |r| r.len() as u32);
+    ntree::channels_needed(ctx)
+        .max(hybrid::channels_needed(ctx))
+        .max(rings)
 }
 
 /// Plans of every rank (for verification and simulation at test scale).

@@ -84,6 +84,126 @@ pub fn ring_order(ctx: &PlanContext) -> Vec<Rank> {
         .collect()
 }
 
+/// Most rings [`nvlink_rings`] builds (NCCL's MAXCHANNELS is 32; every ring is a channel,
+/// and on the CPU executor a channel is a mesh of its own).
+pub const MAX_RINGS: usize = 16;
+
+/// NCCL's rings on a one-host NVLink mesh: directed Hamiltonian cycles over NVLink pairs only,
+/// each taking one link of every pair it crosses in its direction, found one after another
+/// until no cycle is left (NCCL builds its channels the same way, so that every link of a
+/// DGX-1 carries traffic: nccl#299). `None` where one ring is what NCCL would run too: several
+/// hosts, fewer than 3 ranks, no NVLink cycle through every rank (a partial allocation whose
+/// links do not close a ring), or an NVSwitch (every pair alike, `NV#` being a GPU's port:
+/// one ring already uses the whole port).
+pub fn nvlink_rings(ctx: &PlanContext) -> Option<Vec<Vec<Rank>>> {
+    if ctx.nhosts() != 1 || ctx.nvlinks.is_empty() || ctx.nranks < 3 {
+        return None;
+    }
+    let m = ctx.nranks as usize;
+    let mut cap: Vec<Vec<u32>> = (0..m)
+        .map(|a| {
+            (0..m)
+                .map(|b| ctx.nvlinks_between(Rank(a as u32), Rank(b as u32)) as u32)
+                .collect()
+        })
+        .collect();
+    let first = cap[0][1];
+    let switched = (0..m).all(|a| (0..m).all(|b| a == b || cap[a][b] == first));
+    if switched {
+        return None;
+    }
+    // Every directed NVLink cycle through all ranks, then the largest set of them the links
+    // carry (a cycle may repeat where pairs have several links). Taking cycles one at a time
+    // falls short: on the V100 cube-mesh that finds 5 of the 6 rings.
+    let mut cycles = Vec::new();
+    let mut used = vec![false; m];
+    used[0] = true;
+    all_cycles(&cap, &mut vec![0], &mut used, &mut cycles);
+    let bound = (0..m)
+        .map(|a| cap[a].iter().sum::<u32>() as usize)
+        .min()
+        .unwrap_or(0)
+        .min(MAX_RINGS);
+    let mut best = Vec::new();
+    let mut budget = 100_000u32;
+    pack(
+        &cycles,
+        0,
+        &mut cap,
+        &mut Vec::new(),
+        &mut best,
+        bound,
+        &mut budget,
+    );
+    let rings: Vec<Vec<Rank>> = best
+        .into_iter()
+        .map(|c| cycles[c].iter().map(|i| Rank(*i as u32)).collect())
+        .collect();
+    (!rings.is_empty()).then_some(rings)
+}
+
+/// Every Hamiltonian cycle starting at `path[0]` over pairs with capacity (at most 10,000).
+fn all_cycles(
+    cap: &[Vec<u32>],
+    path: &mut Vec<usize>,
+    used: &mut [bool],
+    out: &mut Vec<Vec<usize>>,
+) {
+    let m = cap.len();
+    let last = *path.last().expect("the path starts at rank 0");
+    if path.len() == m {
+        if cap[last][path[0]] > 0 {
+            out.push(path.clone());
+        }
+        return;
+    }
+    for j in 0..m {
+        if out.len() >= 10_000 {
+            return;
+        }
+        if !used[j] && cap[last][j] > 0 {
+            used[j] = true;
+            path.push(j);
+            all_cycles(cap, path, used, out);
+            path.pop();
+            used[j] = false;
+        }
+    }
+}
+
+/// The largest multiset of `cycles` (from index `from` on) within `cap`, into `best`; stops at
+/// `bound` rings or when `budget` steps are spent.
+fn pack(
+    cycles: &[Vec<usize>],
+    from: usize,
+    cap: &mut [Vec<u32>],
+    chosen: &mut Vec<usize>,
+    best: &mut Vec<usize>,
+    bound: usize,
+    budget: &mut u32,
+) {
+    if chosen.len() > best.len() {
+        *best = chosen.clone();
+    }
+    if best.len() >= bound || *budget == 0 {
+        return;
+    }
+    *budget -= 1;
+    let m = cap.len();
+    for (c, cy) in cycles.iter().enumerate().skip(from) {
+        if (0..m).all(|k| cap[cy[k]][cy[(k + 1) % m]] > 0) {
+            (0..m).for_each(|k| cap[cy[k]][cy[(k + 1) % m]] -= 1);
+            chosen.push(c);
+            pack(cycles, c, cap, chosen, best, bound, budget);
+            chosen.pop();
+            (0..m).for_each(|k| cap[cy[k]][cy[(k + 1) % m]] += 1);
+            if best.len() >= bound || *budget == 0 {
+                return;
+            }
+        }
+    }
+}
+
 /// `plan` (made for rank `order.position(rank)` of a job numbered by position) with every rank
 /// mapped through `order`: the same plan, run by the ranks in that order.
 pub(crate) fn relabel(mut plan: RankPlan, order: &[Rank]) -> RankPlan {
@@ -186,6 +306,45 @@ mod tests {
         // Nothing known: ranks ascending.
         let plain = PlanContext::from_shape(&[5, 3]).unwrap();
         assert_eq!(ring_order(&plain), (0..8).map(Rank).collect::<Vec<_>>());
+    }
+
+    /// The DGX-1 cube-meshes: every NVLink carries a ring in each direction, as NCCL's
+    /// channels do (6 rings on the V100 box's 6 links per GPU, 4 on the P100 box's 4); an
+    /// NVSwitch box, a PCIe box and a partial allocation whose links close no cycle get none.
+    #[test]
+    fn nvlink_rings_use_every_link_once_each_way() {
+        for (name, want) in [
+            ("02-v100-8gpu-vm-phb-likejazz", 6),
+            ("03-p100-dgx1-8gpu-sheffield", 4),
+        ] {
+            let c = ctx(&[8], name);
+            let rings = nvlink_rings(&c).unwrap();
+            assert_eq!(rings.len(), want, "{name}: {rings:?}");
+            let mut load = vec![vec![0u8; 8]; 8];
+            for r in &rings {
+                assert_eq!(r.len(), 8);
+                for k in 0..8 {
+                    let (a, b) = (r[k], r[(k + 1) % 8]);
+                    assert!(
+                        c.nvlinks_between(a, b) > 0,
+                        "{name}: {a:?}-{b:?} is not NVLink"
+                    );
+                    load[a.idx()][b.idx()] += 1;
+                }
+            }
+            for a in 0..8u32 {
+                for b in 0..8u32 {
+                    assert_eq!(
+                        load[a as usize][b as usize],
+                        c.nvlinks_between(Rank(a), Rank(b)),
+                        "{name}: {a}->{b}"
+                    );
+                }
+            }
+        }
+        assert!(nvlink_rings(&ctx(&[8], "06-a100-8gpu-nv12-17nic")).is_none());
+        assert!(nvlink_rings(&ctx(&[8], "04-savio4-8gpu-pcie-pxb-pix")).is_none());
+        assert!(nvlink_rings(&ctx(&[8, 8], "02-v100-8gpu-vm-phb-likejazz")).is_none());
     }
 
     #[test]

@@ -18,6 +18,39 @@
 use acspeed_core::plan::{ChunkRef, Collective, Lane, Op, RankPlan, Step};
 use acspeed_core::Rank;
 
+/// Allreduce over several rings at once (NCCL's channels): ring `c` reduces the `c`-th of
+/// `rings.len()` equal parts of the buffer around its own rank order, on channel `c`, so rings
+/// that cross the same pair of ranks do not queue behind one another.
+pub fn multi_ring_allreduce(rank: Rank, nranks: u32, rings: &[Vec<Rank>]) -> RankPlan {
+    let n = nranks;
+    let lanes = rings
+        .iter()
+        .enumerate()
+        .map(|(c, order)| {
+            let base = c as u32 * n;
+            let groups: Vec<Vec<ChunkRef>> =
+                (0..n).map(|i| vec![ChunkRef::out(base + i)]).collect();
+            let mut s = crate::compose::Steps(Vec::new());
+            crate::compose::ring_allreduce(&mut s, order, rank, &groups);
+            Lane {
+                channel: c as u32,
+                steps: s.0,
+            }
+        })
+        .collect();
+    RankPlan {
+        collective: Collective::AllReduce,
+        algorithm: "ring".into(),
+        rank,
+        nranks,
+        input_chunks: 0,
+        output_chunks: rings.len() as u32 * n,
+        scratch_factor: 0,
+        weights: Vec::new(),
+        lanes,
+    }
+}
+
 /// Ring plans with `chunks_per_rank` chunks in each rank's group (more chunks = finer steps;
 /// the executor pipelines within chunks anyway, so 1 is the default).
 #[derive(Clone, Copy, Debug)]

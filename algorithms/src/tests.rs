@@ -419,3 +419,65 @@ fn fallbacks_name_the_plan_that_runs_and_why() {
         Algorithm::Hybrid(InterHost::Ring).rounds_for(ar, 64 << 20, &flat)
     );
 }
+
+/// The GPU model's link elements in closed form, each on the published topology it describes:
+/// - per-generation NVLink rates and NCCL's rings: on the V100 cube-mesh (6 NVLink2 links per
+///   GPU at the 20 GB/s NCCL plans) six rings carry 6 x 20 = 120 GB/s busbw;
+/// - NVSwitch port sharing: on the A100 box a GPU's 12 NVLink3 links (240 GB/s) are one port
+///   shared by all its peers, and one ring fills it: 240 GB/s;
+/// - a bridge's links: 2x RTX 2080 Ti over 2 bridge links at 12 GB/s: 24 GB/s.
+///
+/// busbw = 2(n-1)/n x S / time, so time = 2(n-1)/n x S / busbw.
+#[test]
+fn gpu_links_in_closed_form() {
+    use acspeed_core::sim::{Cluster, HostModel, NetModel};
+    let fixture = |p: &str| {
+        let path = format!("{}/../{p}", env!("CARGO_MANIFEST_DIR"));
+        acspeed_core::topology::nvsmi::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let net = NetModel {
+        nic_gbit: 100.0,
+        flow_gbit: None,
+        streams: 4,
+        latency_us: 30.0,
+    };
+    let bytes = 1usize << 30;
+    for (p, gpu, n, busbw) in [
+        (
+            "tests/fixtures/topo/v100-cube-mesh/nvidia-smi.txt",
+            "V100-SXM2",
+            8u32,
+            120.0,
+        ),
+        (
+            "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt",
+            "A100-SXM4",
+            8,
+            240.0,
+        ),
+        (
+            "benches/published/rtx2080ti-2gpu-nv2.txt",
+            "GeForce RTX 2080 Ti",
+            2,
+            24.0,
+        ),
+    ] {
+        let mut d = fixture(p);
+        d.gpu_name = Some(gpu.into());
+        let cl = Cluster::new(vec![HostModel::gpu(&d).unwrap()], &[n], net.clone()).unwrap();
+        let t = crate::select::predict(
+            Algorithm::Ring,
+            Collective::AllReduce,
+            &cl,
+            bytes,
+            4,
+            4 << 20,
+        )
+        .unwrap();
+        let want = 2.0 * (n - 1) as f64 / n as f64 * bytes as f64 / (busbw * 1e3);
+        assert!(
+            (t / want - 1.0).abs() < 0.03,
+            "{gpu}: {t:.0} us, closed form {want:.0} us ({busbw} GB/s busbw)"
+        );
+    }
+}

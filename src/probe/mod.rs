@@ -257,9 +257,18 @@ pub fn probe(root: &Path) -> Result<TopoDescription> {
         sockets: packages.len().max(1) as u32,
         cores,
         numa,
+        gpu_name: (root == Path::new("/") && !gpus.is_empty())
+            .then(nvml::gpu_name)
+            .flatten(),
         gpus,
         nics,
         paths,
+        cpu_name: read(&root.join("proc/cpuinfo")).and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        }),
     };
     d.validate()?;
     Ok(d)

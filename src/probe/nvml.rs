@@ -35,6 +35,35 @@ pub(super) fn nvlinks(gpus: &[String]) -> Vec<(String, String, u8)> {
     unsafe { query(&lib, gpus) }.unwrap_or_default()
 }
 
+/// The first GPU's name as NVML gives it ("Tesla V100-SXM2-16GB"), if NVML is there.
+pub(super) fn gpu_name() -> Option<String> {
+    // SAFETY: as in `nvlinks`.
+    let lib = unsafe { Library::new("libnvidia-ml.so.1") }.ok()?;
+    // SAFETY (whole block): every symbol is used with its nvml.h signature; the name buffer
+    // is as long as we say.
+    unsafe {
+        let init: Symbol<'_, unsafe extern "C" fn() -> c_int> = lib.get(b"nvmlInit_v2").ok()?;
+        let handle: Symbol<'_, unsafe extern "C" fn(c_uint, *mut Device) -> c_int> =
+            lib.get(b"nvmlDeviceGetHandleByIndex_v2").ok()?;
+        let name: Symbol<'_, unsafe extern "C" fn(Device, *mut c_char, c_uint) -> c_int> =
+            lib.get(b"nvmlDeviceGetName").ok()?;
+        let shutdown: Symbol<'_, unsafe extern "C" fn() -> c_int> =
+            lib.get(b"nvmlShutdown").ok()?;
+        if init() != 0 {
+            return None;
+        }
+        let mut d: Device = std::ptr::null_mut();
+        let mut buf = [0 as c_char; 96];
+        let ok = handle(0, &mut d) == 0 && name(d, buf.as_mut_ptr(), buf.len() as c_uint) == 0;
+        shutdown();
+        ok.then(|| {
+            std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}
+
 unsafe fn query(lib: &Library, gpus: &[String]) -> Option<Vec<(String, String, u8)>> {
     // SAFETY (whole function): every symbol is used with its nvml.h signature.
     unsafe {

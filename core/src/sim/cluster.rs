@@ -3,7 +3,8 @@
 //! between hosts (NIC rate, per-flow cap, streams per peer, latency).
 //!
 //! Rates are GB/s (10^9 bytes per second = 1000 bytes per microsecond), latencies
-//! microseconds. Link-class figures come from the one table in `crate::topology::LINK_TABLE`.
+//! microseconds. GPU link rates and per-step costs come from one place,
+//! [`crate::topology::gpus`].
 
 use crate::error::{Error, Result};
 use crate::topology::{PathClass, TopoDescription, TopoModel};
@@ -171,6 +172,17 @@ impl HostModel {
             ));
         }
         let model = TopoModel::from_description(d)?;
+        // A message's fixed cost is NCCL's per-step cost on the host's fastest kind of link.
+        let nvlink = d
+            .paths
+            .iter()
+            .flatten()
+            .any(|c| matches!(c, PathClass::NV(_)));
+        let step_us = if nvlink {
+            crate::topology::gpus::RING_STEP_NVLINK_US
+        } else {
+            crate::topology::gpus::RING_STEP_PCIE_US
+        };
         Ok(HostModel {
             kind: HostKind::Gpu {
                 model,
@@ -179,7 +191,7 @@ impl HostModel {
             cores: d.cores.max(1) as f64,
             copy_gbps: 10.0,
             reduce_gbps: 8.0,
-            latency_us: 5.0,
+            latency_us: step_us,
             shm_gbps: 5.0,
             shm_cma_gbps: 5.0,
             cma_min_bytes: usize::MAX,

@@ -122,10 +122,10 @@ struct Sim<'a> {
     cpu: Vec<ResId>,
     nic_out: Vec<ResId>,
     nic_in: Vec<ResId>,
-    /// GPU hosts: per (host, local) PCIe out/in; per host the inter-socket link; NVLink
-    /// pair directions created on first use.
+    /// GPU hosts: per (host, local) PCIe out/in; per (host, socket, socket) one direction of
+    /// the link between two sockets; NVLink pair directions; all created on first use.
     pcie: HashMap<(usize, u32), (ResId, ResId)>,
-    sys: HashMap<usize, ResId>,
+    sys: HashMap<(usize, u32, u32), ResId>,
     nv: HashMap<(usize, u32, u32), ResId>,
     messages: usize,
     /// Every message started, `(from, to, channel, bytes)`, when traced.
@@ -328,35 +328,51 @@ impl Sim<'_> {
             return;
         };
         let (g, g0) = (self.cl.local_of[r], self.cl.local_of[first]);
-        let far = Cluster::gpu_path(model, g, g0).1 == PathClass::SYS;
-        let pix = crate::topology::LINK_TABLE
-            .iter()
-            .find(|row| row.0 == "PIX")
-            .map(|row| row.1)
-            .unwrap_or(12.0);
+        let up = model.pcie_gbps.get(g as usize).copied().unwrap_or(12.0);
         let fl = &mut self.fluid;
         let (o, i) = *self
             .pcie
             .entry((h, g))
-            .or_insert_with(|| (fl.add_resource(pix * GBPS), fl.add_resource(pix * GBPS)));
-        // Down over the uplink, and up again for a member that takes the result: two flows,
-        // each crossing the inter-socket link when the GPU is on the far side.
-        let sys = far.then(|| {
-            let sys_bw = Cluster::gpu_path(model, g, g0).0;
-            let fl = &mut self.fluid;
-            *self
-                .sys
-                .entry(h)
-                .or_insert_with(|| fl.add_resource(sys_bw * GBPS))
-        });
-        let flows: Vec<ResId> = if out { vec![o, i] } else { vec![o] };
+            .or_insert_with(|| (fl.add_resource(up * GBPS), fl.add_resource(up * GBPS)));
+        // Down over the uplink into the staging area (on the first member's socket), and up
+        // again for a member that takes the result: two flows, each crossing the sockets'
+        // link in its direction when the GPU is on the other socket.
+        let (down, back) = (self.socket_link(h, g, g0), self.socket_link(h, g0, g));
+        let flows: Vec<(ResId, Option<ResId>)> = if out {
+            vec![(o, down), (i, back)]
+        } else {
+            vec![(o, down)]
+        };
         self.lanes[r][l].busy = true;
         self.lanes[r][l].works = flows.len() as u32;
-        for link in flows {
+        for (link, sys) in flows {
             let tok = self.token(Token::Work(r, l));
             let res = std::iter::once(link).chain(sys).collect();
-            self.fluid.start(bytes as f64, res, pix * GBPS, tok);
+            self.fluid.start(bytes as f64, res, up * GBPS, tok);
         }
+    }
+
+    /// One direction of the link between the sockets of GPUs `a` and `b` of GPU host `h`
+    /// (none when they share a socket: `SYS` between NUMA nodes of one package crosses no
+    /// such link).
+    fn socket_link(&mut self, h: usize, a: u32, b: u32) -> Option<ResId> {
+        let host = &self.cl.hosts[h];
+        let HostKind::Gpu { model, .. } = &host.kind else {
+            return None;
+        };
+        let sockets = host.gpu_sockets();
+        let (sa, sb) = (sockets.get(a as usize)?, sockets.get(b as usize)?);
+        if sa == sb {
+            return None;
+        }
+        let rate = model.socket_gbps;
+        let fl = &mut self.fluid;
+        Some(
+            *self
+                .sys
+                .entry((h, *sa, *sb))
+                .or_insert_with(|| fl.add_resource(rate * GBPS)),
+        )
     }
 
     fn send(&mut self, a: usize, b: usize, c: u32, len: usize) {
@@ -435,26 +451,20 @@ impl Sim<'_> {
                         .or_insert_with(|| fl.add_resource(bw * GBPS));
                     return (vec![r], 1.0, f64::INFINITY);
                 }
+                // PCIe, peer to peer or through host memory (NCCL's SHM transport): out of
+                // the sender's own link and into the receiver's, across the sockets' link
+                // when the path is SYS.
                 let mut res = Vec::new();
                 for (g, out) in [(la, true), (lb, false)] {
+                    let up = model.pcie_gbps.get(g as usize).copied().unwrap_or(bw);
                     let fl = &mut self.fluid;
                     let (o, i) = *self.pcie.entry((ha, g)).or_insert_with(|| {
-                        // A GPU's own PCIe link: the fastest PCIe class (PIX) at its width.
-                        (
-                            fl.add_resource(bw.max(1.0) * GBPS),
-                            fl.add_resource(bw.max(1.0) * GBPS),
-                        )
+                        (fl.add_resource(up * GBPS), fl.add_resource(up * GBPS))
                     });
                     res.push(if out { o } else { i });
                 }
                 if class == PathClass::SYS {
-                    let fl = &mut self.fluid;
-                    res.push(
-                        *self
-                            .sys
-                            .entry(ha)
-                            .or_insert_with(|| fl.add_resource(bw * GBPS)),
-                    );
+                    res.extend(self.socket_link(ha, la, lb));
                 }
                 (res, 1.0, bw * GBPS)
             }

@@ -7,8 +7,9 @@
 //!   saved `nvidia-smi topo -m`; users can write one by hand (`ACSPEED_TOPO_FILE`).
 //! * [`PathClass`] — the classes `nvidia-smi topo -m` prints (X, NV#, PIX, PXB, PHB, NODE, SYS).
 //! * [`TopoModel`] — a pure function of the description: bandwidth and latency per device
-//!   pair from one documented table ([`LINK_TABLE`]).
+//!   pair from the facts of one documented place ([`gpus`]).
 
+pub mod gpus;
 pub mod nvsmi;
 pub mod pci;
 
@@ -120,6 +121,13 @@ pub struct TopoDescription {
     /// paths[i][j] between device i and j (GPUs then NICs).
     #[serde(default)]
     pub paths: Vec<Vec<PathClass>>,
+    /// The GPUs' model as NVML names it ("Tesla V100-SXM2-16GB"); the link rates follow it
+    /// ([`gpus::GPUS`]). `None`: [`gpus::DEFAULT_GPU`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_name: Option<String>,
+    /// The CPU model ("AMD EPYC 7542"): the inter-socket link's rate follows its vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_name: Option<String>,
 }
 
 impl TopoDescription {
@@ -239,40 +247,6 @@ pub fn sockets_from(g: usize, far: impl Fn(usize, usize) -> bool) -> Vec<u32> {
     socket
 }
 
-/// Bandwidth (GB/s, one direction) and latency (us) per path class: the one table the model,
-/// the selector and the simulator share. NVLink counts per link (NV2 = 2 x the NV1 figure).
-/// PCIe classes assume Gen3 x16 and are scaled by the probed link speed when known.
-pub const LINK_TABLE: &[(&str, f64, f64)] = &[
-    ("NV# (per link)", 22.0, 1.0),
-    ("PIX", 12.0, 2.0),
-    ("PXB", 11.0, 2.5),
-    ("PHB", 9.0, 3.0),
-    ("NODE", 8.0, 4.0),
-    ("SYS", 6.0, 5.0),
-];
-
-fn table(class: PathClass) -> (f64, f64) {
-    let row = |k: &str| {
-        LINK_TABLE
-            .iter()
-            .find(|r| r.0 == k)
-            .map(|r| (r.1, r.2))
-            .unwrap()
-    };
-    match class {
-        PathClass::X => (f64::INFINITY, 0.0),
-        PathClass::NV(n) => {
-            let (bw, lat) = row("NV# (per link)");
-            (bw * n as f64, lat)
-        }
-        PathClass::PIX => row("PIX"),
-        PathClass::PXB => row("PXB"),
-        PathClass::PHB => row("PHB"),
-        PathClass::NODE => row("NODE"),
-        PathClass::SYS => row("SYS"),
-    }
-}
-
 /// Bandwidth and latency between every pair of devices, from a description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TopoModel {
@@ -280,32 +254,62 @@ pub struct TopoModel {
     pub classes: Vec<Vec<PathClass>>,
     /// GB/s, one direction.
     pub bandwidth: Vec<Vec<f64>>,
-    /// Microseconds.
+    /// Microseconds per ring step (NCCL's tuning constants).
     pub latency: Vec<Vec<f64>>,
+    /// Whether a pair talks device to device (NVLink, or PCIe P2P up to a switch); the others
+    /// go through host memory (NCCL's SHM transport).
+    #[serde(default)]
+    pub p2p: Vec<Vec<bool>>,
+    /// Each device's own PCIe link, GB/s each way.
+    #[serde(default)]
+    pub pcie_gbps: Vec<f64>,
+    /// The link between CPU sockets, GB/s each way.
+    #[serde(default)]
+    pub socket_gbps: f64,
 }
 
 impl TopoModel {
-    /// Pure: the same description always gives the same model.
+    /// Pure: the same description always gives the same model. Rates are what NCCL plans on
+    /// each kind of path ([`gpus`]): `NV#` is # links at the GPU's per-link rate; a PCIe path
+    /// (P2P under switches, or through host memory where the GPUs have no P2P or the path
+    /// crosses the host bridge) runs at the slower GPU's own PCIe link, and `SYS` also at most
+    /// at the inter-socket link's rate.
     pub fn from_description(d: &TopoDescription) -> crate::Result<TopoModel> {
         d.validate()?;
         let n = d.paths.len();
-        let pcie_scale = |i: usize| -> f64 {
-            // Gen3 x16 = 8 GT/s x 16 lanes; scale PCIe figures by the slower end's link.
-            d.gpus
-                .get(i)
-                .and_then(|g| Some(g.link_gts? * g.link_width? as f64 / 128.0))
-                .unwrap_or(1.0)
-        };
+        let spec = d.gpu_spec();
+        let (socket_gbps, _) = gpus::inter_socket_gbps(d.cpu_name.as_deref());
+        // A GPU's own link: the probed one when known, else its model's.
+        let pcie: Vec<f64> = (0..n)
+            .map(|i| match d.gpus.get(i) {
+                Some(g) => match (g.link_gts, g.link_width) {
+                    (Some(gts), Some(w)) => gpus::pcie_gbps(gen_of(gts), w),
+                    _ => spec.pcie_gbps(),
+                },
+                None => spec.pcie_gbps(),
+            })
+            .collect();
         let mut bandwidth = vec![vec![0.0; n]; n];
         let mut latency = vec![vec![0.0; n]; n];
+        let mut p2p = vec![vec![false; n]; n];
         for i in 0..n {
             for j in 0..n {
-                let (mut bw, lat) = table(d.paths[i][j]);
-                if !matches!(d.paths[i][j], PathClass::NV(_) | PathClass::X) {
-                    bw *= pcie_scale(i).min(pcie_scale(j));
-                }
+                let up = pcie[i].min(pcie[j]);
+                let (bw, lat, direct) = match d.paths[i][j] {
+                    PathClass::X => (f64::INFINITY, 0.0, true),
+                    PathClass::NV(k) => (
+                        k as f64 * spec.nvlink_gbps(),
+                        gpus::RING_STEP_NVLINK_US,
+                        true,
+                    ),
+                    // NCCL's default P2P level is PXB: beyond it, through host memory.
+                    PathClass::PIX | PathClass::PXB => (up, gpus::RING_STEP_PCIE_US, spec.pcie_p2p),
+                    PathClass::PHB | PathClass::NODE => (up, gpus::RING_STEP_PCIE_US, false),
+                    PathClass::SYS => (up.min(socket_gbps), gpus::RING_STEP_PCIE_US, false),
+                };
                 bandwidth[i][j] = bw;
                 latency[i][j] = lat;
+                p2p[i][j] = direct;
             }
         }
         Ok(TopoModel {
@@ -313,7 +317,73 @@ impl TopoModel {
             classes: d.paths.clone(),
             bandwidth,
             latency,
+            p2p,
+            pcie_gbps: pcie,
+            socket_gbps,
         })
+    }
+}
+
+/// The PCIe generation of a link rate in GT/s (2.5, 5, 8, 16, 32, 64).
+fn gen_of(gts: f64) -> u32 {
+    match gts {
+        g if g >= 60.0 => 6,
+        g if g >= 30.0 => 5,
+        g if g >= 15.0 => 4,
+        g if g >= 7.5 => 3,
+        g if g >= 4.5 => 2,
+        _ => 1,
+    }
+}
+
+impl TopoDescription {
+    /// Only the GPUs `picked` (by index, in the order given, as CUDA_VISIBLE_DEVICES numbers
+    /// them), renumbered from 0; NICs stay.
+    pub fn select_gpus(&self, picked: &[u32]) -> crate::Result<TopoDescription> {
+        let g = self.gpus.len();
+        let mut seen = vec![false; g];
+        for p in picked {
+            let i = *p as usize;
+            if i >= g || std::mem::replace(&mut seen[i], true) {
+                return Err(crate::Error::invalid(format!(
+                    "GPU selection {picked:?}: GPU {p} is {} (the topology has GPUs 0..{})",
+                    if i >= g { "not there" } else { "named twice" },
+                    g.saturating_sub(1)
+                )));
+            }
+        }
+        if picked.is_empty() {
+            return Err(crate::Error::invalid("GPU selection is empty"));
+        }
+        let keep: Vec<usize> = picked
+            .iter()
+            .map(|p| *p as usize)
+            .chain(g..self.paths.len())
+            .collect();
+        let mut d = self.clone();
+        d.gpus = picked
+            .iter()
+            .enumerate()
+            .map(|(k, p)| Gpu {
+                index: k as u32,
+                ..self.gpus[*p as usize].clone()
+            })
+            .collect();
+        d.paths = keep
+            .iter()
+            .map(|a| keep.iter().map(|b| self.paths[*a][*b]).collect())
+            .collect();
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// The GPUs' spec: their name's, else [`gpus::DEFAULT_GPU`]'s.
+    pub fn gpu_spec(&self) -> &'static gpus::GpuSpec {
+        self.gpu_name
+            .as_deref()
+            .and_then(gpus::gpu_spec)
+            .or_else(|| gpus::gpu_spec(gpus::DEFAULT_GPU))
+            .expect("the default GPU is in the table")
     }
 }
 
@@ -437,15 +507,44 @@ mod tests {
                 vec![PathClass::X, PathClass::PIX],
                 vec![PathClass::PIX, PathClass::X],
             ],
+            gpu_name: None,
+            cpu_name: None,
         };
         let m = TopoModel::from_description(&d).unwrap();
-        assert_eq!(m.bandwidth[0][1], 12.0); // limited by the Gen3 end
+        // Gen4 x16 against Gen3 x16: the slower end's 12 GB/s (NCCL's PCI_BW).
+        assert_eq!((m.pcie_gbps[0], m.pcie_gbps[1]), (24.0, 12.0));
+        assert_eq!(m.bandwidth[0][1], 12.0);
+        // An unnamed GPU is a V100: P2P under the switch.
+        assert!(m.p2p[0][1]);
         let mut nv = d.clone();
         nv.paths[0][1] = PathClass::NV(2);
         nv.paths[1][0] = PathClass::NV(2);
+        // Two NVLink2 links at the 20 GB/s NCCL plans per link.
         assert_eq!(
             TopoModel::from_description(&nv).unwrap().bandwidth[0][1],
-            44.0
+            40.0
+        );
+        // Named GPUs: an A100's NVLink3 links, a GeForce board's missing P2P, the socket link.
+        nv.gpu_name = Some("NVIDIA A100-SXM4-80GB".into());
+        nv.paths[0][1] = PathClass::NV(12);
+        nv.paths[1][0] = PathClass::NV(12);
+        assert_eq!(
+            TopoModel::from_description(&nv).unwrap().bandwidth[0][1],
+            240.0
+        );
+        let mut geforce = d.clone();
+        geforce.gpu_name = Some("NVIDIA GeForce RTX 4090".into());
+        geforce.gpus[1].link_gts = Some(16.0);
+        geforce.paths[0][1] = PathClass::SYS;
+        geforce.paths[1][0] = PathClass::SYS;
+        geforce.cpu_name = Some("AMD EPYC 7542 32-Core Processor".into());
+        let m = TopoModel::from_description(&geforce).unwrap();
+        assert!(!m.p2p[0][1]);
+        assert_eq!((m.bandwidth[0][1], m.socket_gbps), (16.0, 16.0));
+        geforce.cpu_name = Some("Intel(R) Xeon(R) Platinum 8380".into());
+        assert_eq!(
+            TopoModel::from_description(&geforce).unwrap().bandwidth[0][1],
+            10.0
         );
         let mut asym = d.clone();
         asym.paths[0][1] = PathClass::SYS;

@@ -249,6 +249,8 @@ pub fn parse(text: &str) -> Result<TopoDescription> {
         gpus,
         nics,
         paths,
+        gpu_name: None,
+        cpu_name: None,
     };
     d.validate()?;
     Ok(d)
