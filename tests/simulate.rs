@@ -261,3 +261,41 @@ fn stripe_lanes_on_uneven_hosts_keep_shared_memory_moving() {
         assert!(out.contains("Out of bounds values : 0 OK"), "{algo}: {out}");
     }
 }
+
+/// On a machine type with published NCCL figures, `explain` names them beside its pick; a GPU
+/// the model does not know, or a GPU selection the topology does not have, is refused by name.
+#[test]
+fn explain_names_nccls_published_figure_and_refuses_unknown_gpus() {
+    let run = |args: &[&str]| {
+        crate::util::outcome(
+            Command::new(env!("CARGO_BIN_EXE_acspeed"))
+                .arg("explain")
+                .args(["--host-shape", "8", "--bytes", "128M", "--nvidia-smi-topo"])
+                .arg(fixture!("topo/v100-cube-mesh/nvidia-smi.txt"))
+                .args(args),
+        )
+    };
+    let (ok, out, err) = run(&["--gpu", "Tesla V100-SXM2-16GB"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("): ring (selector"), "{out}");
+    assert!(
+        out.contains("NCCL published on this machine type (8x V100-SXM2, DGX-1V cube-mesh)")
+            && out.contains("118.3 at 64 MiB"),
+        "{out}"
+    );
+    // An A100 name on a cube-mesh is no published machine type: no figure is claimed.
+    let (ok, out, _) = run(&["--gpu", "A100-SXM4"]);
+    assert!(ok && !out.contains("NCCL published"), "{out}");
+    let (ok, _, err) = run(&["--gpu", "Radeon VII"]);
+    assert!(
+        !ok && err.contains("--gpu 'Radeon VII'") && err.contains("V100"),
+        "{err}"
+    );
+    let (ok, _, err) = simulate(&[
+        "--nvidia-smi-topo",
+        fixture!("topo/v100-cube-mesh/nvidia-smi.txt"),
+        "--gpus",
+        "0,9",
+    ]);
+    assert!(!ok && err.contains("GPU 9 is not there"), "{err}");
+}

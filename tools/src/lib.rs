@@ -11,4 +11,5 @@ pub mod charts;
 pub mod launch;
 pub mod linearity_measure;
 pub mod local_ranks;
+pub mod published;
 pub mod simulate;

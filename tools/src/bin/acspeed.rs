@@ -13,7 +13,7 @@ use acspeed::probe;
 use acspeed::Config;
 use acspeed_algorithms::Algorithm;
 use acspeed_core::sim::NetModel;
-use acspeed_core::topology::{nvsmi, render, TopoDescription, TopoModel, LINK_TABLE};
+use acspeed_core::topology::{nvsmi, render, TopoDescription, TopoModel};
 use acspeed_tools::simulate::{
     cluster_of, collective_named, format_rows, simulate_rows, HostSource, SimulateSpec,
 };
@@ -173,6 +173,17 @@ struct MachineArgs {
     /// latency).
     #[arg(long)]
     here: bool,
+    /// The GPU model, as NVML names it (e.g. "A100-SXM4-80GB", "GeForce RTX 4090"): the
+    /// link rates follow it. Default: the topology's `gpu_name`, else V100.
+    #[arg(long, value_name = "NAME")]
+    gpu: Option<String>,
+    /// The CPU model (e.g. "AMD EPYC 7542"): the inter-socket link's rate follows its vendor.
+    #[arg(long, value_name = "NAME")]
+    cpu: Option<String>,
+    /// Only these GPUs of the topology, as CUDA_VISIBLE_DEVICES would give them (e.g.
+    /// 0,1,2,4,5 of a cube-mesh).
+    #[arg(long, value_name = "LIST")]
+    gpus: Option<String>,
 }
 
 impl MachineArgs {
@@ -244,6 +255,37 @@ fn parse_size(s: &str) -> Result<usize> {
 }
 
 fn load_topo(args: &MachineArgs) -> Result<Option<acspeed_core::topology::TopoDescription>> {
+    let Some(mut d) = read_topo(args)? else {
+        if args.gpu.is_some() || args.cpu.is_some() || args.gpus.is_some() {
+            bail!("--gpu, --cpu and --gpus describe a topology: give --topo or --nvidia-smi-topo");
+        }
+        return Ok(None);
+    };
+    if let Some(g) = &args.gpu {
+        if acspeed_core::topology::gpus::gpu_spec(g).is_none() {
+            let known: Vec<&str> = acspeed_core::topology::gpus::GPUS
+                .iter()
+                .map(|s| s.key)
+                .collect();
+            bail!("--gpu '{g}' is no GPU the model knows; names containing one of: {known:?}");
+        }
+        d.gpu_name = Some(g.clone());
+    }
+    if let Some(c) = &args.cpu {
+        d.cpu_name = Some(c.clone());
+    }
+    if let Some(list) = &args.gpus {
+        let picked = list
+            .split(',')
+            .map(|x| x.trim().parse::<u32>())
+            .collect::<std::result::Result<Vec<u32>, _>>()
+            .map_err(|_| anyhow::anyhow!("--gpus '{list}': expected GPU indices like 0,1,2,4,5"))?;
+        d = d.select_gpus(&picked)?;
+    }
+    Ok(Some(d))
+}
+
+fn read_topo(args: &MachineArgs) -> Result<Option<acspeed_core::topology::TopoDescription>> {
     if let Some(f) = &args.topo {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
@@ -396,10 +438,24 @@ fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 print!("{}", render(&d));
-                println!("\nModel (GB/s one direction, us) per path class:");
-                for (k, bw, lat) in LINK_TABLE {
-                    println!("  {k:<16} {bw:>6.1} GB/s  {lat:>4.1} us");
-                }
+                let spec = d.gpu_spec();
+                println!(
+                    "\nModel: GPUs as {} ({}), {} GB/s per NVLink, PCIe {:.0} GB/s each way; \
+                     inter-socket {:.0} GB/s ({}); per ring step {} us over NVLink, {} us over \
+                     PCIe (NCCL's figures: docs/GPU_MODEL.md)",
+                    spec.key,
+                    if d.gpu_name.is_some() {
+                        "named"
+                    } else {
+                        "assumed: no GPU name given"
+                    },
+                    spec.nvlink_gbps(),
+                    spec.pcie_gbps(),
+                    model.socket_gbps,
+                    acspeed_core::topology::gpus::inter_socket_gbps(d.cpu_name.as_deref()).1,
+                    acspeed_core::topology::gpus::RING_STEP_NVLINK_US,
+                    acspeed_core::topology::gpus::RING_STEP_PCIE_US,
+                );
             }
             Ok(())
         }
@@ -918,6 +974,11 @@ fn explain(args: ExplainArgs) -> Result<()> {
         "{}",
         acspeed::policy::explain_line(ctx, coll, bytes, &decision)
     );
+    if let Some(d) = model.description.as_ref().filter(|d| !d.gpus.is_empty()) {
+        if let Some(line) = acspeed_tools::published::nccl_line(d, &shape)? {
+            println!("{line}");
+        }
+    }
     let host = match &model.description {
         Some(d) if !d.gpus.is_empty() => acspeed_core::sim::HostModel::gpu(d)?,
         _ if args.machine.here => acspeed_tools::simulate::measure_here()?,
