@@ -425,7 +425,8 @@ fn fallbacks_name_the_plan_that_runs_and_why() {
 ///   GPU at the 20 GB/s NCCL plans) six rings carry 6 x 20 = 120 GB/s busbw;
 /// - NVSwitch port sharing: on the A100 box a GPU's 12 NVLink3 links (240 GB/s) are one port
 ///   shared by all its peers, and one ring fills it: 240 GB/s;
-/// - a bridge's links: 2x RTX 2080 Ti over 2 bridge links at 12 GB/s: 24 GB/s.
+/// - a bridge's links: 2x RTX 2080 Ti over 2 bridge links at 12 GB/s: 24 GB/s;
+/// - host memory on the path through it (below).
 ///
 /// busbw = 2(n-1)/n x S / time, so time = 2(n-1)/n x S / busbw.
 #[test]
@@ -442,6 +443,34 @@ fn gpu_links_in_closed_form() {
         latency_us: 30.0,
     };
     let bytes = 1usize << 30;
+    // Host memory as a shared resource: eight GeForce boards without P2P on one socket of an
+    // unnamed CPU (128 GB/s of DRAM): every ring hop is written to and read from that DRAM,
+    // 8 x 2 x r <= 128, so 8 GB/s per hop although each PCIe link carries 24.
+    let mut d = fixture("benches/published/rtx4090-8gpu-allsys.txt");
+    d.gpu_name = Some("GeForce RTX 4090".into());
+    d.gpus.iter_mut().for_each(|g| g.numa_node = Some(0));
+    for (i, row) in d.paths.iter_mut().enumerate() {
+        for (j, c) in row.iter_mut().enumerate() {
+            if i != j {
+                *c = acspeed_core::topology::PathClass::PHB;
+            }
+        }
+    }
+    let cl = Cluster::new(vec![HostModel::gpu(&d).unwrap()], &[8], net.clone()).unwrap();
+    let t = crate::select::predict(
+        Algorithm::Ring,
+        Collective::AllReduce,
+        &cl,
+        bytes,
+        4,
+        4 << 20,
+    )
+    .unwrap();
+    let want = 2.0 * 7.0 / 8.0 * bytes as f64 / (8.0 * 1e3);
+    assert!(
+        (t / want - 1.0).abs() < 0.03,
+        "DRAM-bound ring: {t:.0} us, closed form {want:.0}"
+    );
     for (p, gpu, n, busbw) in [
         (
             "tests/fixtures/topo/v100-cube-mesh/nvidia-smi.txt",

@@ -126,6 +126,8 @@ struct Sim<'a> {
     /// the link between two sockets; NVLink pair directions; all created on first use.
     pcie: HashMap<(usize, u32), (ResId, ResId)>,
     sys: HashMap<(usize, u32, u32), ResId>,
+    /// GPU hosts: per (host, socket) its DRAM, for paths through host memory.
+    dram: HashMap<(usize, u32), ResId>,
     nv: HashMap<(usize, u32, u32), ResId>,
     messages: usize,
     /// Every message started, `(from, to, channel, bytes)`, when traced.
@@ -217,6 +219,7 @@ pub fn simulate_schedules(
         nic_in,
         pcie: HashMap::new(),
         sys: HashMap::new(),
+        dram: HashMap::new(),
         nv: HashMap::new(),
         messages: 0,
         trace: trace.then(Vec::new),
@@ -338,6 +341,8 @@ impl Sim<'_> {
         // again for a member that takes the result: two flows, each crossing the sockets'
         // link in its direction when the GPU is on the other socket.
         let (down, back) = (self.socket_link(h, g, g0), self.socket_link(h, g0, g));
+        // The staging area's DRAM (the first member's socket) takes each copy once.
+        let dram = self.host_memory(h, g0);
         let flows: Vec<(ResId, Option<ResId>)> = if out {
             vec![(o, down), (i, back)]
         } else {
@@ -347,7 +352,7 @@ impl Sim<'_> {
         self.lanes[r][l].works = flows.len() as u32;
         for (link, sys) in flows {
             let tok = self.token(Token::Work(r, l));
-            let res = std::iter::once(link).chain(sys).collect();
+            let res = std::iter::once(link).chain(sys).chain(dram).collect();
             self.fluid.start(bytes as f64, res, up * GBPS, tok);
         }
     }
@@ -371,6 +376,26 @@ impl Sim<'_> {
             *self
                 .sys
                 .entry((h, *sa, *sb))
+                .or_insert_with(|| fl.add_resource(rate * GBPS)),
+        )
+    }
+
+    /// The DRAM of the socket of GPU `g` of GPU host `h`.
+    fn host_memory(&mut self, h: usize, g: u32) -> Option<ResId> {
+        let host = &self.cl.hosts[h];
+        let HostKind::Gpu { model, .. } = &host.kind else {
+            return None;
+        };
+        if model.host_memory_gbps <= 0.0 {
+            return None;
+        }
+        let socket = *host.gpu_sockets().get(g as usize)?;
+        let rate = model.host_memory_gbps;
+        let fl = &mut self.fluid;
+        Some(
+            *self
+                .dram
+                .entry((h, socket))
                 .or_insert_with(|| fl.add_resource(rate * GBPS)),
         )
     }
@@ -465,6 +490,17 @@ impl Sim<'_> {
                 }
                 if class == PathClass::SYS {
                     res.extend(self.socket_link(ha, la, lb));
+                }
+                let direct = model
+                    .p2p
+                    .get(la as usize)
+                    .and_then(|r| r.get(lb as usize))
+                    .copied()
+                    .unwrap_or(false);
+                if let Some(m) = self.host_memory(ha, lb).filter(|_| !direct) {
+                    // Through host memory (the receiver's socket): written and read there,
+                    // so the flow counts twice on it (the fluid model weighs repeats).
+                    res.extend([m, m]);
                 }
                 (res, 1.0, bw * GBPS)
             }

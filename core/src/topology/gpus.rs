@@ -302,6 +302,38 @@ pub fn inter_socket_gbps(cpu: Option<&str>) -> (f64, &'static str) {
     }
 }
 
+/// One socket's DRAM bandwidth, GB/s: channels x transfer rate x 8 bytes from the CPU
+/// vendors' specifications (AMD EPYC 7002/7003: 8 x DDR4-3200 = 204.8; EPYC 9004: 12 x
+/// DDR5-4800 = 460.8; Intel Xeon Ice Lake SP (x3xx): 8 x DDR4-3200 = 204.8; Sapphire Rapids
+/// (x4xx): 8 x DDR5-4800 = 307.2; Skylake/Cascade Lake SP and unnamed CPUs: 6 x DDR4-2666 =
+/// 128). The path through host memory writes each byte there once and reads it once.
+pub fn host_memory_gbps(cpu: Option<&str>) -> (f64, &'static str) {
+    let c = cpu.unwrap_or("").to_ascii_uppercase();
+    let xeon_gen = |digit: char| {
+        ["PLATINUM 8", "GOLD 6", "GOLD 5", "SILVER 4"]
+            .iter()
+            .any(|p| {
+                c.find(p)
+                    .and_then(|i| c[i + p.len()..].chars().next())
+                    .is_some_and(|d| d == digit)
+            })
+    };
+    if c.contains("EPYC 9") {
+        (460.8, "12 x DDR5-4800 (AMD EPYC 9004)")
+    } else if c.contains("EPYC") {
+        (204.8, "8 x DDR4-3200 (AMD EPYC 7002/7003)")
+    } else if xeon_gen('4') {
+        (307.2, "8 x DDR5-4800 (Intel Xeon Sapphire Rapids)")
+    } else if xeon_gen('3') {
+        (204.8, "8 x DDR4-3200 (Intel Xeon Ice Lake SP)")
+    } else {
+        (
+            128.0,
+            "6 x DDR4-2666 (Intel Xeon Skylake SP; assumed when unnamed)",
+        )
+    }
+}
+
 /// NCCL's per-collective and per-step costs of its ring with the Simple protocol, us
 /// (tuning.cc: `baseLatencies` ring/Simple 8.4; `hwLatencies` ring/Simple 3.4 over NVLink,
 /// 5.7 over PCIe). A ring allreduce of n ranks takes 2(n-1) steps.
@@ -338,5 +370,15 @@ mod tests {
         assert!(NVLINK.iter().all(|g| g.usable_gbps < g.signal_gbps));
         assert_eq!(inter_socket_gbps(Some("AMD EPYC 7542")).0, 16.0);
         assert_eq!(inter_socket_gbps(None).0, 10.0);
+        assert_eq!(host_memory_gbps(Some("AMD EPYC 7542 32-Core")).0, 204.8);
+        assert_eq!(
+            host_memory_gbps(Some("Intel(R) Xeon(R) Platinum 8380")).0,
+            204.8
+        );
+        assert_eq!(
+            host_memory_gbps(Some("Intel(R) Xeon(R) Platinum 8480+")).0,
+            307.2
+        );
+        assert_eq!(host_memory_gbps(None).0, 128.0);
     }
 }

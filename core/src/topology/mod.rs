@@ -266,6 +266,10 @@ pub struct TopoModel {
     /// The link between CPU sockets, GB/s each way.
     #[serde(default)]
     pub socket_gbps: f64,
+    /// One socket's DRAM bandwidth, GB/s (shared by everything that passes through host
+    /// memory there).
+    #[serde(default)]
+    pub host_memory_gbps: f64,
 }
 
 impl TopoModel {
@@ -320,6 +324,7 @@ impl TopoModel {
             p2p,
             pcie_gbps: pcie,
             socket_gbps,
+            host_memory_gbps: gpus::host_memory_gbps(d.cpu_name.as_deref()).0,
         })
     }
 }
