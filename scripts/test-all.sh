@@ -49,6 +49,10 @@ stage "simulator against measurement, small scale (benches/sim_validate.sh quick
 # checked); the error figures in docs/PERFORMANCE.md come from the full script.
 RUNS=1 SIZES=1M,4M bash benches/sim_validate.sh quick | tail -4
 
+stage "device reduction kernels: PTX current, ptxas for sm_70/80/90, arithmetic on the host"
+# NVRTC and ptxas from PyPI (pinned, cached under ~/.cache/acspeed/cuda-venv); no GPU needed.
+run python3 scripts/cuda_kernels.py check
+
 stage "GPU model against published NCCL figures (benches/sim_published.py --check)"
 # Every published machine and size; fails on a miss beyond 15% that docs/GPU_MODEL.md does
 # not explain, and on an explained miss that no longer misses.
