@@ -481,6 +481,35 @@ mod tests {
         assert_eq!(PathClass::parse("QPI"), None);
     }
 
+    /// A GPU selection keeps the chosen GPUs' paths among themselves and to the NICs,
+    /// renumbered in the order given; a repeated, missing or empty selection is refused.
+    #[test]
+    fn gpu_selection_renumbers_and_refuses_bad_lists() {
+        let d = nvsmi::parse(include_str!(
+            "../../../tests/fixtures/nvsmi/03-p100-dgx1-8gpu-sheffield.txt"
+        ))
+        .unwrap();
+        let s = d.select_gpus(&[5, 0, 2]).unwrap();
+        assert_eq!(s.gpus.len(), 3);
+        assert_eq!(
+            s.gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert_eq!(s.nics.len(), d.nics.len());
+        assert_eq!(s.paths[0][1], d.paths[5][0]);
+        assert_eq!(s.paths[1][2], d.paths[0][2]);
+        assert_eq!(s.paths[0][3], d.paths[5][8], "GPU to the first NIC");
+        s.validate().unwrap();
+        for (bad, why) in [
+            (&[0u32, 0][..], "named twice"),
+            (&[8], "not there"),
+            (&[], "empty"),
+        ] {
+            let e = d.select_gpus(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
     #[test]
     fn model_uses_the_table_and_link_speed() {
         let d = TopoDescription {
