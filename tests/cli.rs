@@ -320,3 +320,30 @@ fn forced_ntree_without_nvlinks_warns_and_runs_the_tree() {
     );
     assert!(out.contains("Out of bounds values : 0 OK"), "{out}");
 }
+
+/// `--per-call` keeps every call of a size in order, warm-up first (JSON `calls_us`, a line
+/// per size in the table); without it the rows carry no such field.
+#[test]
+fn per_call_times_cover_every_call_in_order() {
+    let args = [
+        "-n", "2", "-b", "4K", "-e", "64K", "-f", "16", "--iters", "3", "-w", "2", "--json",
+    ];
+    let o = bench(&[&args[..], &["--per-call"]].concat(), &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        let calls = r["calls_us"].as_array().unwrap();
+        assert_eq!(calls.len(), 5, "2 warm-up + 3 timed calls: {r}");
+        assert!(calls.iter().all(|t| t.as_f64().unwrap() > 0.0), "{r}");
+    }
+    let o = bench(&args, &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(!out.contains("calls_us"), "{out}");
+    let o = bench(&["-n", "2", "-b", "4K", "-e", "4K", "--per-call"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("# calls of 4096 B in order (us): "), "{out}");
+}

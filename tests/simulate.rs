@@ -99,6 +99,7 @@ fn forked_ranks_past_their_limit_are_killed_and_named() {
         iters: 50,
         check: false,
         corrupt_rank: None,
+        per_call: false,
     };
     let t0 = std::time::Instant::now();
     let e = acspeed_tools::local_ranks::sweep_on_forked_ranks(

@@ -26,6 +26,9 @@ pub struct BenchParams {
     /// Self-test of `check`: this rank flips one element of every checked result, so the
     /// run must report #wrong > 0 and exit 1. Off unless asked for.
     pub corrupt_rank: Option<u32>,
+    /// Keep every call's time, warm-up included, in call order (`Row::calls_us`): how far
+    /// from steady state the first calls of a size are.
+    pub per_call: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -39,6 +42,9 @@ pub struct Row {
     pub algbw_gbps: f64,
     pub busbw_gbps: f64,
     pub wrong: u64,
+    /// With `per_call`: every call of this size in order, warm-up first (slowest rank), us.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls_us: Vec<f64>,
 }
 
 /// An element value, exactly as the dtype stores it (integers wide, floats in f64).
@@ -287,6 +293,7 @@ pub fn run_sweep(comm: &Communicator, p: &BenchParams) -> Result<Vec<Row>> {
         };
         let cmp = comparison(p.dtype, p.op, n);
         let mut times = Vec::with_capacity(p.iters);
+        let mut calls = Vec::new();
         let mut wrong = 0u64;
         for it in 0..p.warmup + p.iters {
             buf.copy_from_slice(&input);
@@ -296,6 +303,9 @@ pub fn run_sweep(comm: &Communicator, p: &BenchParams) -> Result<Vec<Row>> {
             let dt = t0.elapsed().as_secs_f64();
             if it >= p.warmup {
                 times.push(dt);
+            }
+            if p.per_call {
+                calls.push(dt);
             }
             if let Some(w) = &want {
                 if it == 0 || it + 1 == p.warmup + p.iters {
@@ -309,6 +319,9 @@ pub fn run_sweep(comm: &Communicator, p: &BenchParams) -> Result<Vec<Row>> {
         }
         // Iteration time = slowest rank; #wrong = sum over ranks.
         comm.allreduce(&mut times, ReduceOp::Max)?;
+        if p.per_call {
+            comm.allreduce(&mut calls, ReduceOp::Max)?;
+        }
         let mut w = [wrong as i64];
         comm.allreduce(&mut w, ReduceOp::Sum)?;
         times.sort_by(|a, b| a.total_cmp(b));
@@ -335,6 +348,7 @@ pub fn run_sweep(comm: &Communicator, p: &BenchParams) -> Result<Vec<Row>> {
             algbw_gbps: algbw,
             busbw_gbps: algbw * 2.0 * (n as f64 - 1.0) / n as f64,
             wrong: w[0] as u64,
+            calls_us: calls.iter().map(|t| t * 1e6).collect(),
         });
     }
     Ok(rows)
@@ -378,6 +392,7 @@ mod tests {
             algbw_gbps: 1.0,
             busbw_gbps: 1.5,
             wrong: 0,
+            calls_us: Vec::new(),
         };
         let t = format_table(&[row("ring"), row("hybrid:butterfly"), row("cpu_reduce")]);
         let lines: Vec<&str> = t.lines().collect();

@@ -176,6 +176,7 @@ fn bench_rows(
         iters: 10,
         check: false,
         corrupt_rank: None,
+        per_call: false,
     };
     crate::local_ranks::sweep_on_forked_ranks(2, &cfg, &p, std::time::Duration::from_secs(120))
         .map_err(|e| Error::invalid(format!("measuring shared memory with two local ranks: {e}")))

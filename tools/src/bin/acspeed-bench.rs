@@ -70,6 +70,11 @@ struct Args {
     /// Print one JSON array of rows instead of the table.
     #[arg(long = "json")]
     json: bool,
+    /// Also report every call of each size in order, warm-up included (the slowest rank's
+    /// time): how far from steady state the first calls are (JSON `calls_us`; the table adds
+    /// a line per size).
+    #[arg(long = "per-call")]
+    per_call: bool,
     /// Seconds the whole run may take before ranks are killed (with -n).
     #[arg(long = "time-limit", default_value_t = 1800)]
     time_limit: u64,
@@ -153,6 +158,7 @@ fn run(a: Args) -> Result<bool> {
         iters: a.iters,
         check: a.check,
         corrupt_rank: a.corrupt_rank,
+        per_call: a.per_call,
     };
     let rows = run_sweep(&comm, &params)?;
     let wrong: u64 = rows.iter().map(|r| r.wrong).sum();
@@ -162,6 +168,10 @@ fn run(a: Args) -> Result<bool> {
         } else {
             print!("{}", header(&comm, &a));
             print!("{}", format_table(&rows));
+            for r in rows.iter().filter(|r| !r.calls_us.is_empty()) {
+                let each: Vec<String> = r.calls_us.iter().map(|t| format!("{t:.1}")).collect();
+                println!("# calls of {} B in order (us): {}", r.bytes, each.join(" "));
+            }
             println!(
                 "# Out of bounds values : {wrong} {}",
                 if wrong == 0 { "OK" } else { "WRONG" }
