@@ -347,3 +347,26 @@ fn per_call_times_cover_every_call_in_order() {
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("# calls of 4096 B in order (us): "), "{out}");
 }
+
+/// Out of file descriptors at init (a limit of 12 for 4 ranks), the job fails within its
+/// bounds and the error names the limit and how to raise it, instead of only "Too many open
+/// files".
+#[test]
+fn running_out_of_file_descriptors_names_the_limit() {
+    let mut c = Command::new("bash");
+    let o = crate::util::without_launch_env(&mut c)
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 12 && exec {} -n 4 -b 4K -e 4K --iters 2 -w 1 --time-limit 60",
+            env!("CARGO_BIN_EXE_acspeed-bench")
+        ))
+        .env("ACSPEED_TIMEOUT_SECS", "10")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("out of file descriptors: this process may hold 12 (RLIMIT_NOFILE"),
+        "{err}"
+    );
+}

@@ -52,16 +52,59 @@ pub enum Error {
     Device(String),
 }
 
+/// This process's open-file limits (soft, hard). From getrlimit, which needs no descriptor
+/// (reading /proc/self/limits fails once they have run out).
+fn nofile_limits() -> (String, String) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return ("?".into(), "?".into());
+    }
+    let show = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    (show(r.rlim_cur), show(r.rlim_max))
+}
+
 impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }
 
+    /// An OS error while doing `context`. Running out of file descriptors says which limit
+    /// was hit and how to raise it (a rank holds sockets for its peers and streams).
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
+        let mut context = context.into();
+        match source.raw_os_error() {
+            // EMFILE: this process's limit.
+            Some(24) => {
+                let (soft, hard) = nofile_limits();
+                let how = if soft != hard {
+                    format!("raise it with `ulimit -n {hard}` in the shell that starts the job")
+                } else {
+                    "that is also the hard limit: raise both (as root `ulimit -Hn`, \
+                     /etc/security/limits.conf; LimitNOFILE= or --ulimit nofile= for services \
+                     and containers)"
+                        .to_string()
+                };
+                context.push_str(&format!(
+                    " (out of file descriptors: this process may hold {soft} (RLIMIT_NOFILE; \
+                     hard limit {hard}); {how})"
+                ));
+            }
+            // ENFILE: the whole system's.
+            Some(23) => context
+                .push_str(" (out of file descriptors system-wide: raise /proc/sys/fs/file-max)"),
+            _ => {}
         }
+        Error::Io { context, source }
     }
 
     /// A copy suitable for fanning one failure out to many waiters (io::Error is not Clone).
@@ -103,5 +146,38 @@ impl Error {
             Error::Plan(_) => "plan",
             Error::Device(_) => "device",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of descriptors, the error names the limit, its value and how to raise it; other
+    /// I/O errors keep their context as given.
+    #[test]
+    fn running_out_of_descriptors_names_the_limit() {
+        let (soft, hard) = nofile_limits();
+        assert!(soft != "?" && hard != "?", "getrlimit failed");
+        let e = Error::io(
+            "accepting connections",
+            std::io::Error::from_raw_os_error(24),
+        );
+        let m = e.to_string();
+        assert!(
+            m.starts_with("accepting connections (out of file descriptors")
+                && m.contains(&format!(
+                    "may hold {soft} (RLIMIT_NOFILE; hard limit {hard})"
+                ))
+                && m.contains("ulimit -"),
+            "{m}"
+        );
+        let m = Error::io("opening", std::io::Error::from_raw_os_error(23)).to_string();
+        assert!(m.contains("/proc/sys/fs/file-max"), "{m}");
+        let m = Error::io("reading x", std::io::Error::from_raw_os_error(2)).to_string();
+        assert!(
+            m.starts_with("reading x: ") && !m.contains("descriptors"),
+            "{m}"
+        );
     }
 }
