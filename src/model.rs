@@ -13,7 +13,7 @@ use acspeed_core::{Config, Error, PlanContext, Result};
 /// every explanation, so nobody mistakes it for a measurement).
 pub const DEFAULT_NET_GBIT: f64 = 25.0;
 /// One inter-host message's fixed cost assumed by the model, microseconds.
-const NET_LATENCY_US: f64 = 30.0;
+pub const NET_LATENCY_US: f64 = 30.0;
 
 /// What a rank knows before rendezvous: read once, published as its facts.
 #[derive(Clone, Debug)]

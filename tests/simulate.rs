@@ -2,6 +2,16 @@
 
 use std::process::Command;
 
+/// `acspeed explain` with `args` and extra environment.
+fn explain(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_acspeed"));
+    c.arg("explain").args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    crate::util::outcome(&mut c)
+}
+
 fn simulate(args: &[&str]) -> (bool, String, String) {
     crate::util::outcome(
         Command::new(env!("CARGO_BIN_EXE_acspeed"))
@@ -178,14 +188,7 @@ fn bench_runs_every_algorithm_on_emulated_hosts_and_checks_it() {
 
 #[test]
 fn explain_names_the_layer_that_decided_and_the_predictions() {
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_acspeed"));
-        c.arg("explain").args(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        crate::util::outcome(&mut c)
-    };
+    let run = explain;
     let (ok, out, err) = run(
         &["--host-shape", "4", "--bytes", "4K"],
         &[("ACSPEED_ALLREDUCE", "tree:0-1M")],
@@ -267,15 +270,16 @@ fn stripe_lanes_on_uneven_hosts_keep_shared_memory_moving() {
 /// the model does not know, or a GPU selection the topology does not have, is refused by name.
 #[test]
 fn explain_names_nccls_published_figure_and_refuses_unknown_gpus() {
-    let run = |args: &[&str]| {
-        crate::util::outcome(
-            Command::new(env!("CARGO_BIN_EXE_acspeed"))
-                .arg("explain")
-                .args(["--host-shape", "8", "--bytes", "128M", "--nvidia-smi-topo"])
-                .arg(fixture!("topo/v100-cube-mesh/nvidia-smi.txt"))
-                .args(args),
-        )
-    };
+    let cube = fixture!("topo/v100-cube-mesh/nvidia-smi.txt");
+    let base = [
+        "--host-shape",
+        "8",
+        "--bytes",
+        "128M",
+        "--nvidia-smi-topo",
+        cube,
+    ];
+    let run = |args: &[&str]| explain(&[&base[..], args].concat(), &[]);
     let (ok, out, err) = run(&["--gpu", "Tesla V100-SXM2-16GB"]);
     assert!(ok, "{err}");
     assert!(out.contains("): ring (selector"), "{out}");

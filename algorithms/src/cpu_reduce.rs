@@ -131,9 +131,9 @@ mod tests {
     /// staging area and the result up again over its own PCIe link (12 GB/s each way for the
     /// default V100's Gen3 x16), the two directions at once, and both copies pass through the
     /// staging socket's DRAM (128 GB/s for an unnamed CPU): 8 members x 2 copies x r <= 128
-    /// caps each copy at 8 GB/s, so S bytes take S / min(12, 8) GB/s. A ring moves 2(n-1)/n x S over each hop, and its hops
-    /// between the sockets run at the sockets' link (10 GB/s each way for an unnamed CPU),
-    /// which sets its pace.
+    /// caps each copy at 8 GB/s, so S bytes take S / min(12, 8) GB/s. A ring moves 2(n-1)/n x S
+    /// over each hop, and its hops between the sockets run at the sockets' link (10 GB/s each
+    /// way for an unnamed CPU), which sets its pace.
     #[test]
     fn cpu_reduce_and_ring_on_pcie_in_closed_form() {
         use acspeed_core::sim::{Cluster, HostKind, HostModel, NetModel};

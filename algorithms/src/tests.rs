@@ -432,81 +432,56 @@ fn fallbacks_name_the_plan_that_runs_and_why() {
 #[test]
 fn gpu_links_in_closed_form() {
     use acspeed_core::sim::{Cluster, HostModel, NetModel};
-    let fixture = |p: &str| {
+    use acspeed_core::topology::{nvsmi, PathClass, TopoDescription};
+    let fixture = |p: &str, gpu: &str| {
         let path = format!("{}/../{p}", env!("CARGO_MANIFEST_DIR"));
-        acspeed_core::topology::nvsmi::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
-    let net = NetModel {
-        nic_gbit: 100.0,
-        flow_gbit: None,
-        streams: 4,
-        latency_us: 30.0,
+        let mut d = nvsmi::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        d.gpu_name = Some(gpu.into());
+        d
     };
     let bytes = 1usize << 30;
+    // A ring allreduce on `d`'s `n` GPUs against busbw = 2(n-1)/n x S / time.
+    let check = |d: &TopoDescription, n: u32, busbw: f64, what: &str| {
+        let net = NetModel {
+            nic_gbit: 100.0,
+            flow_gbit: None,
+            streams: 4,
+            latency_us: 30.0,
+        };
+        let cl = Cluster::new(vec![HostModel::gpu(d).unwrap()], &[n], net).unwrap();
+        let (ar, ring) = (Collective::AllReduce, Algorithm::Ring);
+        let t = crate::select::predict(ring, ar, &cl, bytes, 4, 4 << 20).unwrap();
+        let want = 2.0 * (n - 1) as f64 / n as f64 * bytes as f64 / (busbw * 1e3);
+        assert!(
+            (t / want - 1.0).abs() < 0.03,
+            "{what}: {t:.0} us, closed form {want:.0} us ({busbw} GB/s busbw)"
+        );
+    };
+    let cube = "tests/fixtures/topo/v100-cube-mesh/nvidia-smi.txt";
+    check(&fixture(cube, "V100-SXM2"), 8, 120.0, "V100 rings");
+    let a100 = "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt";
+    check(&fixture(a100, "A100-SXM4"), 8, 240.0, "A100 port");
+    let bridge = "benches/published/rtx2080ti-2gpu-nv2.txt";
+    check(
+        &fixture(bridge, "GeForce RTX 2080 Ti"),
+        2,
+        24.0,
+        "2080 Ti bridge",
+    );
     // Host memory as a shared resource: eight GeForce boards without P2P on one socket of an
     // unnamed CPU (128 GB/s of DRAM): every ring hop is written to and read from that DRAM,
     // 8 x 2 x r <= 128, so 8 GB/s per hop although each PCIe link carries 24.
-    let mut d = fixture("benches/published/rtx4090-8gpu-allsys.txt");
-    d.gpu_name = Some("GeForce RTX 4090".into());
+    let mut d = fixture(
+        "benches/published/rtx4090-8gpu-allsys.txt",
+        "GeForce RTX 4090",
+    );
     d.gpus.iter_mut().for_each(|g| g.numa_node = Some(0));
     for (i, row) in d.paths.iter_mut().enumerate() {
         for (j, c) in row.iter_mut().enumerate() {
             if i != j {
-                *c = acspeed_core::topology::PathClass::PHB;
+                *c = PathClass::PHB;
             }
         }
     }
-    let cl = Cluster::new(vec![HostModel::gpu(&d).unwrap()], &[8], net.clone()).unwrap();
-    let t = crate::select::predict(
-        Algorithm::Ring,
-        Collective::AllReduce,
-        &cl,
-        bytes,
-        4,
-        4 << 20,
-    )
-    .unwrap();
-    let want = 2.0 * 7.0 / 8.0 * bytes as f64 / (8.0 * 1e3);
-    assert!(
-        (t / want - 1.0).abs() < 0.03,
-        "DRAM-bound ring: {t:.0} us, closed form {want:.0}"
-    );
-    for (p, gpu, n, busbw) in [
-        (
-            "tests/fixtures/topo/v100-cube-mesh/nvidia-smi.txt",
-            "V100-SXM2",
-            8u32,
-            120.0,
-        ),
-        (
-            "tests/fixtures/nvsmi/06-a100-8gpu-nv12-17nic.txt",
-            "A100-SXM4",
-            8,
-            240.0,
-        ),
-        (
-            "benches/published/rtx2080ti-2gpu-nv2.txt",
-            "GeForce RTX 2080 Ti",
-            2,
-            24.0,
-        ),
-    ] {
-        let mut d = fixture(p);
-        d.gpu_name = Some(gpu.into());
-        let cl = Cluster::new(vec![HostModel::gpu(&d).unwrap()], &[n], net.clone()).unwrap();
-        let t = crate::select::predict(
-            Algorithm::Ring,
-            Collective::AllReduce,
-            &cl,
-            bytes,
-            4,
-            4 << 20,
-        )
-        .unwrap();
-        let want = 2.0 * (n - 1) as f64 / n as f64 * bytes as f64 / (busbw * 1e3);
-        assert!(
-            (t / want - 1.0).abs() < 0.03,
-            "{gpu}: {t:.0} us, closed form {want:.0} us ({busbw} GB/s busbw)"
-        );
-    }
+    check(&d, 8, 8.0, "DRAM-bound ring");
 }

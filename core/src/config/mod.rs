@@ -69,33 +69,21 @@ impl Config {
     /// Parses from an explicit variable list (later entries win).
     pub fn from_vars(vars: &[(String, String)]) -> Result<Config> {
         let mut c = Config::default();
-        if let Some(v) = lookup(vars, "ACSPEED_TIMEOUT_SECS") {
-            let secs: f64 = v
-                .parse()
+        // Seconds, bounded (zero allowed where it means "off").
+        let secs = |name: &str, v: &str, zero: bool, expected: &str| -> Result<Duration> {
+            v.parse()
                 .ok()
-                .filter(|s: &f64| *s > 0.0 && *s <= MAX_SECS)
-                .ok_or_else(|| {
-                    bad(
-                        "ACSPEED_TIMEOUT_SECS",
-                        v,
-                        "a positive number of seconds, at most 10000000",
-                    )
-                })?;
-            c.job.timeout = Duration::from_secs_f64(secs);
+                .filter(|s: &f64| (*s > 0.0 || (zero && *s == 0.0)) && *s <= MAX_SECS)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| bad(name, v, expected))
+        };
+        if let Some(v) = lookup(vars, "ACSPEED_TIMEOUT_SECS") {
+            let e = "a positive number of seconds, at most 10000000";
+            c.job.timeout = secs("ACSPEED_TIMEOUT_SECS", v, false, e)?;
         }
         if let Some(v) = lookup(vars, "ACSPEED_STALL_WARN_SECS") {
-            let secs: f64 = v
-                .parse()
-                .ok()
-                .filter(|s: &f64| *s >= 0.0 && *s <= MAX_SECS)
-                .ok_or_else(|| {
-                    bad(
-                        "ACSPEED_STALL_WARN_SECS",
-                        v,
-                        "a number of seconds up to 10000000 (0 = off)",
-                    )
-                })?;
-            c.job.stall_warn = Duration::from_secs_f64(secs);
+            let e = "a number of seconds up to 10000000 (0 = off)";
+            c.job.stall_warn = secs("ACSPEED_STALL_WARN_SECS", v, true, e)?;
         }
         if let Some(v) = lookup(vars, "ACSPEED_SEGMENT_BYTES") {
             c.exec.segment_bytes = parse_size(v)

@@ -139,13 +139,13 @@ struct LinArgs {
 #[derive(clap::Args, Debug, Clone)]
 struct NetArgs {
     /// Each host's network rate, Gbit/s.
-    #[arg(long, default_value_t = 25.0)]
+    #[arg(long, default_value_t = acspeed::model::DEFAULT_NET_GBIT)]
     net_gbps: f64,
     /// Per-flow cap (one TCP stream), Gbit/s, as cloud networks and netsim impose.
     #[arg(long)]
     flow_gbps: Option<f64>,
     /// Sockets per peer a message is striped over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = acspeed_core::config::TransportSettings::AUTO_STREAMS_REMOTE)]
     streams: u32,
 }
 
@@ -209,7 +209,7 @@ struct SimArgs {
     #[command(flatten)]
     net: NetArgs,
     /// Network latency per message, microseconds.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = acspeed::model::NET_LATENCY_US)]
     net_latency_us: f64,
     /// Message sizes (bytes; 4K, 64M, 1G accepted), comma-separated.
     #[arg(long, default_value = "4K,64K,1M,16M,128M")]
@@ -223,9 +223,9 @@ struct SimArgs {
     /// Element type.
     #[arg(long, default_value = "f32")]
     dtype: acspeed::DType,
-    /// The executor's segment size (ACSPEED_SEGMENT_BYTES).
-    #[arg(long, default_value = "256K")]
-    segment: String,
+    /// The executor's segment size (ACSPEED_SEGMENT_BYTES; default: its default).
+    #[arg(long)]
+    segment: Option<String>,
     /// Print {"rows": [...], "host": {...}}; rows have algo, bytes, time_us, busbw_gbps,
     /// selected.
     #[arg(long)]
@@ -344,7 +344,10 @@ fn simulate(args: SimArgs) -> Result<()> {
         algos,
         collective: collective_named(&args.collective)?,
         dtype: args.dtype,
-        segment_bytes: parse_size(&args.segment)?,
+        segment_bytes: match &args.segment {
+            Some(s) => parse_size(s)?,
+            None => acspeed_core::schedule::DEFAULT_SEGMENT_BYTES,
+        },
     };
     let here = match &args.host_model {
         Some(f) => {
@@ -393,7 +396,10 @@ fn simulate(args: SimArgs) -> Result<()> {
         args.net_latency_us,
         args.collective,
         args.dtype,
-        args.segment
+        args.segment.clone().unwrap_or_else(|| format!(
+            "{}K",
+            acspeed_core::schedule::DEFAULT_SEGMENT_BYTES >> 10
+        ))
     );
     print!("{}", format_rows(&rows));
     println!("# simulated in {:.2} s", t0.elapsed().as_secs_f64());
@@ -525,7 +531,7 @@ fn linearity_predict(args: &LinArgs) -> Result<()> {
         Some(d) => acspeed_core::sim::HostModel::gpu(d)?,
         None => acspeed_tools::simulate::measure_here()?,
     };
-    let net = args.net.model(30.0);
+    let net = args.net.model(acspeed::model::NET_LATENCY_US);
     let mut rows = Vec::new();
     let mut h = 1;
     while h <= max_hosts {
@@ -894,7 +900,7 @@ fn linearity_measure(args: &LinArgs) -> Result<()> {
         let cluster = acspeed_core::sim::Cluster::new(
             vec![host; ctx.nhosts()],
             &ctx.shape(),
-            args.net.model(30.0),
+            args.net.model(acspeed::model::NET_LATENCY_US),
         )?;
         let pred = acspeed::linearity::predict_steps(
             &cluster,
@@ -991,7 +997,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
             streams: cfg.transport.nstreams.unwrap_or(args.net.streams),
             ..args.net.clone()
         }
-        .model(30.0),
+        .model(acspeed::model::NET_LATENCY_US),
     )?;
     let cands = acspeed_algorithms::select::candidates(coll, ctx);
     let preds = acspeed_algorithms::select::rank_candidates(

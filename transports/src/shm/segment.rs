@@ -44,8 +44,8 @@ impl Drop for Mapping {
 fn map(fd: &OwnedFd, len: usize) -> Result<Mapping> {
     let n = NonZeroUsize::new(len).ok_or_else(|| Error::invalid("empty shared-memory region"))?;
     // Populated at once: every slot's pages are allocated and mapped now, in each process that
-    // maps the region, instead of faulting in during the first laps around the rings (the
-    // first 11 calls of a 4 KiB-64 KiB allreduce ran 3-9x slower: docs/PERFORMANCE.md).
+    // maps the region, instead of faulting in during a job's first calls (docs/PERFORMANCE.md,
+    // "The first calls of a size").
     // SAFETY: mapping a memfd we own (or received) with its full length.
     let p = unsafe {
         mmap(
