@@ -13,6 +13,7 @@ mod util;
 mod autotune;
 mod cli;
 mod control;
+mod device_exec;
 mod errors;
 mod exec_props;
 mod linearity;

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod context;
+pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod exec_stats;

@@ -1,0 +1,182 @@
+//! The device executor: the same verified plans and lowered schedules as the CPU executor, run
+//! with every buffer in device memory (docs/CUDA.md).
+//!
+//! [`program::compile`] reads a [`Schedule`](crate::schedule::Schedule) as queue work
+//! ([`Program`]); a [`DeviceEngine`] performs it — the CUDA engine on streams (device copies
+//! into peers' slots opened through CUDA IPC, reduction kernels, stream memory operations for
+//! the counters), the test stand-in on threads over host memory. What is common to every
+//! engine lives here: message counters that run on across calls ([`Cursor`]), the checks
+//! before a call, and turning a queue that stopped into an error naming the rank it waited
+//! for.
+
+pub mod program;
+
+pub use program::{compile, Conn, Cursor, DevOp, Loc, Program};
+
+use crate::error::{Error, Result};
+use crate::{DType, Rank, ReduceOp};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a call reduces with (`op` is `None` for collectives that only move data; `Avg`
+/// reduces as `Sum`, its epilogue is the caller's).
+#[derive(Clone, Copy, Debug)]
+pub struct DevCall {
+    pub seq: u64,
+    pub dtype: DType,
+    pub op: Option<ReduceOp>,
+}
+
+/// The call's buffers as addresses the engine understands (device pointers for CUDA).
+#[derive(Clone, Copy, Debug)]
+pub struct DevBuffers {
+    pub input: u64,
+    pub input_len: usize,
+    pub output: u64,
+    pub output_len: usize,
+}
+
+/// Slots per connection and their size, fixed when the engine sets a connection up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotShape {
+    pub depth: usize,
+    pub slot_bytes: usize,
+}
+
+/// Why an engine's run stopped short.
+#[derive(Debug)]
+pub enum Halt {
+    /// The deadline passed; `done[q]` operations of queue `q` had completed.
+    TimedOut { done: Vec<usize> },
+    /// The engine failed (a driver error, an aborted peer).
+    Failed(Error),
+}
+
+/// Performs compiled programs on one rank's device.
+pub trait DeviceEngine: Send + Sync {
+    /// The rank this engine serves.
+    fn rank(&self) -> Rank;
+
+    /// Sets up (once; later calls find them ready) the connections a program uses: receive
+    /// slots and counters for `recvs`, the peers' slots and counters mapped for `sends`.
+    fn connect(&self, sends: &[Conn], recvs: &[Conn], shape: SlotShape) -> Result<()>;
+
+    /// Runs every queue of `queues` (absolute message numbers) to its end by `deadline`, with
+    /// a scratch buffer of `scratch_bytes`.
+    fn run(
+        &self,
+        queues: &[Vec<DevOp>],
+        bufs: DevBuffers,
+        scratch_bytes: usize,
+        call: DevCall,
+        deadline: Instant,
+    ) -> std::result::Result<(), Halt>;
+
+    /// Stops every queue (a failure elsewhere); later runs fail.
+    fn abort(&self, why: &str);
+}
+
+/// Runs programs on an engine, keeping the connection counters between calls.
+pub struct DeviceExecutor<E: DeviceEngine> {
+    engine: E,
+    shape: SlotShape,
+    timeout: Duration,
+    cursor: Mutex<Cursor>,
+    /// Set once a call failed: the counters no longer match the peers'.
+    poisoned: Mutex<Option<String>>,
+}
+
+impl<E: DeviceEngine> DeviceExecutor<E> {
+    /// Connections get `shape`'s slots; calls fail after `timeout` naming the rank waited for.
+    pub fn new(engine: E, shape: SlotShape, timeout: Duration) -> Self {
+        DeviceExecutor {
+            engine,
+            shape,
+            timeout,
+            cursor: Mutex::new(Cursor::default()),
+            poisoned: Mutex::new(None),
+        }
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// Runs `prog` on `bufs`. Any failure poisons the executor (and aborts the engine, so the
+    /// peers fail too instead of waiting).
+    pub fn run(&self, prog: &Program, bufs: DevBuffers, call: DevCall) -> Result<()> {
+        if let Some(why) = &*self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(Error::Aborted(format!(
+                "the device executor failed earlier ({why})"
+            )));
+        }
+        if prog.rank != self.engine.rank() {
+            return Err(Error::invalid(format!(
+                "a program of rank {} given to the device engine of rank {}",
+                prog.rank,
+                self.engine.rank()
+            )));
+        }
+        if bufs.output_len != prog.output_bytes
+            || (prog.input_bytes > 0 && bufs.input_len != prog.input_bytes)
+        {
+            return Err(Error::invalid(format!(
+                "device buffers of {} / {} bytes where the program needs {} / {}",
+                bufs.input_len, bufs.output_len, prog.input_bytes, prog.output_bytes
+            )));
+        }
+        if prog.depth > self.shape.depth || prog.max_message > self.shape.slot_bytes {
+            return Err(Error::invalid(format!(
+                "the program needs {} slots of {} bytes per connection; the device connections have {} of {}",
+                prog.depth, prog.max_message, self.shape.depth, self.shape.slot_bytes
+            )));
+        }
+        let result = self.run_checked(prog, bufs, call);
+        if let Err(e) = &result {
+            let why = e.to_string();
+            self.engine.abort(&why);
+            *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        }
+        result
+    }
+
+    fn run_checked(&self, prog: &Program, bufs: DevBuffers, call: DevCall) -> Result<()> {
+        let (sends, recvs) = prog.connections();
+        self.engine.connect(&sends, &recvs, self.shape)?;
+        let queues = self
+            .cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resolve(prog);
+        let deadline = Instant::now() + self.timeout;
+        match self
+            .engine
+            .run(&queues, bufs, prog.scratch_bytes, call, deadline)
+        {
+            Ok(()) => Ok(()),
+            Err(Halt::Failed(e)) => Err(e),
+            Err(Halt::TimedOut { done }) => Err(stuck(&queues, &done, self.timeout, call)),
+        }
+    }
+}
+
+/// The error for queues that stopped at `done`: the first one waiting on a peer names it.
+fn stuck(queues: &[Vec<DevOp>], done: &[usize], after: Duration, call: DevCall) -> Error {
+    let waiting = queues
+        .iter()
+        .zip(done)
+        .filter_map(|(q, &d)| q.get(d))
+        .find_map(Program::waits_on);
+    match waiting {
+        Some((rank, what)) => Error::Timeout {
+            rank: rank.0,
+            what: format!("device call #{} ({}): waiting for {what}", call.seq, call.dtype),
+            after,
+        },
+        None => Error::Aborted(format!(
+            "device call #{} did not finish within {:.0}s, and no queue was waiting on a peer (the device itself stalled)",
+            call.seq,
+            after.as_secs_f64()
+        )),
+    }
+}
