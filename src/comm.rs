@@ -21,8 +21,12 @@ use std::sync::{Arc, Mutex};
 
 #[path = "comm_choice.rs"]
 mod choice;
+#[path = "comm_device.rs"]
+mod device;
 #[path = "comm_p2p.rs"]
 mod p2p;
+
+pub use device::{CommExchange, DeviceRun};
 
 /// A set of ranks that run collectives together.
 pub struct Communicator {
@@ -46,6 +50,9 @@ pub struct Communicator {
     hosts: Vec<String>,
     /// What plan generators know (host map), identical on every rank.
     ctx: PlanContext,
+    /// Which pairs of this host's GPUs have a peer-to-peer path, by local index (from the
+    /// agreed topology; `None` without one).
+    gpu_p2p: Option<Vec<Vec<bool>>>,
     /// Which algorithm each call runs, and why.
     policy: Policy,
     /// `ACSPEED_TIMELINE`: one Chrome-trace event per collective.
@@ -132,6 +139,12 @@ impl Communicator {
         let probe = Arc::new(acspeed_core::executor::WaitProbe::new(nranks));
         let exec = exec.with_wait_probe(probe.clone());
         let policy = Policy::for_job(&cfg, &model, log)?;
+        let gpu_p2p = model
+            .description
+            .as_ref()
+            .filter(|d| !d.gpus.is_empty())
+            .and_then(|d| acspeed_core::topology::TopoModel::from_description(d).ok())
+            .map(|m| m.p2p);
         let crate::model::JobModel {
             hosts,
             context: ctx,
@@ -168,6 +181,7 @@ impl Communicator {
             poisoned: Mutex::new(None),
             hosts,
             ctx,
+            gpu_p2p,
             policy,
             timeline,
             fill: Mutex::new(fill),
@@ -181,6 +195,11 @@ impl Communicator {
         };
         c.log_init();
         Ok(c)
+    }
+
+    /// Logs a warning with this communicator's rank prefix (shown at the default level).
+    pub fn warn(&self, msg: &str) {
+        self.log.warn(msg);
     }
 
     /// Starts (or stops) recording when each collective runs; see [`Communicator::take_busy`].

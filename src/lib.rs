@@ -22,6 +22,8 @@ pub mod comm;
 mod control;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda_device;
 pub mod element;
 pub mod facts;
 pub mod init;
@@ -38,6 +40,6 @@ pub mod timeline;
 
 pub use acspeed_algorithms::Algorithm;
 pub use acspeed_core::{Config, DType, Error, LaunchEnv, ReduceOp, Result};
-pub use comm::Communicator;
+pub use comm::{CommExchange, Communicator, DeviceRun};
 pub use element::Element;
 pub use init::{init, init_from_env, init_with_store};

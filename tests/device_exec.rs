@@ -140,6 +140,7 @@ fn on_device(
                         input_len: input.len() * 4,
                         output: out.as_mut_ptr() as u64,
                         output_len: out.len() * 4,
+                        ready: None,
                     };
                     let call = DevCall {
                         seq,
@@ -367,6 +368,7 @@ fn foreign_programs_and_wrong_buffers_are_refused() {
         input_len: 0,
         output: out.as_mut_ptr() as u64,
         output_len: 400,
+        ready: None,
     };
     let call = DevCall {
         seq: 1,
@@ -398,4 +400,203 @@ fn foreign_programs_and_wrong_buffers_are_refused() {
     };
     let big = exes[0].run(&prog, bufs, call).unwrap_err().to_string();
     assert!(big.contains("slots"), "{big}");
+}
+
+/// Device executors over one stand-in fabric, one per rank, for communicator-level tests.
+fn comm_devices(n: u32) -> Vec<DeviceExecutor<HostDevice>> {
+    executors(n, 256 << 10, 4, Duration::from_secs(30))
+}
+
+/// Through the communicator: the policy's algorithm, the verified plan, the device program;
+/// equal to the CPU path bitwise for sum and average (the epilogue on the engine), at sizes
+/// that pick different algorithms, and the handle exchange the CUDA engine uses.
+#[test]
+fn communicator_runs_device_collectives_like_the_cpu_path() {
+    use crate::util::{run_group, test_config, Fabric};
+    use acspeed::{CommExchange, DeviceRun};
+    use acspeed_core::device::PeerExchange;
+    let n = 3;
+    let devs = comm_devices(n);
+    let outs = run_group(Fabric::Memory, n, test_config(256 << 10, 4, 30), |comm| {
+        let r = comm.rank() as usize;
+        let comm = std::sync::Arc::new(comm);
+        for (count, op) in [
+            (1usize, ReduceOp::Sum),
+            (1000, ReduceOp::Avg),
+            (300_000, ReduceOp::Sum),
+            (70_001, ReduceOp::Max),
+        ] {
+            let mut cpu: Vec<f32> = (0..count).map(|i| value(r, i)).collect();
+            let mut dev = cpu.clone();
+            comm.allreduce(&mut cpu, op).unwrap();
+            let bufs = DevBuffers {
+                input: 0,
+                input_len: 0,
+                output: dev.as_mut_ptr() as u64,
+                output_len: count * 4,
+                ready: None,
+            };
+            let ran = comm
+                .run_device(
+                    &devs[r],
+                    Collective::AllReduce,
+                    DType::F32,
+                    Some(op),
+                    count,
+                    bufs,
+                )
+                .unwrap();
+            assert_eq!(ran, DeviceRun::Ran);
+            assert!(
+                cpu.iter()
+                    .zip(&dev)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "rank {r}: {count} elements, {op}"
+            );
+        }
+        // The exchange: every rank trades a message with each other rank.
+        let ex = CommExchange(comm.clone());
+        let mine: Vec<(Rank, Vec<u8>)> = (0..n)
+            .filter(|p| *p as usize != r)
+            .map(|p| (Rank(p), vec![r as u8 * 10 + p as u8; 69]))
+            .collect();
+        let got = ex.exchange(&mine).unwrap();
+        for ((p, _), g) in mine.iter().zip(got) {
+            assert_eq!(g, vec![p.0 as u8 * 10 + r as u8; 69], "rank {r} from {p}");
+        }
+        r
+    });
+    assert_eq!(outs, vec![0, 1, 2]);
+}
+
+/// What is not device work is answered with the reason on every rank, and nothing runs:
+/// CPU-Reduce chosen, ranks on two hosts.
+#[test]
+fn calls_that_are_not_device_work_are_staged_with_the_reason() {
+    use crate::util::{run_group, run_group_on_hosts, test_config, Fabric};
+    use acspeed::DeviceRun;
+    let bufs = |v: &mut Vec<f32>| DevBuffers {
+        input: 0,
+        input_len: 0,
+        output: v.as_mut_ptr() as u64,
+        output_len: v.len() * 4,
+        ready: None,
+    };
+    let mut cfg = test_config(256 << 10, 4, 30);
+    cfg.policy.algo = acspeed_core::config::AlgoChoice::Named("cpu_reduce".into());
+    let devs = comm_devices(2);
+    let why = run_group(Fabric::Memory, 2, cfg, |comm| {
+        let mut v = vec![1f32; 1000];
+        let b = bufs(&mut v);
+        let r = comm
+            .run_device(
+                &devs[comm.rank() as usize],
+                Collective::AllReduce,
+                DType::F32,
+                Some(ReduceOp::Sum),
+                1000,
+                b,
+            )
+            .unwrap();
+        assert!(v.iter().all(|x| *x == 1.0), "a staged call ran");
+        r
+    });
+    for w in why {
+        assert!(
+            matches!(&w, DeviceRun::Staged(s) if s.contains("CPU-Reduce")),
+            "{w:?}"
+        );
+    }
+    let devs = comm_devices(4);
+    let why = run_group_on_hosts(
+        Fabric::Memory,
+        &[2, 2],
+        test_config(256 << 10, 4, 30),
+        |comm| {
+            let mut v = vec![1f32; 1000];
+            let b = bufs(&mut v);
+            comm.run_device(
+                &devs[comm.rank() as usize],
+                Collective::AllReduce,
+                DType::F32,
+                Some(ReduceOp::Sum),
+                1000,
+                b,
+            )
+            .unwrap()
+        },
+    );
+    for w in why {
+        assert!(
+            matches!(&w, DeviceRun::Staged(s) if s.contains("2 hosts")),
+            "{w:?}"
+        );
+    }
+}
+
+/// A topology whose GPU pairs have no peer-to-peer path (PCIe through the host bridge and
+/// across sockets) keeps calls on the staging path, naming the pair; an NVLink box runs them.
+#[test]
+fn gpu_pairs_without_p2p_are_staged_naming_them() {
+    use crate::util::{run_group, test_config, topo_json, Fabric};
+    use acspeed::DeviceRun;
+    let dir = std::env::temp_dir().join(format!("acspeed-devp2p-{}", std::process::id()));
+    let run = |fixture: &str, n: u32, refused: bool| {
+        let mut cfg = test_config(256 << 10, 4, 30);
+        let name = format!("{n}-{refused}.json");
+        cfg.model.topo_file = Some(topo_json(&dir, &name, fixture, |d| {
+            if refused {
+                // NVLink in the path matrix, but the driver refuses P2P (as in some VMs).
+                d.p2p = Some(vec![vec![true, false], vec![false, true]]);
+            }
+        }));
+        cfg.policy.algo = acspeed_core::config::AlgoChoice::Named("ring".into());
+        let devs = comm_devices(n);
+        run_group(Fabric::Memory, n, cfg, |comm| {
+            let mut v = vec![comm.rank() as f32; 1000];
+            let b = DevBuffers {
+                input: 0,
+                input_len: 0,
+                output: v.as_mut_ptr() as u64,
+                output_len: 4000,
+                ready: None,
+            };
+            let r = comm
+                .run_device(
+                    &devs[comm.rank() as usize],
+                    Collective::AllReduce,
+                    DType::F32,
+                    Some(ReduceOp::Sum),
+                    1000,
+                    b,
+                )
+                .unwrap();
+            (r, v[999])
+        })
+    };
+    let pcie = run(
+        fixture!("nvsmi/10-titanx-4gpu-pcie-phb-sys-2nic.txt"),
+        4,
+        false,
+    );
+    for (w, v) in pcie {
+        assert!(
+            matches!(&w, DeviceRun::Staged(s) if s.contains("GPUs 0 and 1") && s.contains("peer-to-peer")),
+            "{w:?}"
+        );
+        assert!(v < 4.0, "a staged call ran");
+    }
+    let nvlink = run(fixture!("nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt"), 2, false);
+    for (w, v) in nvlink {
+        assert_eq!(w, DeviceRun::Ran);
+        assert_eq!(v, 1.0);
+    }
+    let refused = run(fixture!("nvsmi/12-rtx3090-2gpu-nvlink-nv4.txt"), 2, true);
+    for (w, _) in refused {
+        assert!(
+            matches!(&w, DeviceRun::Staged(s) if s.contains("GPUs 0 and 1")),
+            "{w:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

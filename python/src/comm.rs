@@ -61,7 +61,17 @@ pub(crate) struct PyComm {
     threads: Mutex<Vec<JoinHandle<()>>>,
     #[cfg(feature = "cuda")]
     cuda: Mutex<Option<CudaSide>>,
+    /// The device executor, decided by all ranks together at the first CUDA collective
+    /// (`None` inside: staging only, e.g. a GPU without stream memory operations).
+    #[cfg(feature = "cuda")]
+    device: Arc<Mutex<Option<DeviceSide>>>,
 }
+
+#[cfg(feature = "cuda")]
+type DeviceSide = (
+    usize,
+    Option<Arc<acspeed_core::device::DeviceExecutor<acspeed::cuda_device::CudaDevice>>>,
+);
 
 /// The device this group stages CUDA tensors from, and its pinned slots (kept between calls,
 /// freed with the group).
@@ -71,6 +81,45 @@ type CudaSide = (
     Arc<acspeed::cuda::CudaStaging>,
     Arc<acspeed::staging::SlotPool>,
 );
+
+/// The group's device executor for `ordinal`, decided once by every rank together (an
+/// allreduce of "mine works"), so that all ranks take the device path or none does.
+#[cfg(feature = "cuda")]
+fn device_executor(
+    c: &Communicator,
+    device: &Mutex<Option<DeviceSide>>,
+    coll: &Arc<Communicator>,
+    ordinal: usize,
+) -> acspeed::Result<
+    Option<Arc<acspeed_core::device::DeviceExecutor<acspeed::cuda_device::CudaDevice>>>,
+> {
+    let mut g = device.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((o, de)) = g.as_ref() {
+        if *o == ordinal {
+            return Ok(de.clone());
+        }
+    }
+    let made = acspeed::cuda_device::CudaDevice::new(
+        ordinal,
+        acspeed_core::Rank(c.rank()),
+        Arc::new(acspeed::CommExchange(coll.clone())),
+    );
+    let mut ok = [made.is_ok() as i32];
+    c.allreduce(&mut ok, ReduceOp::Min)?;
+    let de = match made {
+        Ok(d) if ok[0] == 1 => Some(Arc::new(c.device_executor(d))),
+        Ok(_) => {
+            c.warn("CUDA collectives go through host memory: another rank cannot run the device executor");
+            None
+        }
+        Err(e) => {
+            c.warn(&format!("CUDA collectives go through host memory: {e}"));
+            None
+        }
+    };
+    *g = Some((ordinal, de.clone()));
+    Ok(de)
+}
 
 fn dtype(code: u8) -> PyResult<DType> {
     DType::from_code(code).ok_or_else(|| {
@@ -188,6 +237,8 @@ impl PyComm {
             threads: Mutex::new(vec![worker, waiter]),
             #[cfg(feature = "cuda")]
             cuda: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            device: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -456,9 +507,26 @@ impl PyComm {
         #[cfg(feature = "cuda")]
         {
             let (dev, pool) = self.cuda_device(ordinal).map_err(|e| to_py(&e))?;
+            let (device, coll) = (self.device.clone(), self.coll.clone());
             self.enqueue(
                 keep,
                 Box::new(move |c| {
+                    let ready = (ready_event != 0).then_some(ready_event);
+                    if let Some(de) = device_executor(c, &device, &coll, ordinal)? {
+                        let bufs = acspeed_core::device::DevBuffers {
+                            input: 0,
+                            input_len: 0,
+                            output: ptr,
+                            output_len: numel * d.size(),
+                            ready,
+                        };
+                        let coll = acspeed_core::Collective::AllReduce;
+                        if c.run_device(&de, coll, d, Some(o), numel, bufs)?
+                            == acspeed::DeviceRun::Ran
+                        {
+                            return Ok(());
+                        }
+                    }
                     acspeed::staging::staged_allreduce(
                         c,
                         &*dev,
@@ -466,7 +534,7 @@ impl PyComm {
                         acspeed::staging::DeviceBuf {
                             addr: ptr,
                             bytes: numel * d.size(),
-                            ready: (ready_event != 0).then_some(ready_event),
+                            ready,
                         },
                         d,
                         o,

@@ -260,6 +260,12 @@ pub fn probe(root: &Path) -> Result<TopoDescription> {
         gpu_name: (root == Path::new("/") && !gpus.is_empty())
             .then(nvml::gpu_name)
             .flatten(),
+        p2p: (root == Path::new("/") && !gpus.is_empty())
+            .then(|| {
+                let bus: Option<Vec<String>> = gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
+                bus.and_then(|b| nvml::p2p(&b))
+            })
+            .flatten(),
         gpus,
         nics,
         paths,

@@ -64,6 +64,52 @@ pub(super) fn gpu_name() -> Option<String> {
     }
 }
 
+/// Whether each pair of `gpus` (sysfs BDFs) can read each other's memory (NVML's P2P read
+/// status: what `cuDeviceCanAccessPeer` answers, without creating a CUDA context). `None`
+/// without NVML or on any NVML error.
+pub(super) fn p2p(gpus: &[String]) -> Option<Vec<Vec<bool>>> {
+    // SAFETY: as in `nvlinks`.
+    let lib = unsafe { Library::new("libnvidia-ml.so.1") }.ok()?;
+    // SAFETY (whole block): every symbol is used with its nvml.h signature; bus ids are
+    // NUL-terminated.
+    unsafe {
+        let init: Symbol<'_, unsafe extern "C" fn() -> c_int> = lib.get(b"nvmlInit_v2").ok()?;
+        let by_bus: Symbol<'_, unsafe extern "C" fn(*const c_char, *mut Device) -> c_int> =
+            lib.get(b"nvmlDeviceGetHandleByPciBusId_v2").ok()?;
+        let status: Symbol<'_, unsafe extern "C" fn(Device, Device, c_int, *mut c_int) -> c_int> =
+            lib.get(b"nvmlDeviceGetP2PStatus").ok()?;
+        let shutdown: Symbol<'_, unsafe extern "C" fn() -> c_int> =
+            lib.get(b"nvmlShutdown").ok()?;
+        if init() != 0 {
+            return None;
+        }
+        let handles: Option<Vec<Device>> = gpus
+            .iter()
+            .map(|b| {
+                let c = std::ffi::CString::new(b.as_str()).ok()?;
+                let mut d: Device = std::ptr::null_mut();
+                (by_bus(c.as_ptr(), &mut d) == 0).then_some(d)
+            })
+            .collect();
+        // NVML_P2P_CAPS_INDEX_READ = 0; NVML_P2P_STATUS_OK = 0.
+        let out = handles.and_then(|h| {
+            (0..h.len())
+                .map(|i| {
+                    (0..h.len())
+                        .map(|j| {
+                            let mut st: c_int = -1;
+                            (i == j || status(h[i], h[j], 0, &mut st) == 0)
+                                .then_some(i == j || st == 0)
+                        })
+                        .collect::<Option<Vec<bool>>>()
+                })
+                .collect::<Option<Vec<Vec<bool>>>>()
+        });
+        shutdown();
+        out
+    }
+}
+
 unsafe fn query(lib: &Library, gpus: &[String]) -> Option<Vec<(String, String, u8)>> {
     // SAFETY (whole function): every symbol is used with its nvml.h signature.
     unsafe {

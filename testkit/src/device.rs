@@ -9,7 +9,7 @@
 
 use acspeed_core::device::{Conn, DevBuffers, DevCall, DevOp, DeviceEngine, Halt, Loc, SlotShape};
 use acspeed_core::plan::{Buf, Rank};
-use acspeed_core::{kernels, Error, Result};
+use acspeed_core::{kernels, DType, Error, Result};
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -317,6 +317,13 @@ impl DeviceEngine for HostDevice {
                 done: done.iter().map(|d| d.load(Ordering::Acquire)).collect(),
             });
         }
+        Ok(())
+    }
+
+    fn scale_avg(&self, buf: u64, bytes: usize, dtype: DType, n: usize) -> Result<()> {
+        // SAFETY: the caller's buffer of `bytes` bytes (host memory on this engine).
+        let b = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, bytes) };
+        kernels::scale_avg(dtype, b, n);
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 pub enum HostSource {
     /// A topology description (GPU host; ranks are its GPUs).
-    Topo(TopoDescription),
+    Topo(Box<TopoDescription>),
     /// This machine, measured now.
     Here,
 }

@@ -34,6 +34,9 @@ pub struct DevBuffers {
     pub input_len: usize,
     pub output: u64,
     pub output_len: usize,
+    /// An event of the stream that produced the buffers (a `CUevent` for CUDA, kept alive by
+    /// the caller until the call returns): the engine's queues wait for it, not the caller.
+    pub ready: Option<u64>,
 }
 
 /// Slots per connection and their size, fixed when the engine sets a connection up.
@@ -72,8 +75,20 @@ pub trait DeviceEngine: Send + Sync {
         deadline: Instant,
     ) -> std::result::Result<(), Halt>;
 
+    /// The average's epilogue: divides the `bytes` of `dtype` at `buf` by `n`, after the sum
+    /// (as [`crate::kernels::scale_avg`] does on the CPU).
+    fn scale_avg(&self, buf: u64, bytes: usize, dtype: DType, n: usize) -> Result<()>;
+
     /// Stops every queue (a failure elsewhere); later runs fail.
     fn abort(&self, why: &str);
+}
+
+/// How engines that share memory between processes (CUDA IPC) trade handles when they set up
+/// connections: both ends of a connection call it at the same point of the same call.
+pub trait PeerExchange: Send + Sync {
+    /// Sends `mine[i].1` to rank `mine[i].0` and returns what each of those ranks sent back,
+    /// in the same order.
+    fn exchange(&self, mine: &[(Rank, Vec<u8>)]) -> Result<Vec<Vec<u8>>>;
 }
 
 /// Runs programs on an engine, keeping the connection counters between calls.
@@ -155,18 +170,40 @@ impl<E: DeviceEngine> DeviceExecutor<E> {
         {
             Ok(()) => Ok(()),
             Err(Halt::Failed(e)) => Err(e),
-            Err(Halt::TimedOut { done }) => Err(stuck(&queues, &done, self.timeout, call)),
+            Err(Halt::TimedOut { done }) => Err(stuck(prog, &queues, &done, self.timeout, call)),
         }
     }
 }
 
-/// The error for queues that stopped at `done`: the first one waiting on a peer names it.
-fn stuck(queues: &[Vec<DevOp>], done: &[usize], after: Duration, call: DevCall) -> Error {
-    let waiting = queues
+/// The error for queues that stopped at `done`. Of the peers waited for, it names one that
+/// sent or took nothing in this call (`prog`'s call-relative numbers say so) if there is one:
+/// the others are usually waiting on it too.
+fn stuck(
+    prog: &Program,
+    queues: &[Vec<DevOp>],
+    done: &[usize],
+    after: Duration,
+    call: DevCall,
+) -> Error {
+    let all: Vec<(bool, Rank, String)> = queues
         .iter()
         .zip(done)
-        .filter_map(|(q, &d)| q.get(d))
-        .find_map(Program::waits_on);
+        .enumerate()
+        .filter_map(|(q, (ops, &d))| {
+            let (rank, what) = Program::waits_on(ops.get(d)?)?;
+            let silent = match prog.queues.get(q).and_then(|p| p.get(d)) {
+                Some(DevOp::WaitReady { msg, .. }) => *msg == 0,
+                Some(DevOp::WaitSlot { msg, .. }) => *msg as usize == prog.depth,
+                _ => false,
+            };
+            Some((silent, rank, what))
+        })
+        .collect();
+    let waiting = all
+        .iter()
+        .find(|w| w.0)
+        .or(all.first())
+        .map(|(_, r, w)| (*r, w.clone()));
     match waiting {
         Some((rank, what)) => Error::Timeout {
             rank: rank.0,

@@ -7,6 +7,7 @@
 //! per pairwise step, which is how NCCL and gloo accumulate half types.
 
 pub mod copy;
+pub mod device;
 mod halfconv;
 
 use crate::dtype::{DType, ReduceOp};

@@ -128,6 +128,12 @@ pub struct TopoDescription {
     /// The CPU model ("AMD EPYC 7542"): the inter-socket link's rate follows its vendor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_name: Option<String>,
+    /// Whether GPU i can read GPU j's memory directly, as the driver says (probed through
+    /// NVML's P2P status, or written in a topology file). `None`: not known, the path rule
+    /// alone decides. A pair the rule allows but the driver refuses (P2P disabled in a VM,
+    /// consumer GPUs) goes through host memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<Vec<Vec<bool>>>,
 }
 
 impl TopoDescription {
@@ -207,6 +213,12 @@ impl TopoDescription {
                         names[i], names[j], names[j], names[i]
                     ));
                 }
+            }
+        }
+        if let Some(p) = &self.p2p {
+            let g = self.gpus.len();
+            if p.len() != g || p.iter().any(|r| r.len() != g) {
+                return bad(format!("p2p matrix must be {g}x{g} for {g} GPUs"));
             }
         }
         Ok(())
@@ -311,9 +323,15 @@ impl TopoModel {
                     PathClass::PHB | PathClass::NODE => (up, gpus::RING_STEP_PCIE_US, false),
                     PathClass::SYS => (up.min(socket_gbps), gpus::RING_STEP_PCIE_US, false),
                 };
+                let allowed = d
+                    .p2p
+                    .as_ref()
+                    .and_then(|p| p.get(i).and_then(|r| r.get(j)))
+                    .copied()
+                    .unwrap_or(true);
                 bandwidth[i][j] = bw;
                 latency[i][j] = lat;
-                p2p[i][j] = direct;
+                p2p[i][j] = direct && allowed;
             }
         }
         Ok(TopoModel {
@@ -378,6 +396,12 @@ impl TopoDescription {
             .iter()
             .map(|a| keep.iter().map(|b| self.paths[*a][*b]).collect())
             .collect();
+        d.p2p = self.p2p.as_ref().map(|m| {
+            picked
+                .iter()
+                .map(|a| picked.iter().map(|b| m[*a as usize][*b as usize]).collect())
+                .collect()
+        });
         d.validate()?;
         Ok(d)
     }
@@ -543,6 +567,7 @@ mod tests {
             ],
             gpu_name: None,
             cpu_name: None,
+            p2p: None,
         };
         let m = TopoModel::from_description(&d).unwrap();
         // Gen4 x16 against Gen3 x16: the slower end's 12 GB/s (NCCL's PCI_BW).
@@ -586,5 +611,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("GPU0 to GPU1 is SYS but GPU1 to GPU0 is PIX"));
+        // What the driver says overrides the path rule: NVLink with P2P refused (a VM).
+        let mut refused = nv.clone();
+        refused.p2p = Some(vec![vec![true, false], vec![false, true]]);
+        assert!(!TopoModel::from_description(&refused).unwrap().p2p[0][1]);
+        assert!(refused.select_gpus(&[1, 0]).unwrap().p2p == refused.p2p);
+        assert!(refused.select_gpus(&[1]).unwrap().p2p == Some(vec![vec![true]]));
+        refused.p2p = Some(vec![vec![true]]);
+        assert!(TopoModel::from_description(&refused)
+            .unwrap_err()
+            .to_string()
+            .contains("p2p matrix must be 2x2"));
     }
 }

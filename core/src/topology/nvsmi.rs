@@ -251,6 +251,7 @@ pub fn parse(text: &str) -> Result<TopoDescription> {
         paths,
         gpu_name: None,
         cpu_name: None,
+        p2p: None,
     };
     d.validate()?;
     Ok(d)

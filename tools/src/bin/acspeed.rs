@@ -335,7 +335,7 @@ fn simulate(args: SimArgs) -> Result<()> {
     };
     let spec = SimulateSpec {
         source: match topo {
-            Some(d) => HostSource::Topo(d),
+            Some(d) => HostSource::Topo(Box::new(d)),
             None => HostSource::Here,
         },
         shape: shape.clone(),
