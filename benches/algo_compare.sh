@@ -4,7 +4,8 @@
 #      ring with 2 hosts x 2 ranks and 3 uneven hosts (3+1+2). Needs root.
 #   B. one host, 4 ranks over shared memory: double binary tree vs ring at 4 KiB-256 KiB.
 #   C. (cpu_reduce) one host, 2 and 4 ranks over shared memory: CPU-Reduce vs ring, with torch's
-#      gloo measured in the same run (../shared/bench/gloo_allreduce.py, .venv's python).
+#      gloo measured in the same run (../shared/bench/gloo_allreduce.py, .venv's python; GLOO=0
+#      leaves it out).
 #   D. (ntree) one host, 4 ranks over shared memory with a fake NVLink layout
 #      (tests/fixtures/fake-nvlink-4gpu.txt): n-trees vs ring and the double binary tree.
 # Every configuration runs RUNS times (alternating algorithms, so drift hits both); each cell is
@@ -91,14 +92,19 @@ if [[ "$WHAT" == cpu_reduce ]]; then
     f="$RAW/cpu-$n"
     for ((i = 0; i < RUNS; i++)); do
       for algo in ring cpu_reduce; do
-        echo "$algo $i $(timeout 600 "$BENCH" -n "$n" --algo "$algo" --json -b 64K -e 256M -f 4 --iters 10 -w 3 --check)" >>"$f"
+        echo "$algo $i $(timeout 600 "$BENCH" -n "$n" --algo "$algo" --json -b 4K -e 256M -f 4 --iters 20 -w 5 --check)" >>"$f"
       done
+      [[ "${GLOO:-1}" == 0 ]] && continue
       "$PY" ../shared/bench/gloo_allreduce.py -W "$n" --min-bytes 65536 --max-bytes 268435456 --iters 10 --json "$RAW/gloo.json" >/dev/null
       echo "gloo $i $(python3 -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print(json.dumps([dict(bytes=r["bytes"], time_us=r["time_us"], busbw_gbps=r["busbw_GBs"], wrong=0 if r.get("correct", True) else 1) for r in d["rows"]]))' "$RAW/gloo.json")" >>"$f"
     done
-    table "one host, $n ranks, shared memory, allreduce f32: CPU-Reduce, ring and torch gloo" "$f" ring ring cpu_reduce gloo
+    if [[ "${GLOO:-1}" == 0 ]]; then
+      table "one host, $n ranks, shared memory, allreduce f32: CPU-Reduce and ring" "$f" ring ring cpu_reduce
+    else
+      table "one host, $n ranks, shared memory, allreduce f32: CPU-Reduce, ring and torch gloo" "$f" ring ring cpu_reduce gloo
+    fi
   done
 fi
 if [[ "$WHAT" == ntree ]]; then

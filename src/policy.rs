@@ -74,7 +74,7 @@ pub enum Reason {
     /// The fixed rule: enough ranks for the tree and a latency-bound message.
     AutoTree { nranks: u32 },
     /// The fixed rule: one host's ranks share a staging area and the message is large.
-    AutoCpuReduce { nranks: u32 },
+    AutoCpuReduce { nranks: u32, small: bool },
     /// The fixed rule's default.
     AutoRing,
 }
@@ -133,10 +133,14 @@ impl fmt::Display for Reason {
                 "auto: {nranks} ranks (>= {TREE_MIN_RANKS}) and <= {}",
                 human(TREE_MAX_BYTES)
             ),
-            Reason::AutoCpuReduce { nranks } => write!(
+            Reason::AutoCpuReduce { nranks, small } => write!(
                 f,
-                "auto: {nranks} ranks on one host share a staging area and the message is >= {}",
-                human(CPU_REDUCE_MIN_BYTES)
+                "auto: {nranks} ranks on one host share a staging area and the message is {}",
+                if *small {
+                    format!("<= {} (one hand-off through the area)", human(cpu_reduce_small_max(*nranks)))
+                } else {
+                    format!(">= {}", human(CPU_REDUCE_MIN_BYTES))
+                }
             ),
             Reason::AutoRing => {
                 f.write_str("auto: ring (bandwidth-optimal; no hierarchy or latency rule applies)")
@@ -356,6 +360,7 @@ impl Policy {
             },
             Algorithm::CpuReduce => Reason::AutoCpuReduce {
                 nranks: self.ctx.nranks,
+                small: bytes <= cpu_reduce_small_max(self.ctx.nranks),
             },
             _ => Reason::AutoRing,
         };
@@ -525,6 +530,16 @@ pub(crate) fn hybrid_min_bytes(ctx: &PlanContext) -> usize {
 /// ring").
 pub(crate) const CPU_REDUCE_MIN_BYTES: usize = 16 << 20;
 pub(crate) const CPU_REDUCE_MIN_RANKS: u32 = 4;
+/// Largest allreduce `auto` also runs as CPU-Reduce on one host of any rank count sharing one
+/// staging area: each rank hands its bytes over once and takes the result, where a ring needs
+/// 2(n-1) dependent steps (docs/PERFORMANCE.md, "CPU-Reduce against ring").
+pub(crate) fn cpu_reduce_small_max(nranks: u32) -> usize {
+    if nranks >= CPU_REDUCE_MIN_RANKS {
+        256 << 10
+    } else {
+        64 << 10
+    }
+}
 
 /// `auto`'s fixed rule (see [`Policy::decide`]).
 pub(crate) fn auto_rule(ctx: &PlanContext, coll: Collective, bytes: usize) -> Algorithm {
@@ -532,11 +547,14 @@ pub(crate) fn auto_rule(ctx: &PlanContext, coll: Collective, bytes: usize) -> Al
     let small = bytes <= TREE_MAX_BYTES && ctx.nranks >= TREE_MIN_RANKS;
     // One host, one staging domain (no socket split, which is unmeasured) and no fallback.
     let cpu_reduce = ctx.nhosts() == 1
-        && ctx.nranks >= CPU_REDUCE_MIN_RANKS
+        && ctx.nranks >= 2
         && ctx.domains().len() == 1
         && acspeed_algorithms::cpu_reduce::fallback_reason(ctx).is_none();
+    let large = ctx.nranks >= CPU_REDUCE_MIN_RANKS && bytes >= CPU_REDUCE_MIN_BYTES;
     match coll {
-        Collective::AllReduce if cpu_reduce && bytes >= CPU_REDUCE_MIN_BYTES => {
+        Collective::AllReduce
+            if cpu_reduce && (large || bytes <= cpu_reduce_small_max(ctx.nranks)) =>
+        {
             Algorithm::CpuReduce
         }
         Collective::AllReduce if multi_host && bytes >= hybrid_min_bytes(ctx) => {
@@ -589,15 +607,24 @@ mod tests {
         let flat = PlanContext::from_shape(&[1, 1, 1, 1]).unwrap();
         let ar = Collective::AllReduce;
         let eight = PlanContext::single_host(8);
-        assert_eq!(auto_rule(&eight, ar, 4 << 10), Algorithm::Tree);
+        // Small allreduces on one host go through the staging area (one hand-off each).
+        assert_eq!(auto_rule(&eight, ar, 4 << 10), Algorithm::CpuReduce);
         assert_eq!(auto_rule(&eight, ar, 4 << 20), Algorithm::Ring);
         assert_eq!(auto_rule(&eight, ar, 16 << 20), Algorithm::CpuReduce);
-        assert_eq!(auto_rule(&one, ar, 4 << 10), Algorithm::Ring);
+        assert_eq!(auto_rule(&one, ar, 4 << 10), Algorithm::CpuReduce);
         assert_eq!(auto_rule(&one, ar, 16 << 20), Algorithm::CpuReduce);
         assert_eq!(
             table_row(|b| auto_rule(&one, ar, b)),
-            "ring to 8M; cpu_reduce beyond"
+            "cpu_reduce to 256K; ring to 8M; cpu_reduce beyond"
         );
+        for n in [2, 3] {
+            assert_eq!(
+                table_row(|b| auto_rule(&PlanContext::single_host(n), ar, b)),
+                "cpu_reduce to 64K; ring beyond"
+            );
+        }
+        // Across hosts, one rank per host, nothing to share.
+        assert_eq!(auto_rule(&flat, ar, 4 << 10), Algorithm::Ring);
         // Two ranks, more than a staging area holds, or several sockets: ring.
         for ctx in [
             PlanContext::single_host(2),
@@ -615,10 +642,12 @@ mod tests {
             auto_rule(&one, Collective::Broadcast { root: Rank(0) }, 64 << 20),
             Algorithm::Ring
         );
+        // Nine ranks are more than one staging area serves: the tree takes small messages.
         assert_eq!(
-            auto_rule(&PlanContext::single_host(2), ar, 64),
-            Algorithm::Ring
+            auto_rule(&PlanContext::single_host(9), ar, 64),
+            Algorithm::Tree
         );
+        assert_eq!(auto_rule(&sockets, ar, 4 << 10), Algorithm::Ring);
         assert!(matches!(
             auto_rule(&two, ar, 16 << 20),
             Algorithm::Hybrid(_)

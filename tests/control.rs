@@ -99,7 +99,8 @@ fn call_statistics_per_collective_at_info() {
     for lines in &res {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
-            lines[0].starts_with("stats: allreduce ring <= 4 KiB: 3 calls, time min/median/max"),
+            lines[0]
+                .starts_with("stats: allreduce cpu_reduce <= 4 KiB: 3 calls, time min/median/max"),
             "{lines:?}"
         );
         assert!(lines[1].starts_with("stats: broadcast "), "{lines:?}");

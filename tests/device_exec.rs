@@ -416,57 +416,62 @@ fn communicator_runs_device_collectives_like_the_cpu_path() {
     use acspeed::{CommExchange, DeviceRun};
     use acspeed_core::device::PeerExchange;
     let n = 3;
-    let devs = comm_devices(n);
-    let outs = run_group(Fabric::Memory, n, test_config(256 << 10, 4, 30), |comm| {
-        let r = comm.rank() as usize;
-        let comm = std::sync::Arc::new(comm);
-        for (count, op) in [
-            (1usize, ReduceOp::Sum),
-            (1000, ReduceOp::Avg),
-            (300_000, ReduceOp::Sum),
-            (70_001, ReduceOp::Max),
-        ] {
-            let mut cpu: Vec<f32> = (0..count).map(|i| value(r, i)).collect();
-            let mut dev = cpu.clone();
-            comm.allreduce(&mut cpu, op).unwrap();
-            let bufs = DevBuffers {
-                input: 0,
-                input_len: 0,
-                output: dev.as_mut_ptr() as u64,
-                output_len: count * 4,
-                ready: None,
-            };
-            let ran = comm
-                .run_device(
-                    &devs[r],
-                    Collective::AllReduce,
-                    DType::F32,
-                    Some(op),
-                    count,
-                    bufs,
-                )
-                .unwrap();
-            assert_eq!(ran, DeviceRun::Ran);
-            assert!(
-                cpu.iter()
-                    .zip(&dev)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "rank {r}: {count} elements, {op}"
-            );
-        }
-        // The exchange: every rank trades a message with each other rank.
-        let ex = CommExchange(comm.clone());
-        let mine: Vec<(Rank, Vec<u8>)> = (0..n)
-            .filter(|p| *p as usize != r)
-            .map(|p| (Rank(p), vec![r as u8 * 10 + p as u8; 69]))
-            .collect();
-        let got = ex.exchange(&mine).unwrap();
-        for ((p, _), g) in mine.iter().zip(got) {
-            assert_eq!(g, vec![p.0 as u8 * 10 + r as u8; 69], "rank {r} from {p}");
-        }
-        r
-    });
-    assert_eq!(outs, vec![0, 1, 2]);
+    for algo in ["ring", "tree"] {
+        let devs = comm_devices(n);
+        let mut cfg = test_config(256 << 10, 4, 30);
+        // Small allreduces on one host go through the host's staging area under `auto`.
+        cfg.policy.algo = acspeed_core::config::AlgoChoice::Named(algo.into());
+        let outs = run_group(Fabric::Memory, n, cfg, |comm| {
+            let r = comm.rank() as usize;
+            let comm = std::sync::Arc::new(comm);
+            for (count, op) in [
+                (1usize, ReduceOp::Sum),
+                (1000, ReduceOp::Avg),
+                (300_000, ReduceOp::Sum),
+                (70_001, ReduceOp::Max),
+            ] {
+                let mut cpu: Vec<f32> = (0..count).map(|i| value(r, i)).collect();
+                let mut dev = cpu.clone();
+                comm.allreduce(&mut cpu, op).unwrap();
+                let bufs = DevBuffers {
+                    input: 0,
+                    input_len: 0,
+                    output: dev.as_mut_ptr() as u64,
+                    output_len: count * 4,
+                    ready: None,
+                };
+                let ran = comm
+                    .run_device(
+                        &devs[r],
+                        Collective::AllReduce,
+                        DType::F32,
+                        Some(op),
+                        count,
+                        bufs,
+                    )
+                    .unwrap();
+                assert_eq!(ran, DeviceRun::Ran);
+                assert!(
+                    cpu.iter()
+                        .zip(&dev)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "rank {r}: {count} elements, {op}"
+                );
+            }
+            // The exchange: every rank trades a message with each other rank.
+            let ex = CommExchange(comm.clone());
+            let mine: Vec<(Rank, Vec<u8>)> = (0..n)
+                .filter(|p| *p as usize != r)
+                .map(|p| (Rank(p), vec![r as u8 * 10 + p as u8; 69]))
+                .collect();
+            let got = ex.exchange(&mine).unwrap();
+            for ((p, _), g) in mine.iter().zip(got) {
+                assert_eq!(g, vec![p.0 as u8 * 10 + r as u8; 69], "rank {r} from {p}");
+            }
+            r
+        });
+        assert_eq!(outs, vec![0, 1, 2]);
+    }
 }
 
 /// What is not device work is answered with the reason on every rank, and nothing runs:

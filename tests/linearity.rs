@@ -173,7 +173,8 @@ fn timeline_writes_one_chrome_trace_per_rank() {
     let tl = dir.join("trace.json");
     let o = Command::new(env!("CARGO_BIN_EXE_acspeed-bench"))
         .args([
-            "-n", "2", "-b", "4K", "-e", "64K", "-f", "4", "--iters", "3", "-w", "1",
+            "-n", "2", "-b", "4K", "-e", "64K", "-f", "4", "--iters", "3", "-w", "1", "--algo",
+            "ring",
         ])
         .env("ACSPEED_TIMELINE", &tl)
         .env_remove("RANK")

@@ -325,7 +325,10 @@ fn downloads_wait_for_the_producers_event() {
 /// slots, results stay exact, and dropping the pool frees every slot.
 #[test]
 fn staging_slots_are_allocated_once_per_pool_and_freed_with_it() {
-    let res = run_group(Fabric::Memory, 2, test_config(1 << 14, 2, 10), |comm| {
+    // Ring: small allreduces would otherwise go through the host's staging area, no slots.
+    let mut cfg = test_config(1 << 14, 2, 10);
+    cfg.policy.algo = acspeed_core::config::AlgoChoice::Named("ring".into());
+    let res = run_group(Fabric::Memory, 2, cfg, |comm| {
         let dev = HostStandIn::new(Duration::ZERO);
         let p = StagingParams {
             chunk_bytes: 4096,

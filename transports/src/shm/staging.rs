@@ -303,11 +303,20 @@ impl HostStaging {
                 return Err(Error::Remote {
                     rank,
                     detail: if died {
-                        format!("exited during host reduce #{} (cpu_reduce)", w.seq)
+                        format!(
+                            "exited during allreduce #{} (cpu_reduce host reduce)",
+                            w.seq
+                        )
                     } else if why.is_empty() {
-                        format!("aborted during host reduce #{} (cpu_reduce)", w.seq)
+                        format!(
+                            "aborted during allreduce #{} (cpu_reduce host reduce)",
+                            w.seq
+                        )
                     } else {
-                        format!("aborted during host reduce #{} (cpu_reduce): {why}", w.seq)
+                        format!(
+                            "aborted during allreduce #{} (cpu_reduce host reduce): {why}",
+                            w.seq
+                        )
                     },
                 });
             }
@@ -342,7 +351,7 @@ impl HostStaging {
                     return Err(Error::Remote {
                         rank,
                         detail: format!(
-                            "exited (pid {pid} is gone) during host reduce #{} (cpu_reduce)",
+                            "exited (pid {pid} is gone) during allreduce #{} (cpu_reduce host reduce)",
                             w.seq
                         ),
                     });
@@ -352,7 +361,7 @@ impl HostStaging {
                 return Err(Error::Timeout {
                     rank,
                     what: format!(
-                        "host reduce #{} (cpu_reduce, {} bytes): local rank {rank} has not {} for segment {target} of pipeline {pipe}",
+                        "allreduce #{} (cpu_reduce host reduce, {} bytes): local rank {rank} has not {} for segment {target} of pipeline {pipe}",
                         w.seq, w.len, STAGE[which]
                     ),
                     after: w.timeout,
@@ -412,15 +421,19 @@ impl HostStaging {
                         self.tag(pipe, slot, m, 1).load(Ordering::Relaxed),
                     );
                     if s != w.seq || mt != meta {
+                        let name = |d: Option<&'static str>| d.unwrap_or("unknown");
                         return Err(Error::Mismatch {
                             peer: self.group[m].0,
                             detail: format!(
-                                "host reduce (cpu_reduce): call #{} of {} {} elements ({}) here, but rank {} is in call #{s} with another shape or op",
+                                "allreduce (cpu_reduce host reduce): call #{} of {} {} elements ({}) here, but rank {} is in call #{s} of {} {} elements ({})",
                                 w.seq,
                                 w.count,
                                 dtype.name(),
                                 op.name(),
-                                self.group[m]
+                                self.group[m],
+                                mt >> 16,
+                                name(DType::from_code((mt >> 8) as u8).map(|d| d.name())),
+                                name(ReduceOp::from_code(mt as u8).map(|o| o.name())),
                             ),
                         });
                     }
