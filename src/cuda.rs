@@ -20,8 +20,23 @@ pub struct CudaStaging {
     up: Arc<CudaStream>,
 }
 
-fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Device(format!("CUDA {what}: {e}"))
+}
+
+/// Device `ordinal`'s primary context (the one torch uses), bound to this thread; a clear error
+/// where the driver library is missing.
+pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    if !driver_present() {
+        return Err(Error::Device(
+            "a CUDA tensor was given, but the CUDA driver library (libcuda.so) is not available on this machine".into(),
+        ));
+    }
+    let ctx =
+        CudaContext::new(ordinal).map_err(|e| cuda_err(&format!("opening device {ordinal}"), e))?;
+    ctx.bind_to_thread()
+        .map_err(|e| cuda_err("binding the context", e))?;
+    Ok(ctx)
 }
 
 /// Whether the CUDA driver library can be loaded on this machine.
@@ -33,15 +48,7 @@ pub fn driver_present() -> bool {
 impl CudaStaging {
     /// Binds to device `ordinal` (the primary context torch uses).
     pub fn new(ordinal: usize) -> Result<Self> {
-        if !driver_present() {
-            return Err(Error::Device(
-                "CUDA tensor given, but the CUDA driver library (libcuda.so) is not available on this machine".into(),
-            ));
-        }
-        let ctx = CudaContext::new(ordinal)
-            .map_err(|e| cuda_err(&format!("opening device {ordinal}"), e))?;
-        ctx.bind_to_thread()
-            .map_err(|e| cuda_err("binding the context", e))?;
+        let ctx = open_context(ordinal)?;
         let down = ctx
             .new_stream()
             .map_err(|e| cuda_err("creating a stream", e))?;

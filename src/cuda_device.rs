@@ -17,6 +17,7 @@
 //! The engine needs P2P between the two GPUs of every connection (NVLink, or PCIe up to a
 //! switch); pairs without it keep the staging path (docs/CUDA.md).
 
+use crate::cuda::cuda_err;
 use acspeed_core::device::{
     Conn, DevBuffers, DevCall, DevOp, DeviceEngine, Halt, Loc, PeerExchange, SlotShape,
 };
@@ -39,10 +40,6 @@ const MAX_BLOCKS: u64 = 1024;
 /// What a released wait sees: above any counter a job reaches (and positive as a signed
 /// difference, which is how GEQ compares).
 const RELEASED: u32 = 0x4000_0000;
-
-fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Device(format!("CUDA {what}: {e}"))
-}
 
 /// A receiving connection: this GPU's slots and ready counter, the sender's taken counter.
 struct Inbound {
@@ -91,15 +88,7 @@ impl CudaDevice {
     /// Binds to device `ordinal` (torch's primary context) for `rank`; handles travel through
     /// `exchange`. Fails with the reason where the GPU cannot run the device executor.
     pub fn new(ordinal: usize, rank: Rank, exchange: Arc<dyn PeerExchange>) -> Result<Self> {
-        if !crate::cuda::driver_present() {
-            return Err(Error::Device(
-                "the device executor needs the CUDA driver library (libcuda.so), which is not available on this machine".into(),
-            ));
-        }
-        let ctx = CudaContext::new(ordinal)
-            .map_err(|e| cuda_err(&format!("opening device {ordinal}"), e))?;
-        ctx.bind_to_thread()
-            .map_err(|e| cuda_err("binding the context", e))?;
+        let ctx = crate::cuda::open_context(ordinal)?;
         let dev = ctx.cu_device();
         for (attr, what) in [
             (

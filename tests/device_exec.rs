@@ -156,41 +156,19 @@ fn on_device(
     })
 }
 
-/// V100 DGX-1 cube-mesh (NV1/NV2 per GPU pair): n-trees' six channels.
-fn dgx1() -> Vec<Vec<u8>> {
-    let m = [
-        [0, 1, 1, 2, 2, 0, 0, 0],
-        [1, 0, 2, 1, 0, 2, 0, 0],
-        [1, 2, 0, 2, 0, 0, 1, 0],
-        [2, 1, 2, 0, 0, 0, 0, 1],
-        [2, 0, 0, 0, 0, 1, 1, 2],
-        [0, 2, 0, 0, 1, 0, 2, 1],
-        [0, 0, 1, 0, 1, 2, 0, 2],
-        [0, 0, 0, 1, 2, 1, 2, 0],
-    ];
-    m.iter().map(|r| r.to_vec()).collect()
-}
-
 fn context(shape: usize) -> PlanContext {
     let shapes: [&[u32]; 6] = [&[2], &[3], &[5], &[2, 2], &[2, 3], &[8]];
     let ctx = PlanContext::from_shape(shapes[shape % shapes.len()]).unwrap();
     if shape % shapes.len() == 5 {
-        ctx.with_nvlinks(dgx1()).unwrap()
+        ctx.with_nvlinks(crate::util::dgx1()).unwrap()
     } else {
         ctx
     }
 }
 
 fn collective(n: u32, i: usize) -> Collective {
-    let root = Rank(n - 1);
-    [
-        Collective::AllReduce,
-        Collective::Broadcast { root },
-        Collective::Reduce { root },
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-    ][i % 6]
+    let all = crate::util::collectives(n);
+    all[i % all.len()]
 }
 
 /// Whether the device executor takes these plans (CPU-Reduce's host reduces are not device work).
@@ -363,13 +341,7 @@ fn foreign_programs_and_wrong_buffers_are_refused() {
     let exes = executors(2, 1024, 2, Duration::from_secs(1));
     let prog = device::compile(&lower(&plans[1], 100, 4, low(1024, 2))).unwrap();
     let mut out = vec![0f32; 100];
-    let bufs = DevBuffers {
-        input: 0,
-        input_len: 0,
-        output: out.as_mut_ptr() as u64,
-        output_len: 400,
-        ready: None,
-    };
+    let bufs = host_bufs(&mut out);
     let call = DevCall {
         seq: 1,
         dtype: DType::F32,
@@ -393,11 +365,7 @@ fn foreign_programs_and_wrong_buffers_are_refused() {
     // Segments larger than the connections' slots.
     let prog = device::compile(&lower(&plans[0], 1000, 4, low(4096, 2))).unwrap();
     let mut out = vec![0f32; 1000];
-    let bufs = DevBuffers {
-        output: out.as_mut_ptr() as u64,
-        output_len: 4000,
-        ..bufs
-    };
+    let bufs = host_bufs(&mut out);
     let big = exes[0].run(&prog, bufs, call).unwrap_err().to_string();
     assert!(big.contains("slots"), "{big}");
 }
@@ -405,6 +373,36 @@ fn foreign_programs_and_wrong_buffers_are_refused() {
 /// Device executors over one stand-in fabric, one per rank, for communicator-level tests.
 fn comm_devices(n: u32) -> Vec<DeviceExecutor<HostDevice>> {
     executors(n, 256 << 10, 4, Duration::from_secs(30))
+}
+
+/// `v` as the output buffer of an in-place call (host memory is the stand-in's device memory).
+fn host_bufs(v: &mut [f32]) -> DevBuffers {
+    DevBuffers {
+        input: 0,
+        input_len: 0,
+        output: v.as_mut_ptr() as u64,
+        output_len: v.len() * 4,
+        ready: None,
+    }
+}
+
+/// An f32 allreduce of `v` through `comm`'s device path on its rank's executor.
+fn device_allreduce(
+    comm: &acspeed::Communicator,
+    devs: &[DeviceExecutor<HostDevice>],
+    v: &mut [f32],
+    op: ReduceOp,
+) -> acspeed::DeviceRun {
+    let exe = &devs[comm.rank() as usize];
+    comm.run_device(
+        exe,
+        Collective::AllReduce,
+        DType::F32,
+        Some(op),
+        v.len(),
+        host_bufs(v),
+    )
+    .unwrap()
 }
 
 /// Through the communicator: the policy's algorithm, the verified plan, the device program;
@@ -433,24 +431,7 @@ fn communicator_runs_device_collectives_like_the_cpu_path() {
                 let mut cpu: Vec<f32> = (0..count).map(|i| value(r, i)).collect();
                 let mut dev = cpu.clone();
                 comm.allreduce(&mut cpu, op).unwrap();
-                let bufs = DevBuffers {
-                    input: 0,
-                    input_len: 0,
-                    output: dev.as_mut_ptr() as u64,
-                    output_len: count * 4,
-                    ready: None,
-                };
-                let ran = comm
-                    .run_device(
-                        &devs[r],
-                        Collective::AllReduce,
-                        DType::F32,
-                        Some(op),
-                        count,
-                        bufs,
-                    )
-                    .unwrap();
-                assert_eq!(ran, DeviceRun::Ran);
+                assert_eq!(device_allreduce(&comm, &devs, &mut dev, op), DeviceRun::Ran);
                 assert!(
                     cpu.iter()
                         .zip(&dev)
@@ -480,29 +461,12 @@ fn communicator_runs_device_collectives_like_the_cpu_path() {
 fn calls_that_are_not_device_work_are_staged_with_the_reason() {
     use crate::util::{run_group, run_group_on_hosts, test_config, Fabric};
     use acspeed::DeviceRun;
-    let bufs = |v: &mut Vec<f32>| DevBuffers {
-        input: 0,
-        input_len: 0,
-        output: v.as_mut_ptr() as u64,
-        output_len: v.len() * 4,
-        ready: None,
-    };
     let mut cfg = test_config(256 << 10, 4, 30);
     cfg.policy.algo = acspeed_core::config::AlgoChoice::Named("cpu_reduce".into());
     let devs = comm_devices(2);
     let why = run_group(Fabric::Memory, 2, cfg, |comm| {
         let mut v = vec![1f32; 1000];
-        let b = bufs(&mut v);
-        let r = comm
-            .run_device(
-                &devs[comm.rank() as usize],
-                Collective::AllReduce,
-                DType::F32,
-                Some(ReduceOp::Sum),
-                1000,
-                b,
-            )
-            .unwrap();
+        let r = device_allreduce(&comm, &devs, &mut v, ReduceOp::Sum);
         assert!(v.iter().all(|x| *x == 1.0), "a staged call ran");
         r
     });
@@ -519,16 +483,7 @@ fn calls_that_are_not_device_work_are_staged_with_the_reason() {
         test_config(256 << 10, 4, 30),
         |comm| {
             let mut v = vec![1f32; 1000];
-            let b = bufs(&mut v);
-            comm.run_device(
-                &devs[comm.rank() as usize],
-                Collective::AllReduce,
-                DType::F32,
-                Some(ReduceOp::Sum),
-                1000,
-                b,
-            )
-            .unwrap()
+            device_allreduce(&comm, &devs, &mut v, ReduceOp::Sum)
         },
     );
     for w in why {
@@ -559,23 +514,7 @@ fn gpu_pairs_without_p2p_are_staged_naming_them() {
         let devs = comm_devices(n);
         run_group(Fabric::Memory, n, cfg, |comm| {
             let mut v = vec![comm.rank() as f32; 1000];
-            let b = DevBuffers {
-                input: 0,
-                input_len: 0,
-                output: v.as_mut_ptr() as u64,
-                output_len: 4000,
-                ready: None,
-            };
-            let r = comm
-                .run_device(
-                    &devs[comm.rank() as usize],
-                    Collective::AllReduce,
-                    DType::F32,
-                    Some(ReduceOp::Sum),
-                    1000,
-                    b,
-                )
-                .unwrap();
+            let r = device_allreduce(&comm, &devs, &mut v, ReduceOp::Sum);
             (r, v[999])
         })
     };

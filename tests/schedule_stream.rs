@@ -286,21 +286,6 @@ fn simulated(plans: &[RankPlan], shape: &[u32], count: usize, seg: usize) -> Str
     stream
 }
 
-/// V100 DGX-1 cube-mesh (NV1/NV2 per GPU pair).
-fn dgx1() -> Vec<Vec<u8>> {
-    let m = [
-        [0, 1, 1, 2, 2, 0, 0, 0],
-        [1, 0, 2, 1, 0, 2, 0, 0],
-        [1, 2, 0, 2, 0, 0, 1, 0],
-        [2, 1, 2, 0, 0, 0, 0, 1],
-        [2, 0, 0, 0, 0, 1, 1, 2],
-        [0, 2, 0, 0, 1, 0, 2, 1],
-        [0, 0, 1, 0, 1, 2, 0, 2],
-        [0, 0, 0, 1, 2, 1, 2, 0],
-    ];
-    m.iter().map(|r| r.to_vec()).collect()
-}
-
 /// Job shapes: one host, even and uneven hosts, one rank per host, an NVLink cube-mesh.
 fn context(shape: usize) -> (Vec<u32>, PlanContext) {
     let shapes: [&[u32]; 8] = [
@@ -316,26 +301,14 @@ fn context(shape: usize) -> (Vec<u32>, PlanContext) {
     let s = shapes[shape % shapes.len()].to_vec();
     let mut ctx = PlanContext::from_shape(&s).unwrap();
     if shape % shapes.len() == 7 {
-        ctx = ctx.with_nvlinks(dgx1()).unwrap();
+        ctx = ctx.with_nvlinks(crate::util::dgx1()).unwrap();
     }
     (s, ctx)
 }
 
-fn collectives(n: u32) -> Vec<Collective> {
-    let root = Rank(n - 1);
-    vec![
-        Collective::AllReduce,
-        Collective::Broadcast { root },
-        Collective::Reduce { root },
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-    ]
-}
-
 fn check(algo: Algorithm, shape: usize, coll: usize, count: usize, seg: usize, rounds: u32) {
     let (s, ctx) = context(shape);
-    let colls = collectives(ctx.nranks);
+    let colls = crate::util::collectives(ctx.nranks);
     let coll = colls[coll % colls.len()];
     if !algo.serves(coll) {
         return;

@@ -359,3 +359,32 @@ pub(crate) fn spawn_bench_rank(
         .spawn()
         .unwrap()
 }
+
+/// V100 DGX-1 cube-mesh (NV1/NV2 per GPU pair).
+pub(crate) fn dgx1() -> Vec<Vec<u8>> {
+    let m = [
+        [0, 1, 1, 2, 2, 0, 0, 0],
+        [1, 0, 2, 1, 0, 2, 0, 0],
+        [1, 2, 0, 2, 0, 0, 1, 0],
+        [2, 1, 2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 1, 1, 2],
+        [0, 2, 0, 0, 1, 0, 2, 1],
+        [0, 0, 1, 0, 1, 2, 0, 2],
+        [0, 0, 0, 1, 2, 1, 2, 0],
+    ];
+    m.iter().map(|r| r.to_vec()).collect()
+}
+
+/// Every collective the plans serve, rooted ones at the last rank.
+pub(crate) fn collectives(n: u32) -> Vec<acspeed_core::plan::Collective> {
+    use acspeed_core::plan::Collective;
+    let root = acspeed_core::Rank(n - 1);
+    vec![
+        Collective::AllReduce,
+        Collective::Broadcast { root },
+        Collective::Reduce { root },
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::AllToAll,
+    ]
+}
