@@ -119,24 +119,37 @@ pub fn init_with_store(
     let me = listener
         .local_addr()
         .map_err(|e| Error::io("reading the listener address", e))?;
-    store.set(&key(&format!("addr/{rank}")), me.to_string().as_bytes())?;
-    store.set(&key(&format!("host/{rank}")), host_id(&cfg).as_bytes())?;
     let rdma = crate::paths::open_rdma(&cfg.transport)?;
-    let wants = crate::paths::Wants::publish(
+    let published = crate::paths::Wants::publish(
         cfg.transport.shm,
         cfg.transport.nstreams,
         &crate::paths::rdma_name_hex(&rdma)?,
     );
-    store.set(&key(&format!("transport/{rank}")), wants.as_bytes())?;
     // Agreement: plans must be derived from the same settings everywhere. The host map comes
     // from the store itself, so only the settings each rank reads locally are compared.
     // The topology file and host model are read (and dumped) once; agreement, plans and the
     // policy share them through the job model.
     let found = crate::model::discover(&cfg)?;
-    store.set(
-        &key(&format!("plan/{rank}")),
-        found.facts.to_json().as_bytes(),
-    )?;
+    let record = serde_json::json!({
+        "addr": me.to_string(),
+        "host": host_id(&cfg),
+        "transport": published,
+        "facts": found.facts.to_json(),
+    })
+    .to_string();
+    // Rank 0 leaves out the facts that equal its own (usually all of them): the book every
+    // rank reads stays small at scale.
+    let facts0 = found.facts.to_json();
+    let compact = |r: &str| -> String {
+        let mut v: serde_json::Value = serde_json::from_str(r).unwrap_or_default();
+        if v.get("facts").and_then(|f| f.as_str()) == Some(facts0.as_str()) {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("facts");
+            }
+        }
+        v.to_string()
+    };
+    let book = crate::book::gather(store, &key("book"), rank, nranks, &record, t, &compact)?;
     let secret: [u8; 16] = store
         .get(&key("secret"), t)?
         .try_into()
@@ -147,24 +160,36 @@ pub fn init_with_store(
     let mut addrs = Vec::with_capacity(nranks as usize);
     let mut hosts = Vec::with_capacity(nranks as usize);
     let mut wants = Vec::with_capacity(nranks as usize);
-    for q in 0..nranks {
-        let a = store.get(&key(&format!("addr/{q}")), t).map_err(|_| Error::Timeout {
+    let mut facts0 = None;
+    for (q, r) in (0..nranks).zip(&book) {
+        let bad = |what: &str| Error::Remote {
             rank: q,
-            what: format!("rendezvous: rank {q} never published its address (did it start? is WORLD_SIZE={nranks} right?)"),
-            after: t,
-        })?;
-        let a = String::from_utf8_lossy(&a);
+            detail: format!("published a malformed rendezvous record ({what}): {r}"),
+        };
+        let v: serde_json::Value = serde_json::from_str(r).map_err(|_| bad("not JSON"))?;
+        let field = |f: &str| v.get(f).and_then(|x| x.as_str());
+        let a = field("addr").ok_or_else(|| bad("no address"))?;
         addrs.push(a.parse::<SocketAddr>().map_err(|_| Error::Remote {
             rank: q,
             detail: format!("published a bad address '{a}'"),
         })?);
-        hosts
-            .push(String::from_utf8_lossy(&store.get(&key(&format!("host/{q}")), t)?).into_owned());
-        let w =
-            String::from_utf8_lossy(&store.get(&key(&format!("transport/{q}")), t)?).into_owned();
-        wants.push(crate::paths::Wants::parse(q, &w)?);
-        let f = String::from_utf8_lossy(&store.get(&key(&format!("plan/{q}")), t)?).into_owned();
-        (found.facts).check(rank, q, &crate::facts::JobFacts::from_json(q, &f)?)?;
+        hosts.push(field("host").ok_or_else(|| bad("no host"))?.to_string());
+        wants.push(crate::paths::Wants::parse(
+            q,
+            field("transport").ok_or_else(|| bad("no transports"))?,
+        )?);
+        // Facts left out are rank 0's.
+        let theirs = match field("facts") {
+            Some(f) => crate::facts::JobFacts::from_json(q, f)?,
+            None => match &facts0 {
+                Some(f) => Clone::clone(f),
+                None => return Err(bad("no facts")),
+            },
+        };
+        found.facts.check(rank, q, &theirs)?;
+        if q == 0 {
+            facts0 = Some(theirs);
+        }
     }
     let paths = choose_paths(rank, &hosts, &wants);
     let mesh = Mesh {
@@ -190,14 +215,17 @@ pub fn init_with_store(
         let a = l
             .local_addr()
             .map_err(|e| Error::io("reading the listener address", e))?;
-        store.set(
-            &key(&format!("ch{c}/addr/{rank}")),
-            a.to_string().as_bytes(),
+        let book = crate::book::gather(
+            store,
+            &key(&format!("ch{c}")),
+            rank,
+            nranks,
+            &a.to_string(),
+            t,
+            &|r| r.to_string(),
         )?;
         let mut ch_addrs = Vec::with_capacity(nranks as usize);
-        for q in 0..nranks {
-            let a = store.get(&key(&format!("ch{c}/addr/{q}")), t)?;
-            let a = String::from_utf8_lossy(&a);
+        for (q, a) in (0..nranks).zip(&book) {
             ch_addrs.push(a.parse::<SocketAddr>().map_err(|_| Error::Remote {
                 rank: q,
                 detail: format!("published a bad channel {c} address '{a}'"),

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod autotune;
+mod book;
 pub mod call_stats;
 pub mod comm;
 mod control;

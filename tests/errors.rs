@@ -188,8 +188,10 @@ fn strangers_on_the_listening_port_do_not_disturb_the_job() {
         // garbage, and another connection that says nothing.
         s.spawn(move || {
             use acspeed::store::Store;
-            let a = st.get("j/addr/0", Duration::from_secs(10)).unwrap();
-            let a: std::net::SocketAddr = String::from_utf8(a).unwrap().parse().unwrap();
+            // Rank 0's rendezvous record (src/book.rs) holds its listening address.
+            let rec = st.get("j/book/rec/0", Duration::from_secs(10)).unwrap();
+            let rec: serde_json::Value = serde_json::from_slice(&rec).unwrap();
+            let a: std::net::SocketAddr = rec["addr"].as_str().unwrap().parse().unwrap();
             let mut g = std::net::TcpStream::connect(a).unwrap();
             let _ = g.write_all(&[0xde; 64]);
             let _idle = std::net::TcpStream::connect(a).unwrap();
