@@ -87,6 +87,15 @@ impl Communicator {
         if let Some(op) = op {
             op.check_dtype(dtype)?;
         }
+        match coll {
+            Collective::Broadcast { root } | Collective::Reduce { root } => {
+                self.check_root(coll.name(), root.0)?
+            }
+            Collective::Barrier => {
+                return Ok(DeviceRun::Staged("a barrier moves no device data".into()))
+            }
+            _ => {}
+        }
         let algo = self.decide(coll, bufs.output_len).algorithm;
         if let Some(why) = self.device_refusal(algo) {
             return Ok(DeviceRun::Staged(why));

@@ -544,3 +544,101 @@ fn gpu_pairs_without_p2p_are_staged_naming_them() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every collective through the communicator's device path, with separate input buffers where
+/// the collective has them, equals the CPU path bitwise (f32 sums); a root out of range is
+/// refused naming it.
+#[test]
+fn every_collective_through_the_communicator_matches_the_cpu_path() {
+    use crate::util::{run_group, test_config, Fabric};
+    use acspeed::DeviceRun;
+    let n = 3u32;
+    let devs = comm_devices(n);
+    let mut cfg = test_config(256 << 10, 4, 30);
+    cfg.policy.algo = acspeed_core::config::AlgoChoice::Named("ring".into());
+    run_group(Fabric::Memory, n, cfg, |comm| {
+        let r = comm.rank() as usize;
+        let exe = &devs[r];
+        let count = 5000usize;
+        let input: Vec<f32> = (0..count * n as usize).map(|i| value(r, i)).collect();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>();
+        let dev_run = |coll, op, count, inp: &[f32], out: &mut [f32]| {
+            let bufs = DevBuffers {
+                input: inp.as_ptr() as u64,
+                input_len: inp.len() * 4,
+                ..host_bufs(out)
+            };
+            comm.run_device(exe, coll, DType::F32, op, count, bufs)
+                .unwrap()
+        };
+        let same = |what: &str, a: &[f32], b: &[u8]| {
+            assert_eq!(bytes(a), b, "rank {r}: {what}");
+        };
+        // Broadcast and reduce from rank 1, in place.
+        let root = Rank(1);
+        let mut cpu = bytes(&input[..count]);
+        comm.broadcast_bytes(&mut cpu, DType::F32, 1).unwrap();
+        let mut dev = input[..count].to_vec();
+        let ran = dev_run(Collective::Broadcast { root }, None, count, &[], &mut dev);
+        assert_eq!(ran, DeviceRun::Ran);
+        same("broadcast", &dev, &cpu);
+        let mut cpu = bytes(&input[..count]);
+        comm.reduce_bytes(&mut cpu, DType::F32, ReduceOp::Sum, 1)
+            .unwrap();
+        let mut dev = input[..count].to_vec();
+        dev_run(
+            Collective::Reduce { root },
+            Some(ReduceOp::Sum),
+            count,
+            &[],
+            &mut dev,
+        );
+        if r == 1 {
+            same("reduce", &dev, &cpu);
+        }
+        // All-gather, reduce-scatter and all-to-all from separate inputs.
+        let mut cpu = vec![0u8; count * n as usize * 4];
+        comm.allgather_bytes(&bytes(&input[..count]), &mut cpu, DType::F32)
+            .unwrap();
+        let mut dev = vec![0f32; count * n as usize];
+        dev_run(
+            Collective::AllGather,
+            None,
+            count,
+            &input[..count],
+            &mut dev,
+        );
+        same("allgather", &dev, &cpu);
+        let mut cpu = vec![0u8; count * 4];
+        comm.reduce_scatter_bytes(&bytes(&input), &mut cpu, DType::F32, ReduceOp::Sum)
+            .unwrap();
+        let mut dev = vec![0f32; count];
+        dev_run(
+            Collective::ReduceScatter,
+            Some(ReduceOp::Sum),
+            count,
+            &input,
+            &mut dev,
+        );
+        same("reduce_scatter", &dev, &cpu);
+        let mut cpu = vec![0u8; input.len() * 4];
+        comm.alltoall_bytes(&bytes(&input), &mut cpu, DType::F32)
+            .unwrap();
+        let mut dev = vec![0f32; input.len()];
+        dev_run(Collective::AllToAll, None, count, &input, &mut dev);
+        same("alltoall", &dev, &cpu);
+        let mut v = vec![0f32; 4];
+        let e = comm
+            .run_device(
+                exe,
+                Collective::Broadcast { root: Rank(7) },
+                DType::F32,
+                None,
+                4,
+                host_bufs(&mut v),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("root 7"), "{e}");
+    });
+}
