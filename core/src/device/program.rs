@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Buf, StepId};
 use crate::schedule::{Schedule, SegOp};
 use crate::Rank;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 /// A byte location for a device copy or reduction.
@@ -166,10 +166,12 @@ impl Cursor {
     }
 }
 
-/// What one queue has written or read so far, with the mark each operation ended on.
+/// What one queue has written or read so far: per buffer, disjoint byte ranges with the mark
+/// of the latest operation that touched them (marks only grow, so the latest is the largest).
+/// An interval map, so compiling stays O(n log n) in the segments of a large call.
 #[derive(Default)]
 struct Touches {
-    list: Vec<(Buf, Range<usize>, u64)>,
+    by_buf: HashMap<Buf, BTreeMap<usize, (usize, u64)>>,
 }
 
 impl Touches {
@@ -178,16 +180,42 @@ impl Touches {
         if r.is_empty() {
             return None;
         }
-        self.list
-            .iter()
-            .rev()
-            .find(|(b, x, _)| *b == buf && x.start < r.end && r.start < x.end)
-            .map(|t| t.2)
+        let m = self.by_buf.get(&buf)?;
+        let before = m
+            .range(..=r.start)
+            .next_back()
+            .filter(|(_, (end, _))| *end > r.start)
+            .map(|(_, (_, mark))| *mark);
+        m.range(r.start + 1..r.end)
+            .map(|(_, (_, mark))| *mark)
+            .chain(before)
+            .max()
     }
+
     fn add(&mut self, buf: Buf, r: Range<usize>, mark: u64) {
-        if !r.is_empty() {
-            self.list.push((buf, r, mark));
+        if r.is_empty() {
+            return;
         }
+        let m = self.by_buf.entry(buf).or_default();
+        // An interval that starts before `r` keeps its head (and its tail past `r`).
+        if let Some((&s, &(e, mk))) = m.range(..r.start).next_back() {
+            if e > r.start {
+                m.insert(s, (r.start, mk));
+                if e > r.end {
+                    m.insert(r.end, (e, mk));
+                }
+            }
+        }
+        // Intervals that start inside `r` are replaced; one running past it keeps its tail.
+        let inside: Vec<usize> = m.range(r.start..r.end).map(|(s, _)| *s).collect();
+        for s in inside {
+            if let Some((e, mk)) = m.remove(&s) {
+                if e > r.end {
+                    m.insert(r.end, (e, mk));
+                }
+            }
+        }
+        m.insert(r.start, (r.end, mark));
     }
 }
 
@@ -449,6 +477,39 @@ impl Program {
                 ),
             )),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The interval map answers what a list of every touch would: the latest overlapping mark.
+    #[test]
+    fn touches_keep_the_latest_mark_of_every_byte() {
+        let mut t = Touches::default();
+        let mut list: Vec<(Range<usize>, u64)> = Vec::new();
+        let mut x = 12345u64;
+        for mark in 1..400u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let a = (x >> 33) as usize % 1000;
+            let len = (x >> 13) as usize % 120;
+            t.add(Buf::Output, a..a + len, mark);
+            list.push((a..a + len, mark));
+            let q = (x >> 20) as usize % 1000;
+            let qr = q..q + (x >> 40) as usize % 50;
+            let want = list
+                .iter()
+                .filter(|(r, _)| {
+                    !qr.is_empty() && !r.is_empty() && r.start < qr.end && qr.start < r.end
+                })
+                .map(|(_, m)| *m)
+                .max();
+            assert_eq!(t.latest(Buf::Output, &qr), want, "{qr:?} after {mark}");
+            assert_eq!(t.latest(Buf::Input, &qr), None);
         }
     }
 }
