@@ -117,6 +117,15 @@ impl Communicator {
                     seq: call.seq,
                     dtype,
                     op,
+                    tag: DevCall::tag_of(
+                        call.seq,
+                        &[
+                            coll.code() as u64,
+                            count as u64,
+                            dtype as u64,
+                            op.map_or(u64::MAX, |o| o as u64),
+                        ],
+                    ),
                 },
             )
         })?;

@@ -20,6 +20,7 @@
 use crate::cuda::cuda_err;
 use acspeed_core::device::{
     Conn, DevBuffers, DevCall, DevOp, DeviceEngine, Halt, Loc, PeerExchange, SlotShape,
+    READY_TAG_BITS,
 };
 use acspeed_core::kernels::device::{avg_kernel, reduce_kernel, REDUCE_PTX};
 use acspeed_core::plan::{Buf, Rank};
@@ -318,7 +319,7 @@ impl CudaDevice {
                         .inbound
                         .get(&(*from, *channel))
                         .ok_or_else(|| Error::invalid(format!("no connection from rank {from}")))?;
-                    wait(inner, i, c.own + ready_at, msg + 1)?;
+                    wait(inner, i, c.own + ready_at, (msg + 1) << READY_TAG_BITS)?;
                 }
                 DevOp::WaitSlot { to, channel, msg } => {
                     let c = inner
@@ -384,7 +385,7 @@ impl CudaDevice {
                         .outbound
                         .get(&(*to, *channel))
                         .ok_or_else(|| Error::invalid(format!("no connection to rank {to}")))?;
-                    write(c.peer_slots + ready_at, msg + 1)?;
+                    write(c.peer_slots + ready_at, call.ready_word(*msg))?;
                 }
                 DevOp::Taken { from, channel, msg } => {
                     let c = inner
@@ -592,6 +593,30 @@ impl DeviceEngine for CudaDevice {
             inner.mark_base[q] += a;
         }
         outcome
+    }
+
+    fn ready_words(&self, recvs: &[Conn]) -> Result<Vec<u64>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.bind()?;
+        let ready_at = inner
+            .shape
+            .map(|s| (s.depth * s.slot_bytes) as u64)
+            .unwrap_or(0);
+        recvs
+            .iter()
+            .map(|c| {
+                let own = inner
+                    .inbound
+                    .get(c)
+                    .ok_or_else(|| Error::invalid(format!("no connection from rank {}", c.0)))?
+                    .own;
+                let mut w = [0u64];
+                // SAFETY: the connection's ready word, read after the call's streams finished.
+                unsafe { result::memcpy_dtoh_sync(&mut w, own + ready_at) }
+                    .map_err(|e| cuda_err("reading a ready word", e))?;
+                Ok(w[0])
+            })
+            .collect()
     }
 
     fn scale_avg(&self, buf: u64, bytes: usize, dtype: DType, n: usize) -> Result<()> {

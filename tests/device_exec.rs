@@ -146,6 +146,7 @@ fn on_device(
                         seq,
                         dtype: DType::F32,
                         op: reduces(plan.collective).then_some(ReduceOp::Sum),
+                        tag: DevCall::tag_of(seq, &[count as u64]),
                     };
                     exe.run(&prog, bufs, call)?;
                     Ok(out)
@@ -346,6 +347,7 @@ fn foreign_programs_and_wrong_buffers_are_refused() {
         seq: 1,
         dtype: DType::F32,
         op: Some(ReduceOp::Sum),
+        tag: 1,
     };
     let e = exes[0].run(&prog, bufs, call).unwrap_err().to_string();
     assert!(e.contains("rank 1") && e.contains("rank 0"), "{e}");
@@ -641,4 +643,35 @@ fn every_collective_through_the_communicator_matches_the_cpu_path() {
             .to_string();
         assert!(e.contains("root 7"), "{e}");
     });
+}
+
+/// Ranks that disagree on the call (different counts) fail within the timeout naming a peer,
+/// and no slot is written past its end (each side's messages fit the slots it was given).
+#[test]
+fn calls_that_differ_across_ranks_fail_without_hanging() {
+    use crate::util::{run_group, test_config, Fabric};
+    let devs = executors(2, 256 << 10, 2, Duration::from_millis(800));
+    let mut cfg = test_config(256 << 10, 2, 30);
+    cfg.policy.algo = acspeed_core::config::AlgoChoice::Named("ring".into());
+    let t0 = std::time::Instant::now();
+    let errs = run_group(Fabric::Memory, 2, cfg, |comm| {
+        let mut v = vec![1f32; if comm.rank() == 0 { 100_000 } else { 300_000 }];
+        let exe = &devs[comm.rank() as usize];
+        comm.run_device(
+            exe,
+            Collective::AllReduce,
+            DType::F32,
+            Some(ReduceOp::Sum),
+            v.len(),
+            host_bufs(&mut v),
+        )
+        .unwrap_err()
+        .to_string()
+    });
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("rank 0") || e.contains("rank 1")),
+        "{errs:?}"
+    );
 }

@@ -7,7 +7,9 @@
 //! queue; counters run on across calls. Writes are published with release stores and waits
 //! read with acquire loads, as the stream memory operations' fences do on a GPU.
 
-use acspeed_core::device::{Conn, DevBuffers, DevCall, DevOp, DeviceEngine, Halt, Loc, SlotShape};
+use acspeed_core::device::{
+    Conn, DevBuffers, DevCall, DevOp, DeviceEngine, Halt, Loc, SlotShape, READY_TAG_BITS,
+};
 use acspeed_core::plan::{Buf, Rank};
 use acspeed_core::{kernels, DType, Error, Result};
 use std::cell::UnsafeCell;
@@ -160,7 +162,8 @@ impl Run<'_> {
             match op {
                 DevOp::WaitReady { from, channel, msg } => {
                     let l = self.link(from.0, me, *channel)?;
-                    self.wait(|| l.ready.load(Ordering::Acquire) > *msg)?;
+                    let want = (msg + 1) << READY_TAG_BITS;
+                    self.wait(|| l.ready.load(Ordering::Acquire) >= want)?;
                 }
                 DevOp::WaitSlot { to, channel, msg } => {
                     let l = self.link(me, to.0, *channel)?;
@@ -204,7 +207,7 @@ impl Run<'_> {
                 DevOp::Ready { to, channel, msg } => {
                     self.link(me, to.0, *channel)?
                         .ready
-                        .store(msg + 1, Ordering::Release);
+                        .store(self.call.ready_word(*msg), Ordering::Release);
                     self.dev.fabric.notify();
                 }
                 DevOp::Taken { from, channel, msg } => {
@@ -318,6 +321,14 @@ impl DeviceEngine for HostDevice {
             });
         }
         Ok(())
+    }
+
+    fn ready_words(&self, recvs: &[Conn]) -> Result<Vec<u64>> {
+        let me = self.rank.0;
+        recvs
+            .iter()
+            .map(|(from, ch)| Ok(self.link(from.0, me, *ch)?.ready.load(Ordering::Acquire)))
+            .collect()
     }
 
     fn scale_avg(&self, buf: u64, bytes: usize, dtype: DType, n: usize) -> Result<()> {

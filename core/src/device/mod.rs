@@ -19,12 +19,40 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What a call reduces with (`op` is `None` for collectives that only move data; `Avg`
-/// reduces as `Sum`, its epilogue is the caller's).
+/// reduces as `Sum`, its epilogue is the caller's), and its tag: every rank of the same call
+/// computes the same one ([`DevCall::tag_of`]).
 #[derive(Clone, Copy, Debug)]
 pub struct DevCall {
     pub seq: u64,
     pub dtype: DType,
     pub op: Option<ReduceOp>,
+    pub tag: u16,
+}
+
+/// Bits of a connection's ready word below the message count: the tag of the call whose
+/// message it counts. A ready word is `(messages << READY_TAG_BITS) | tag`; waits compare the
+/// count only, and after a call each rank checks that every connection it received on
+/// carries its own call's tag, so ranks that ran different calls fail with a mismatch
+/// instead of returning what the other call left in their slots.
+pub const READY_TAG_BITS: u32 = 16;
+
+impl DevCall {
+    /// The tag of call `seq` of `what` (the collective, its element count, dtype and op, in any
+    /// encoding the caller keeps the same on every rank).
+    pub fn tag_of(seq: u64, what: &[u64]) -> u16 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for v in std::iter::once(seq).chain(what.iter().copied()) {
+            for b in v.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
+    }
+
+    /// The ready word that says message `msg` (0-based) of this call is in.
+    pub fn ready_word(&self, msg: u64) -> u64 {
+        (msg + 1) << READY_TAG_BITS | self.tag as u64
+    }
 }
 
 /// The call's buffers as addresses the engine understands (device pointers for CUDA).
@@ -74,6 +102,10 @@ pub trait DeviceEngine: Send + Sync {
         call: DevCall,
         deadline: Instant,
     ) -> std::result::Result<(), Halt>;
+
+    /// The ready words of the connections this rank receives on, after a run (see
+    /// [`READY_TAG_BITS`]).
+    fn ready_words(&self, recvs: &[Conn]) -> Result<Vec<u64>>;
 
     /// The average's epilogue: divides the `bytes` of `dtype` at `buf` by `n`, after the sum
     /// (as [`crate::kernels::scale_avg`] does on the CPU).
@@ -168,7 +200,20 @@ impl<E: DeviceEngine> DeviceExecutor<E> {
             .engine
             .run(&queues, bufs, prog.scratch_bytes, call, deadline)
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let words = self.engine.ready_words(&recvs)?;
+                let mask = (1u64 << READY_TAG_BITS) - 1;
+                match recvs.iter().zip(words).find(|(_, w)| w & mask != call.tag as u64) {
+                    Some(((peer, ch), _)) => Err(Error::Mismatch {
+                        peer: peer.0,
+                        detail: format!(
+                            "device call #{} ({}): rank {peer} sent on channel {ch} for another call (a different collective, count, dtype or op)",
+                            call.seq, call.dtype
+                        ),
+                    }),
+                    None => Ok(()),
+                }
+            }
             Err(Halt::Failed(e)) => Err(e),
             Err(Halt::TimedOut { done }) => Err(stuck(prog, &queues, &done, self.timeout, call)),
         }
