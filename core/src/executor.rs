@@ -716,7 +716,17 @@ impl<'a> LaneCtx<'a> {
                         st.host_reduce_io(&fed, &call)
                     },
                     None => unsafe { st.host_reduce(data, &call) },
+                }?;
+                // Through the area, each member reduces one share of every input and takes
+                // every member's share of the result: per peer, one share each way.
+                if let Some(stats) = &mut self.stats {
+                    let share = (r.len() / group.len().max(1)) as u64;
+                    for g in group.iter().filter(|g| *g != self.plan.rank) {
+                        stats.sent[g.idx()] += share;
+                        stats.recv[g.idx()] += share;
+                    }
                 }
+                Ok(())
             }
             SegOp::Move {
                 from,

@@ -425,7 +425,7 @@ impl HostStaging {
                         return Err(Error::Mismatch {
                             peer: self.group[m].0,
                             detail: format!(
-                                "allreduce (cpu_reduce host reduce): call #{} of {} {} elements ({}) here, but rank {} is in call #{s} of {} {} elements ({})",
+                                "allreduce #{} (cpu_reduce host reduce): count {} of {} ({}) here, but rank {} is in call #{s} with count {} of {} ({})",
                                 w.seq,
                                 w.count,
                                 dtype.name(),
