@@ -37,6 +37,11 @@ impl Communicator {
         )
     }
 
+    /// Whether CUDA collectives may take the device path here (`ACSPEED_CUDA_PATH`).
+    pub fn cuda_device_path(&self) -> bool {
+        self.cfg.exec.cuda_device_path
+    }
+
     /// Whether `coll` of `bytes` with `algo` is device work here, or why not.
     fn device_refusal(&self, algo: Algorithm) -> Option<String> {
         if algo == Algorithm::CpuReduce {

@@ -99,23 +99,27 @@ fn device_executor(
             return Ok(de.clone());
         }
     }
-    let made = acspeed::cuda_device::CudaDevice::new(
-        ordinal,
-        acspeed_core::Rank(c.rank()),
-        Arc::new(acspeed::CommExchange(coll.clone())),
-    );
-    let mut ok = [made.is_ok() as i32];
+    // ACSPEED_CUDA_PATH=staging: no engine, and this rank's 0 keeps every rank off the path.
+    let made = c.cuda_device_path().then(|| {
+        acspeed::cuda_device::CudaDevice::new(
+            ordinal,
+            acspeed_core::Rank(c.rank()),
+            Arc::new(acspeed::CommExchange(coll.clone())),
+        )
+    });
+    let mut ok = [matches!(made, Some(Ok(_))) as i32];
     c.allreduce(&mut ok, ReduceOp::Min)?;
     let de = match made {
-        Ok(d) if ok[0] == 1 => Some(Arc::new(c.device_executor(d))),
-        Ok(_) => {
-            c.warn("CUDA collectives go through host memory: another rank cannot run the device executor");
+        Some(Ok(d)) if ok[0] == 1 => Some(Arc::new(c.device_executor(d))),
+        Some(Ok(_)) => {
+            c.warn("CUDA collectives go through host memory: another rank cannot run the device executor (or has ACSPEED_CUDA_PATH=staging)");
             None
         }
-        Err(e) => {
+        Some(Err(e)) => {
             c.warn(&format!("CUDA collectives go through host memory: {e}"));
             None
         }
+        None => None,
     };
     *g = Some((ordinal, de.clone()));
     Ok(de)

@@ -155,6 +155,13 @@ impl Config {
                 _ => return Err(bad("ACSPEED_SHM", v, "1 or 0")),
             };
         }
+        if let Some(v) = lookup(vars, "ACSPEED_CUDA_PATH") {
+            c.exec.cuda_device_path = match v.to_ascii_lowercase().as_str() {
+                "device" => true,
+                "staging" => false,
+                _ => return Err(bad("ACSPEED_CUDA_PATH", v, "device or staging")),
+            };
+        }
         if let Some(v) = lookup(vars, "ACSPEED_BIND") {
             c.transport.bind = match v.to_ascii_lowercase().as_str() {
                 "1" | "on" | "true" | "yes" => true,
@@ -310,6 +317,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ACSPEED_TIMEOUT_SECS"), "{e}");
+        let e = Config::from_vars(&v(&[("ACSPEED_CUDA_PATH", "gpu")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ACSPEED_CUDA_PATH") && e.contains("device or staging"),
+            "{e}"
+        );
+        let staged = Config::from_vars(&v(&[("ACSPEED_CUDA_PATH", "staging")])).unwrap();
+        assert!(!staged.exec.cuda_device_path);
         // Found by the env_vars fuzz target: this panicked in Duration::from_secs_f64.
         for name in ["ACSPEED_TIMEOUT_SECS", "ACSPEED_STALL_WARN_SECS"] {
             for huge in ["3099999999999999999999", "1e300", "inf"] {

@@ -48,6 +48,9 @@ pub struct ExecSettings {
     /// per rank (`ACSPEED_CPU_REDUCE_THREADS`).
     pub cpu_reduce_pipelines: usize,
     pub cpu_reduce_threads: usize,
+    /// Collectives on CUDA tensors may run on the device executor (`ACSPEED_CUDA_PATH=device`);
+    /// `false` stages every one through host memory (`staging`).
+    pub cuda_device_path: bool,
 }
 
 impl Default for ExecSettings {
@@ -57,6 +60,7 @@ impl Default for ExecSettings {
             pipeline_depth: crate::schedule::DEFAULT_PIPELINE_DEPTH,
             cpu_reduce_pipelines: 1,
             cpu_reduce_threads: 1,
+            cuda_device_path: true,
         }
     }
 }
