@@ -42,7 +42,7 @@ impl Communicator {
         self.cfg.exec.cuda_device_path
     }
 
-    /// Whether `coll` of `bytes` with `algo` is device work here, or why not.
+    /// Why a call the policy gives to `algo` is not device work here (`None`: it is).
     fn device_refusal(&self, algo: Algorithm) -> Option<String> {
         if algo == Algorithm::CpuReduce {
             return Some("the policy chose CPU-Reduce (reduction on the host's CPUs)".into());

@@ -182,7 +182,7 @@ pub fn init_with_store(
         let theirs = match field("facts") {
             Some(f) => crate::facts::JobFacts::from_json(q, f)?,
             None => match &facts0 {
-                Some(f) => Clone::clone(f),
+                Some(f) => f.clone(),
                 None => return Err(bad("no facts")),
             },
         };
