@@ -160,7 +160,7 @@ pub fn init_with_store(
     let mut addrs = Vec::with_capacity(nranks as usize);
     let mut hosts = Vec::with_capacity(nranks as usize);
     let mut wants = Vec::with_capacity(nranks as usize);
-    let mut facts0 = None;
+    let mut facts0: Option<crate::facts::JobFacts> = None;
     for (q, r) in (0..nranks).zip(&book) {
         let bad = |what: &str| Error::Remote {
             rank: q,
