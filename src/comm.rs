@@ -80,8 +80,14 @@ struct CallState {
     /// Their lowerings by (collective, algorithm, rounds, element count, element size): a
     /// training job repeats a few bucket sizes, and lowering costs a fraction of a small
     /// call. Emptied when it reaches [`MAX_SCHEDULES`] (a sweep of sizes).
-    schedules: HashMap<(Collective, Algorithm, u32, usize, usize), Arc<Schedule>>,
+    schedules: HashMap<SizeKey, Arc<Schedule>>,
+    /// The same lowerings compiled for device queues (`run_device`), under the same key and
+    /// bound; `Err` keeps why one is not device work.
+    programs: HashMap<SizeKey, std::result::Result<Arc<acspeed_core::device::Program>, String>>,
 }
+
+/// (collective, algorithm, rounds, element count, element size): what a lowering depends on.
+type SizeKey = (Collective, Algorithm, u32, usize, usize);
 
 /// Schedules a communicator keeps (see `CallState::schedules`).
 const MAX_SCHEDULES: usize = 256;
@@ -177,6 +183,7 @@ impl Communicator {
                 seq: 0,
                 plans: HashMap::new(),
                 schedules: HashMap::new(),
+                programs: HashMap::new(),
             }),
             poisoned: Mutex::new(None),
             hosts,

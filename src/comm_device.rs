@@ -107,11 +107,29 @@ impl Communicator {
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let plan = self.plan(&mut st, coll, algo, bufs.output_len)?;
-        let sched = acspeed_core::schedule::lower(&plan, count, dtype.size(), self.exec.lowering());
-        let prog = match device::compile(&sched) {
+        // Compiled once per size, as the CPU path lowers once per size.
+        let rounds = algo.rounds_for(coll, bufs.output_len, &self.ctx);
+        let key = (coll, algo, rounds, count, dtype.size());
+        let prog = match st.programs.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let sched =
+                    acspeed_core::schedule::lower(&plan, count, dtype.size(), self.exec.lowering());
+                let p = match device::compile(&sched) {
+                    Ok(p) => Ok(Arc::new(p)),
+                    Err(Error::InvalidArgument(why)) => Err(why),
+                    Err(e) => return Err(e),
+                };
+                if st.programs.len() >= super::MAX_SCHEDULES {
+                    st.programs.clear();
+                }
+                st.programs.insert(key, p.clone());
+                p
+            }
+        };
+        let prog = match prog {
             Ok(p) => p,
-            Err(Error::InvalidArgument(why)) => return Ok(DeviceRun::Staged(why)),
-            Err(e) => return Err(e),
+            Err(why) => return Ok(DeviceRun::Staged(why)),
         };
         let what = (coll, algo, dtype, op, count, bufs.output_len);
         self.tracked(&mut st, what, |call, _| {
