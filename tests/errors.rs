@@ -644,3 +644,54 @@ fn rdma_with_4_bytes_of_cq_data_still_catches_mismatches() {
         "{msgs:?}"
     );
 }
+
+/// A rendezvous record that is not what acspeed writes (another program on the store, a
+/// corrupted key) fails init on every rank naming the rank whose record it is, at once.
+#[test]
+fn a_garbage_rendezvous_record_is_named_by_every_rank() {
+    use acspeed::store::{MemStore, Store};
+    /// Replaces what rank 1 publishes as its record with bytes that are not a record.
+    struct Garbling(std::sync::Arc<MemStore>);
+    impl Store for Garbling {
+        fn set(&self, key: &str, value: &[u8]) -> acspeed::Result<()> {
+            let garbage: &[u8] = b"\xde\xad not a record";
+            self.0.set(
+                key,
+                if key.ends_with("/book/rec/1") {
+                    garbage
+                } else {
+                    value
+                },
+            )
+        }
+        fn get(&self, key: &str, timeout: Duration) -> acspeed::Result<Vec<u8>> {
+            self.0.get(key, timeout)
+        }
+        fn add(&self, key: &str, delta: i64) -> acspeed::Result<i64> {
+            self.0.add(key, delta)
+        }
+    }
+    let store = Garbling(MemStore::new());
+    let t0 = Instant::now();
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|r| {
+                let store = &store;
+                s.spawn(move || {
+                    let cfg = test_config(1 << 16, 4, 20);
+                    acspeed::init_with_store(store, "g", r, 2, "127.0.0.1".parse().unwrap(), cfg)
+                        .err()
+                        .map(|e| e.to_string())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    for e in errs {
+        assert!(
+            e.contains("rank 1") && e.contains("malformed rendezvous record"),
+            "{e}"
+        );
+    }
+}
