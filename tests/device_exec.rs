@@ -645,8 +645,10 @@ fn every_collective_through_the_communicator_matches_the_cpu_path() {
     });
 }
 
-/// Ranks that disagree on the call (different counts) fail within the timeout naming a peer,
-/// and no slot is written past its end (each side's messages fit the slots it was given).
+/// Ranks that disagree on the call (different counts): the rank whose longer call waits for
+/// messages that never come fails within the timeout naming the other, nobody hangs, and no
+/// slot is written past its end. The rank whose shorter call completes is told of the
+/// mismatch when its peer has not yet run ahead (the check is best effort: docs/CUDA.md).
 #[test]
 fn calls_that_differ_across_ranks_fail_without_hanging() {
     use crate::util::{run_group, test_config, Fabric};
@@ -654,24 +656,27 @@ fn calls_that_differ_across_ranks_fail_without_hanging() {
     let mut cfg = test_config(256 << 10, 2, 30);
     cfg.policy.algo = acspeed_core::config::AlgoChoice::Named("ring".into());
     let t0 = std::time::Instant::now();
-    let errs = run_group(Fabric::Memory, 2, cfg, |comm| {
+    let res = run_group(Fabric::Memory, 2, cfg, |comm| {
         let mut v = vec![1f32; if comm.rank() == 0 { 100_000 } else { 300_000 }];
         let exe = &devs[comm.rank() as usize];
+        let n = v.len();
         comm.run_device(
             exe,
             Collective::AllReduce,
             DType::F32,
             Some(ReduceOp::Sum),
-            v.len(),
+            n,
             host_bufs(&mut v),
         )
-        .unwrap_err()
-        .to_string()
+        .map_err(|e| e.to_string())
     });
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-    assert!(
-        errs.iter()
-            .any(|e| e.contains("rank 0") || e.contains("rank 1")),
-        "{errs:?}"
-    );
+    let longer = res[1].as_ref().unwrap_err();
+    assert!(longer.contains("rank 0"), "{longer}");
+    if let Err(e) = &res[0] {
+        assert!(
+            e.contains("mismatch with rank 1") && e.contains("another call"),
+            "{e}"
+        );
+    }
 }

@@ -32,8 +32,10 @@ pub struct DevCall {
 /// Bits of a connection's ready word below the message count: the tag of the call whose
 /// message it counts. A ready word is `(messages << READY_TAG_BITS) | tag`; waits compare the
 /// count only, and after a call each rank checks that every connection it received on
-/// carries its own call's tag, so ranks that ran different calls fail with a mismatch
-/// instead of returning what the other call left in their slots.
+/// carries its own call's tag where the word still counts this call's last message (a peer
+/// already in its next call may have moved it on), so ranks that ran different calls fail
+/// with a mismatch instead of returning what the other call left in their slots whenever
+/// the peer has not run ahead: best effort, not a guarantee (docs/CUDA.md).
 pub const READY_TAG_BITS: u32 = 16;
 
 impl DevCall {
@@ -190,20 +192,31 @@ impl<E: DeviceEngine> DeviceExecutor<E> {
     fn run_checked(&self, prog: &Program, bufs: DevBuffers, call: DevCall) -> Result<()> {
         let (sends, recvs) = prog.connections();
         self.engine.connect(&sends, &recvs, self.shape)?;
-        let queues = self
-            .cursor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .resolve(prog);
+        let (queues, expected) = {
+            let mut cur = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+            let q = cur.resolve(prog);
+            (
+                q,
+                recvs.iter().map(|c| cur.received(c)).collect::<Vec<u64>>(),
+            )
+        };
         let deadline = Instant::now() + self.timeout;
         match self
             .engine
             .run(&queues, bufs, prog.scratch_bytes, call, deadline)
         {
             Ok(()) => {
+                // A word whose count is past this call's last message belongs to the peer's
+                // next call (it may run ahead by the free slots): it proves nothing either way.
                 let words = self.engine.ready_words(&recvs)?;
                 let mask = (1u64 << READY_TAG_BITS) - 1;
-                match recvs.iter().zip(words).find(|(_, w)| w & mask != call.tag as u64) {
+                let differs =
+                    |(w, n): (u64, u64)| w >> READY_TAG_BITS == n && w & mask != call.tag as u64;
+                match recvs
+                    .iter()
+                    .zip(words.into_iter().zip(expected))
+                    .find(|(_, wn)| differs(*wn))
+                {
                     Some(((peer, ch), _)) => Err(Error::Mismatch {
                         peer: peer.0,
                         detail: format!(

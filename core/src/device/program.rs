@@ -97,6 +97,11 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// Messages received from `c` over every call resolved so far.
+    pub fn received(&self, c: &Conn) -> u64 {
+        self.recvd.get(c).copied().unwrap_or(0)
+    }
+
     /// `prog`'s queues with absolute message numbers; advances the cursor past the call.
     pub fn resolve(&mut self, prog: &Program) -> Vec<Vec<DevOp>> {
         let (sent, recvd) = (&self.sent, &self.recvd);
